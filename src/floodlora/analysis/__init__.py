@@ -1,0 +1,1 @@
+"""floodlora.analysis package."""

@@ -1,0 +1,177 @@
+"""Typed run configuration: small dataclasses, loaded from YAML, overridable from CLI flags.
+
+Unknown keys are errors (a typo in a YAML file must not silently fall back to a default).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+from floodlora.errors import ConfigError
+
+T = TypeVar("T")
+
+
+@dataclass
+class DataConfig:
+    """Where the chips come from and how they are cut, normalised and augmented."""
+
+    roots: list[str] = field(default_factory=list)
+    format: str | None = None  # None: auto-detect per root
+    views: list[str] = field(default_factory=lambda: ["pre", "post"])
+    bands: list[str] = field(default_factory=lambda: ["vv", "vh"])
+    normalization: str = "auto"  # auto | clay-v1.5 | clay-v1 | path to a stats YAML
+    crop_size: int = 128
+    batch_size: int = 4
+    num_workers: int = 0
+    augment: bool = True
+    max_nodata_fraction: float = 0.5
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    holdout_events: list[str] = field(default_factory=list)
+    limit_train: int | None = None
+    seed: int = 0
+
+
+@dataclass
+class ModelConfig:
+    """Which encoder, how it is adapted, and the decoder built on top."""
+
+    checkpoint: str = "embedded"
+    strategy: str = "lora"  # frozen | lora | full
+    lora_rank: int = 8
+    lora_alpha: float | None = None  # None: 2 * rank (the reference method)
+    lora_dropout: float = 0.1
+    lora_targets: list[str] = field(default_factory=lambda: ["to_qkv", "to_out"])
+    decoder_channels: list[int] | None = None  # None: sized from the encoder width
+    share_decoder: bool = False
+    view_dropout: float = 0.0
+    gradient_checkpointing: bool | None = None  # None: on for `full` at >= 512 px
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation recipe; the defaults are the reference method's."""
+
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    max_epochs: int = 50
+    early_stopping_patience: int = 2
+    plateau_factor: float = 0.5
+    plateau_patience: int = 3
+    bce_weight: float = 1.0
+    dice_weight: float = 1.0
+    precision: str = "auto"  # auto: bf16-mixed on CUDA, 32 on CPU
+    accelerator: str = "auto"
+    devices: int = 1
+    seed: int = 0
+    limit_train_batches: float | int | None = None
+    limit_val_batches: float | int | None = None
+    memory_cap_gb: float | None = None  # simulate a smaller accelerator: above it a run is OOM
+    compile: bool = False
+    feature_cache: bool = False  # frozen strategy only: cache encoder tokens on disk
+
+
+@dataclass
+class RunConfig:
+    """Everything a run needs; written resolved into each run directory."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Check and convert one YAML value to the dataclass field's declared type."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(annotation)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (item_type,) = typing.get_args(annotation)
+        return [_coerce(v, item_type, f"{where}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return from_dict(annotation, value, where)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
+    """Build dataclass `cls` from a mapping, rejecting unknown keys with a clear message."""
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Read a YAML run config (or the defaults) and apply dotted overrides like ``{"model.lora_rank": 64}``."""
+    import yaml
+
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{p}: config file not found")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{p}: not valid YAML ({err.__class__.__name__})") from err
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: top level must be a mapping with data/model/train sections")
+        raw = loaded or {}
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        section, _, key = dotted.partition(".")
+        raw.setdefault(section, {})[key] = value
+    return from_dict(RunConfig, raw, str(path) if path else "config")
+
+
+def save_config(config: RunConfig, path: str | Path) -> None:
+    """Write the resolved config atomically as YAML."""
+    import yaml
+
+    from floodlora.io import atomic_write_text
+
+    atomic_write_text(Path(path), yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -1,0 +1,1 @@
+"""Readers, SAR preprocessing, synthetic scenes and the DataModule. Never imports floodlora.models."""

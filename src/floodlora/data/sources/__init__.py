@@ -1,0 +1,1 @@
+"""floodlora.data.sources package."""

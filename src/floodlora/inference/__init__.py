@@ -1,0 +1,1 @@
+"""floodlora.inference package."""

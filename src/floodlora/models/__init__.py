@@ -1,0 +1,1 @@
+"""Clay-compatible encoder, flood decoder, segmentor and adaptation strategies. Never imports data."""
