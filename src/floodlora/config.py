@@ -145,7 +145,11 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """Read a YAML run config (or the defaults) and apply dotted overrides like ``{"model.lora_rank": 64}``."""
+    """Read a YAML run config (or the defaults) and apply dotted overrides.
+
+    Overrides look like ``{"model.lora_rank": 64}``; ``None`` values are skipped so unset CLI flags
+    leave the file's values alone.
+    """
     import yaml
 
     raw: dict[str, Any] = {}

@@ -1,0 +1,62 @@
+"""The reference per-view deconvolution decoder: token grid (H/p) -> full-resolution features."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+
+def default_decoder_channels(encoder_dim: int) -> tuple[int, int, int, int, int]:
+    """Channel widths (conv1, conv2, up1, up2, up3) sized from the encoder width.
+
+    For the 768-wide Clay v1 base encoder with four views this gives a segmentation head of
+    ~8.6M parameters, the size of the reference method's decoder.
+    """
+    if encoder_dim >= 768:
+        return (256, 144, 64, 32, 16)
+    return (max(64, encoder_dim // 2), 64, 32, 16, 16)
+
+
+class ViewDecoder(nn.Module):
+    """Two 3x3 convolutions, then one stride-2 transposed convolution per factor of 2 of the patch.
+
+    For patch size 8 this is the reference design: conv, conv, 3 x (ConvTranspose x2), ReLU after
+    every layer, from the H/8 x W/8 token grid back to H x W.
+    """
+
+    def __init__(self, in_dim: int, channels: Sequence[int], patch_size: int = 8) -> None:
+        super().__init__()
+        n_up = int(math.log2(patch_size))
+        if 2**n_up != patch_size:
+            raise ValueError(f"patch size {patch_size} must be a power of two")
+        if len(channels) != 2 + n_up:
+            raise ValueError(
+                f"need {2 + n_up} decoder channel widths for patch {patch_size}, got {len(channels)}"
+            )
+        layers: list[nn.Module] = [
+            nn.Conv2d(in_dim, channels[0], 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(channels[0], channels[1], 3, padding=1),
+            nn.ReLU(inplace=True),
+        ]
+        for c_in, c_out in itertools.pairwise(channels[1:]):
+            layers += [nn.ConvTranspose2d(c_in, c_out, 2, stride=2), nn.ReLU(inplace=True)]
+        self.net = nn.Sequential(*layers)
+        self.out_channels = channels[-1]
+
+    def forward(self, grid: Tensor) -> Tensor:
+        return self.net(grid)
+
+
+class FusionHead(nn.Module):
+    """Concatenate the per-view feature maps and produce 1-channel flood logits."""
+
+    def __init__(self, n_views: int, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(n_views * channels, 1, 3, padding=1)
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.conv(features)

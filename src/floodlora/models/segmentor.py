@@ -1,0 +1,182 @@
+"""Flood segmentor: every view through one shared Clay encoder, a decoder per view, fused logits.
+
+Missing views. A model declares the views it was built for. At prediction time a declared view
+may be absent (a responder often has only the post-event pass): its decoder features are set to
+zero, which is exactly what `view_dropout` exposes the fusion layer to during training, and its
+name is recorded in `last_missing_views`. Passing a view the model was not built for is an error.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from floodlora.models.clay import SENTINEL1_GSD, ClayEncoder, band_wavelengths
+from floodlora.models.decoder import FusionHead, ViewDecoder, default_decoder_channels
+
+VIEW_NAMES = ("pre", "post", "pre_asc", "pre_desc", "post_asc", "post_desc")
+BAND_NAMES = ("vv", "vh")
+
+MetaInput = Tensor | Mapping[str, Tensor] | None
+
+
+class FloodSegmentor(nn.Module):
+    """views -> encoder (views folded into the batch) -> per-view decoders -> concat -> logits."""
+
+    def __init__(
+        self,
+        encoder: ClayEncoder | nn.Module,
+        views: Sequence[str] = ("pre", "post"),
+        bands: Sequence[str] = ("vv", "vh"),
+        decoder_channels: Sequence[int] | None = None,
+        share_decoder: bool = False,
+        view_dropout: float = 0.0,
+        gsd: float = SENTINEL1_GSD,
+    ) -> None:
+        super().__init__()
+        unknown = [v for v in views if v not in VIEW_NAMES]
+        if unknown or not views:
+            raise ValueError(f"unknown view(s) {unknown}; views are any of {', '.join(VIEW_NAMES)}")
+        bad_bands = [b for b in bands if b not in BAND_NAMES]
+        if bad_bands or not bands:
+            raise ValueError(f"unknown band(s) {bad_bands}; bands are any of {', '.join(BAND_NAMES)}")
+        if not 0.0 <= view_dropout < 1.0:
+            raise ValueError(f"view_dropout must be in [0, 1), got {view_dropout}")
+        self.encoder = encoder
+        self.views = tuple(views)
+        self.bands = tuple(bands)
+        self.gsd = gsd
+        self.view_dropout = view_dropout
+        dim = self.encoder_dim
+        patch = self.patch_size
+        channels = tuple(decoder_channels) if decoder_channels else default_decoder_channels(dim)
+        self.decoder_channels = channels
+        self.share_decoder = share_decoder
+        n_decoders = 1 if share_decoder else len(self.views)
+        self.decoders = nn.ModuleList(ViewDecoder(dim, channels, patch) for _ in range(n_decoders))
+        self.head = FusionHead(len(self.views), channels[-1])
+        self.register_buffer("waves", band_wavelengths(self.bands), persistent=False)
+        self.last_missing_views: tuple[str, ...] = ()
+        self._warned_missing: set[tuple[str, ...]] = set()
+        self.strategy = "full"  # set by floodlora.models.strategies.apply_strategy
+
+    def train(self, mode: bool = True) -> FloodSegmentor:
+        """Switch modes; a frozen encoder always stays in eval mode."""
+        super().train(mode)
+        if self.strategy == "frozen":
+            self.encoder.eval()
+        return self
+
+    # -- encoder access (works for a plain ClayEncoder and a peft-wrapped one) ---------------------
+
+    @property
+    def clay_encoder(self) -> ClayEncoder:
+        enc = self.encoder
+        while not isinstance(enc, ClayEncoder):
+            if hasattr(enc, "get_base_model"):
+                enc = enc.get_base_model()
+            elif hasattr(enc, "model"):
+                enc = enc.model
+            else:  # pragma: no cover - defensive
+                raise TypeError(f"cannot find the Clay encoder inside {type(self.encoder).__name__}")
+        return enc
+
+    @property
+    def encoder_dim(self) -> int:
+        return self.clay_encoder.dim
+
+    @property
+    def patch_size(self) -> int:
+        return self.clay_encoder.patch_size
+
+    # -- forward ------------------------------------------------------------------------------------
+
+    def _present_views(self, views: Mapping[str, Tensor]) -> list[str]:
+        extra = sorted(set(views) - set(self.views))
+        if extra:
+            raise ValueError(f"view(s) {extra} were not declared by this model (it has {list(self.views)})")
+        present = [v for v in self.views if v in views and views[v] is not None]
+        if not present:
+            raise ValueError(f"no input view given; this model expects {list(self.views)}")
+        return present
+
+    @staticmethod
+    def _per_view(meta: MetaInput, view: str, batch: int, ref: Tensor) -> Tensor:
+        if meta is None:
+            return ref.new_zeros(batch, 4)
+        if isinstance(meta, Mapping):
+            value = meta.get(view)
+            return ref.new_zeros(batch, 4) if value is None else value.to(ref)
+        return meta.to(ref)
+
+    def encode(
+        self, views: Mapping[str, Tensor], time: MetaInput = None, latlon: MetaInput = None
+    ) -> dict[str, Tensor]:
+        """Patch-token grids `[B, D, H/p, W/p]` for each present view, one encoder pass for all."""
+        present = self._present_views(views)
+        first = views[present[0]]
+        b, c, h, w = first.shape
+        if c != len(self.bands):
+            raise ValueError(
+                f"view {present[0]!r} has {c} channels, the model expects bands {list(self.bands)}"
+            )
+        for v in present[1:]:
+            if views[v].shape != first.shape:
+                raise ValueError(
+                    f"view {v!r} has shape {tuple(views[v].shape)}, {present[0]!r} has {tuple(first.shape)}"
+                )
+        pixels = torch.cat([views[v] for v in present], dim=0)
+        time_all = torch.cat([self._per_view(time, v, b, first) for v in present], dim=0)
+        latlon_all = torch.cat([self._per_view(latlon, v, b, first) for v in present], dim=0)
+        tokens = self.encoder(pixels, time_all, latlon_all, self.gsd, self.waves)
+        p = self.patch_size
+        grid = tokens[:, 1:].transpose(1, 2).reshape(len(present) * b, -1, h // p, w // p)
+        return dict(zip(present, grid.chunk(len(present), dim=0), strict=True))
+
+    def decode(self, features: Mapping[str, Tensor]) -> Tensor:
+        """Per-view decoders + fusion from token grids; absent views contribute zeros."""
+        ref = next(iter(features.values()))
+        b, _, gh, gw = ref.shape
+        p = self.patch_size
+        drop = self._sample_view_dropout(list(features), b, ref)
+        outputs = []
+        for i, view in enumerate(self.views):
+            decoder = self.decoders[0 if self.share_decoder else i]
+            if view in features:
+                out = decoder(features[view])
+                if drop is not None:
+                    out = out * drop[view].view(b, 1, 1, 1)
+            else:
+                out = ref.new_zeros(b, decoder.out_channels, gh * p, gw * p)
+            outputs.append(out)
+        return self.head(torch.cat(outputs, dim=1))
+
+    def _sample_view_dropout(self, present: list[str], batch: int, ref: Tensor) -> dict[str, Tensor] | None:
+        """Per sample, drop whole views at rate `view_dropout`, always keeping at least one."""
+        if not (self.training and self.view_dropout > 0 and len(present) > 1):
+            return None
+        keep = torch.rand(batch, len(present), device=ref.device) >= self.view_dropout
+        none_kept = ~keep.any(dim=1)
+        if none_kept.any():
+            rescue = torch.randint(len(present), (batch,), device=ref.device)
+            keep[none_kept, rescue[none_kept]] = True
+        return {v: keep[:, i].to(ref.dtype) for i, v in enumerate(present)}
+
+    def forward(
+        self, views: Mapping[str, Tensor], time: MetaInput = None, latlon: MetaInput = None
+    ) -> Tensor:
+        features = self.encode(views, time, latlon)
+        missing = tuple(v for v in self.views if v not in features)
+        self.last_missing_views = missing
+        if missing and not self.training and missing not in self._warned_missing:
+            self._warned_missing.add(missing)
+            warnings.warn(
+                f"view(s) {list(missing)} missing: predicting from {list(features)} only", stacklevel=2
+            )
+        return self.decode(features)
+
+    def decoder_parameters(self) -> list[nn.Parameter]:
+        return [*self.decoders.parameters(), *self.head.parameters()]
