@@ -120,8 +120,9 @@ def load_encoder(name_or_path: str, seed: int = 0) -> ClayEncoder:
             config: ClayEncoderConfig = get_preset(preset)
         except KeyError as err:
             raise CheckpointError(str(err.args[0])) from None
-        torch.manual_seed(seed)
-        return ClayEncoder(config)
+        with torch.random.fork_rng(devices=[]):  # deterministic, without touching the caller's RNG
+            torch.manual_seed(seed)
+            return ClayEncoder(config)
     path = resolve_checkpoint(name_or_path)
     assert path is not None
     return load_clay_encoder(path)

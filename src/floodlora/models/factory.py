@@ -1,0 +1,38 @@
+"""Build a ready-to-train segmentor from a ModelConfig: encoder + decoder + adaptation strategy."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from floodlora.config import ModelConfig
+from floodlora.models.registry import load_encoder
+from floodlora.models.segmentor import FloodSegmentor
+from floodlora.models.strategies import LoraSettings, apply_strategy
+
+
+def lora_settings(cfg: ModelConfig) -> LoraSettings:
+    return LoraSettings(rank=cfg.lora_rank, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, targets=cfg.lora_targets)
+
+
+def build_segmentor(
+    cfg: ModelConfig, views: Sequence[str], bands: Sequence[str], crop_size: int | None = None
+) -> FloodSegmentor:
+    """Load the encoder named by `cfg.checkpoint`, add the decoder and apply `cfg.strategy`.
+
+    Activation checkpointing follows `cfg.gradient_checkpointing`; when unset it is switched on for
+    full fine-tuning at 512 px and above, where activations dominate memory.
+    """
+    encoder = load_encoder(cfg.checkpoint)
+    model = FloodSegmentor(
+        encoder,
+        views=views,
+        bands=bands,
+        decoder_channels=cfg.decoder_channels,
+        share_decoder=cfg.share_decoder,
+        view_dropout=cfg.view_dropout,
+    )
+    checkpointing = cfg.gradient_checkpointing
+    if checkpointing is None:
+        checkpointing = cfg.strategy == "full" and (crop_size or 0) >= 512
+    model.clay_encoder.gradient_checkpointing = bool(checkpointing)
+    return apply_strategy(model, cfg.strategy, lora_settings(cfg) if cfg.strategy == "lora" else None)
