@@ -11,7 +11,9 @@ from floodlora.models.strategies import LoraSettings, apply_strategy
 
 
 def lora_settings(cfg: ModelConfig) -> LoraSettings:
-    return LoraSettings(rank=cfg.lora_rank, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, targets=cfg.lora_targets)
+    return LoraSettings(
+        rank=cfg.lora_rank, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, targets=cfg.lora_targets
+    )
 
 
 def build_segmentor(

@@ -108,7 +108,8 @@ def load_run(
     result = model.load_state_dict(state, strict=False)
     if result.unexpected_keys:
         raise CheckpointError(
-            f"{weights_path}: weights do not fit this model: unexpected {', '.join(result.unexpected_keys[:4])}"
+            f"{weights_path}: weights do not fit this model: "
+            f"unexpected {', '.join(result.unexpected_keys[:4])}"
         )
     stored_missing = [k for k in result.missing_keys if not k.startswith("encoder.") or "lora_" in k]
     if base["strategy"] == "full":
