@@ -1,0 +1,116 @@
+"""The canonical sample every reader produces, so that nothing downstream knows the on-disk format.
+
+A sample is named views (``pre``, ``post``, ``pre_asc`` ...) -> bands (``vv``, ``vh``) -> float32
+``H x W`` arrays in the sample's units, a uint8 mask (0 dry, 1 flood/water, 255 nodata), a boolean
+``valid`` map (False wherever any present view/band is nodata) and a little metadata.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from floodlora.errors import DataError
+
+VIEWS: tuple[str, ...] = ("pre", "post", "pre_asc", "pre_desc", "post_asc", "post_desc")
+BANDS: tuple[str, ...] = ("vv", "vh")
+UNITS: tuple[str, ...] = ("db", "linear", "scaled-uint8")
+MASK_DRY, MASK_FLOOD, MASK_NODATA = 0, 1, 255
+
+
+@dataclass
+class SampleMeta:
+    """Where a chip comes from and how to interpret its numbers."""
+
+    chip_id: str
+    event: str
+    source: str
+    units: str
+    split: str | None = None
+    crs: str | None = None  # WKT
+    transform: tuple[float, float, float, float, float, float] | None = None  # affine a, b, c, d, e, f
+    date: str | None = None  # ISO 8601 date or datetime of the (post-event) acquisition
+    lat: float | None = None
+    lon: float | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass
+class Sample:
+    """One chip in canonical form; `valid` is derived from the data when not given."""
+
+    views: dict[str, dict[str, np.ndarray]]
+    mask: np.ndarray | None
+    meta: SampleMeta
+    valid: np.ndarray = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.valid is None:
+            self.valid = compute_valid(self.views, self.shape)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(H, W) shared by every view, band and the mask."""
+        for bands in self.views.values():
+            for arr in bands.values():
+                return (int(arr.shape[0]), int(arr.shape[1]))
+        if self.mask is not None:
+            return (int(self.mask.shape[0]), int(self.mask.shape[1]))
+        raise DataError(f"{self.meta.chip_id}: sample has no views and no mask")
+
+    def nodata_fraction(self) -> float:
+        """Fraction of pixels that are unusable (invalid imagery or nodata label)."""
+        bad = ~self.valid
+        if self.mask is not None:
+            bad = bad | (self.mask == MASK_NODATA)
+        return float(bad.mean())
+
+
+def compute_valid(views: dict[str, dict[str, np.ndarray]], shape: tuple[int, int]) -> np.ndarray:
+    """Valid = finite in every present view and band (readers encode nodata as NaN)."""
+    valid = np.ones(shape, dtype=bool)
+    for bands in views.values():
+        for arr in bands.values():
+            valid &= np.isfinite(arr)
+    return valid
+
+
+def check_sample(sample: Sample, where: str) -> Sample:
+    """Enforce the canonical invariants; `where` names the file(s) for the one-line error."""
+    if sample.meta.units not in UNITS:
+        raise DataError(f"{where}: unknown units {sample.meta.units!r}; expected one of {', '.join(UNITS)}")
+    if not sample.views:
+        raise DataError(f"{where}: no image views found")
+    shape = None
+    for view, bands in sample.views.items():
+        if view not in VIEWS:
+            raise DataError(f"{where}: unknown view {view!r}; expected one of {', '.join(VIEWS)}")
+        for band, arr in bands.items():
+            if band not in BANDS:
+                raise DataError(f"{where}: unknown band {band!r} in view {view}")
+            if arr.ndim != 2:
+                raise DataError(f"{where}: {view}/{band} is not a 2-D image (shape {arr.shape})")
+            if shape is None:
+                shape = arr.shape
+            elif arr.shape != shape:
+                raise DataError(
+                    f"{where}: views have different shapes ({view}/{band} is {arr.shape[0]}x{arr.shape[1]}, "
+                    f"expected {shape[0]}x{shape[1]})"
+                )
+            if arr.dtype != np.float32:
+                bands[band] = arr.astype(np.float32)
+    if sample.mask is not None:
+        if sample.mask.shape != shape:
+            raise DataError(
+                f"{where}: mask is {sample.mask.shape[0]}x{sample.mask.shape[1]} but the image is "
+                f"{shape[0]}x{shape[1]}"  # type: ignore[index]
+            )
+        bad = np.setdiff1d(np.unique(sample.mask), [MASK_DRY, MASK_FLOOD, MASK_NODATA])
+        if bad.size:
+            raise DataError(
+                f"{where}: mask values {bad[:5].tolist()} outside the declared classes "
+                "(0 dry, 1 flood, 255 nodata)"
+            )
+        sample.mask = sample.mask.astype(np.uint8, copy=False)
+    return sample
