@@ -27,6 +27,43 @@ def _console():  # noqa: ANN202 - rich is imported lazily
 
 
 # --------------------------------------------------------------------------------------------------
+# data
+# --------------------------------------------------------------------------------------------------
+
+
+@app.command()
+def synth(
+    out: Annotated[str, typer.Option(help="Output folder (floodlora folder layout, GeoTIFFs).")],
+    n: Annotated[int, typer.Option(help="Number of scenes.")] = 64,
+    size: Annotated[int, typer.Option(help="Scene size in pixels (10 m).")] = 128,
+    domain: Annotated[str, typer.Option(help="in (temperate valley) or ood (arid, shifted).")] = "in",
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed writes the same scenes.")] = 0,
+    splits: Annotated[str, typer.Option(help="Split fractions, e.g. train=0.8,val=0.1,test=0.1.")] = (
+        "train=0.8,val=0.1,test=0.1"
+    ),
+    views: Annotated[str, typer.Option(help="Views, e.g. pre,post or pre_asc,post_asc.")] = "pre,post",
+    target: Annotated[str, typer.Option(help="Label: flood (new water) or water (all).")] = "flood",
+) -> None:
+    """Write synthetic Sentinel-1 flood scenes (georeferenced GeoTIFFs) in the folder layout."""
+    from floodlora.data.commands import run_synth
+
+    typer.echo(run_synth(out, n, size, domain, seed, splits, views, target))
+
+
+@app.command()
+def stats(
+    data: Annotated[list[str], typer.Option(help="Dataset root(s); repeat to combine.")],
+    out: Annotated[str, typer.Option(help="Stats YAML to write (use as data.normalization).")] = "stats.yaml",
+    format: Annotated[str | None, typer.Option(help="Force a format instead of auto-detection.")] = None,
+    max_chips: Annotated[int | None, typer.Option(help="Stop after this many chips.")] = None,
+) -> None:
+    """Per-band mean/std over every chip (streamed), saved for per-dataset normalisation."""
+    from floodlora.data.commands import run_stats
+
+    typer.echo(run_stats(data, format, out, max_chips))
+
+
+# --------------------------------------------------------------------------------------------------
 # models
 # --------------------------------------------------------------------------------------------------
 
