@@ -68,11 +68,15 @@ class Sample:
 
 
 def compute_valid(views: dict[str, dict[str, np.ndarray]], shape: tuple[int, int]) -> np.ndarray:
-    """Valid = finite in every present view and band (readers encode nodata as NaN)."""
+    """Valid = finite in every present view and band (readers encode nodata as NaN).
+
+    Arrays of another shape are skipped here; :func:`check_sample` reports them with the file name.
+    """
     valid = np.ones(shape, dtype=bool)
     for bands in views.values():
         for arr in bands.values():
-            valid &= np.isfinite(arr)
+            if arr.shape == shape:
+                valid &= np.isfinite(arr)
     return valid
 
 

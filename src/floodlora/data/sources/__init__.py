@@ -56,11 +56,12 @@ def _discover_auto(root: Path, depth: int) -> list[ChipRef]:
     found = _matches(root)
     if len(found) == 1:
         return get_reader(found[0]).discover(root)
-    if len(found) > 1 and depth < 3:
-        refs: list[ChipRef] = []
+    refs: list[ChipRef] = []
+    if depth < 3:  # several datasets side by side (or folder datasets one level down)
         for child in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            if _matches(child):
+            if _matches(child) or any(_matches(g) for g in child.iterdir() if g.is_dir()):
                 refs.extend(_discover_auto(child, depth + 1))
+    if refs:
         return refs
     return get_reader(detect_format(root)).discover(root)  # raises the right message
 

@@ -13,6 +13,7 @@ to the DataModule. Georeferencing (CRS + transform) is read from the first view 
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -167,6 +168,14 @@ def write_dataset_yaml(
 
 def write_sample(sample: Sample, chip_dir: str | Path, bands: list[str] | None = None) -> None:
     """Write one sample as ``<view>.tif`` (+ ``mask.tif``, ``meta.yaml``) GeoTIFFs, each atomically."""
+    from rasterio.errors import NotGeoreferencedWarning
+
+    with warnings.catch_warnings():  # chips without georeferencing are legitimate (OMBRIA, ETCI)
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        _write_sample(sample, Path(chip_dir), bands)
+
+
+def _write_sample(sample: Sample, chip_dir: Path, bands: list[str] | None) -> None:
     import rasterio
     import yaml
     from rasterio.transform import Affine
