@@ -38,6 +38,7 @@ class PretrainConfig:
 
     preset: str = "floodlora-mini"
     crop_size: int = 64
+    large_crop_size: int | None = 128  # every other batch, at equal pixel count
     mask_ratio: float = 0.75
     steps: int = 3000
     batch_size: int = 32
@@ -148,22 +149,36 @@ class ImagePool:
     def summary(self) -> dict[str, int]:
         return {"+".join(k): len(v) for k, v in self.groups.items()}
 
-    def batches(self, batch_size: int, crop: int, seed: int) -> Iterator[tuple[tuple[str, ...], Tensor]]:
-        """Endless random crops + flips/rot90; band group drawn in proportion to its size."""
+    def batches(
+        self, batch_size: int, crop: int, seed: int, large_crop: int | None = None
+    ) -> Iterator[tuple[tuple[str, ...], Tensor]]:
+        """Endless random crops + flips/rot90; each band group is drawn equally often.
+
+        With `large_crop`, every other batch uses that size (and proportionally fewer images), so
+        the encoder meets the token positions of the larger grids used when fine-tuning.
+        """
         rng = np.random.default_rng(seed)
         keys = [k for k, v in self.groups.items() if v]
-        weights = np.array([len(self.groups[k]) for k in keys], dtype=float)
-        weights /= weights.sum()
+        step = 0
         while True:
-            key = keys[rng.choice(len(keys), p=weights)]
+            key = keys[rng.integers(len(keys))]
             images = self.groups[key]
+            size, n = crop, batch_size
+            if large_crop and step % 2 == 1:
+                size, n = large_crop, max(1, batch_size * crop * crop // (large_crop * large_crop))
+            step += 1
+            fitting = [im for im in images if min(im.shape[1:]) >= size]
+            if not fitting:
+                size = min(min(im.shape[1:]) for im in images) // 8 * 8
+                fitting = images
+            images = fitting
             batch = []
-            for idx in rng.integers(0, len(images), size=batch_size):
+            for idx in rng.integers(0, len(images), size=n):
                 img = images[idx]
                 _, h, w = img.shape
-                top = int(rng.integers(0, h - crop + 1))
-                left = int(rng.integers(0, w - crop + 1))
-                patch = img[:, top : top + crop, left : left + crop]
+                top = int(rng.integers(0, h - size + 1))
+                left = int(rng.integers(0, w - size + 1))
+                patch = img[:, top : top + size, left : left + size]
                 if rng.random() < 0.5:
                     patch = patch[:, :, ::-1]
                 patch = np.rot90(patch, k=int(rng.integers(0, 4)), axes=(1, 2))
@@ -188,20 +203,27 @@ def build_pool(cfg: PretrainConfig, progress: Callable[[str], None] | None = Non
     if progress:
         progress(f"synthetic images: {len(pool)}")
     if cfg.real_roots:
+        from floodlora.data.sar import compute_stats
         from floodlora.data.sources import discover, read_sample
 
         refs = discover([Path(r) for r in cfg.real_roots])
         if cfg.real_limit is not None:
             refs = refs[: cfg.real_limit]
+        by_format: dict[str, list] = {}
         for ref in refs:
-            sample = read_sample(ref)
-            bands = tuple(b for b in ("vv", "vh") if all(b in v for v in sample.views.values()))
-            if not bands or min(sample.valid.shape) < cfg.crop_size:
-                continue
-            norm = normalize_sample(sample, bands, get_norm_preset("auto", sample.meta.units))
-            for arr in norm.values():
-                arr = np.where(sample.valid[None], arr, 0.0)
-                pool.add(bands, np.clip(np.nan_to_num(arr), -6, 6))
+            by_format.setdefault(ref.format, []).append(ref)
+        for fmt_refs in by_format.values():
+            # 8-bit rescaled sources have no physical units: normalise each with its own statistics.
+            stats = compute_stats(fmt_refs) if fmt_refs[0].units == "scaled-uint8" else None
+            for ref in fmt_refs:
+                sample = read_sample(ref)
+                bands = tuple(b for b in ("vv", "vh") if all(b in v for v in sample.views.values()))
+                if not bands or min(sample.valid.shape) < cfg.crop_size:
+                    continue
+                preset = get_norm_preset("auto", sample.meta.units, stats=stats)
+                for arr in normalize_sample(sample, bands, preset).values():
+                    arr = np.where(sample.valid[None], arr, 0.0)
+                    pool.add(bands, np.clip(np.nan_to_num(arr), -6, 6))
         if progress:
             progress(f"with real images: {pool.summary()}")
     return pool
@@ -250,7 +272,9 @@ def pretrain(
         from floodlora.errors import DataError
 
         raise DataError("pretraining image pool is empty")
-    batches = pool.batches(cfg.batch_size, cfg.crop_size, seed=cfg.seed + start)
+    batches = pool.batches(
+        cfg.batch_size, cfg.crop_size, seed=cfg.seed + start, large_crop=cfg.large_crop_size
+    )
     gen = torch.Generator().manual_seed(cfg.seed + 7 * start)
     t0 = time.perf_counter()
     mae.train()
