@@ -4,6 +4,7 @@ Two naming schemes share one layout: ``S1_before_0001.png`` / ``S1_after_0001.pn
 ``S1_mask_0001.png`` (OmbriaS1/train, OmbriaS1/test) and ``imbefore_1.png`` / ``imafter_1.png`` /
 ``gt_1.png`` (2021/<COUNTRY>/Sentinel1). One band (VV, per the dataset's notebook), already rescaled to
 0..255 by the authors (units ``scaled-uint8``); masks are 0 (dry) / 255 (flooded); not georeferenced.
+Pixels that are 255 in both the pre and the post image are nodata (fill strips at scene edges).
 """
 
 from __future__ import annotations
@@ -76,5 +77,11 @@ def discover(root: Path) -> list[ChipRef]:
 def read(ref: ChipRef) -> Sample:
     views = {v: {"vv": read_png(ref.files[v]).astype("float32")} for v in ("pre", "post")}
     mask = binary_mask(read_png(ref.files["mask"]), ref.files["mask"], {0: 0, 255: 1})
+    # Fill strips at scene edges are white (255) in both images (as in ETCI): nodata, not bright land.
+    fill = (views["pre"]["vv"] == 255) & (views["post"]["vv"] == 255)
+    if fill.any() and fill.shape == mask.shape:
+        for v in ("pre", "post"):
+            views[v]["vv"][fill] = float("nan")
+        mask[fill] = 255
     meta = SampleMeta(chip_id=ref.chip_id, event=ref.event, source=FORMAT, units=UNITS, split=ref.split)
     return check_sample(Sample(views=views, mask=mask, meta=meta), ref.files["post"])
