@@ -313,6 +313,8 @@ class FloodDataModule(L.LightningDataModule):
 
     def _filter_nodata(self, refs: list[ChipRef]) -> tuple[list[ChipRef], list[str]]:
         """Drop chips whose unusable fraction exceeds ``max_nodata_fraction`` (read once at setup)."""
+        if self.config.max_nodata_fraction >= 1.0:  # nothing to skip: spare the read of every chip
+            return list(refs), []
         keep, skipped = [], []
         for ref in refs:
             s = read_sample(ref)
