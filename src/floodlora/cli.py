@@ -80,6 +80,127 @@ def info(
     typer.echo(describe_checkpoint(checkpoint))
 
 
+# --------------------------------------------------------------------------------------------------
+# training and evaluation
+# --------------------------------------------------------------------------------------------------
+
+
+@app.command()
+def train(
+    out: Annotated[str, typer.Option(help="Run directory to write.")],
+    data: Annotated[list[str] | None, typer.Option(help="Dataset root(s); repeat to combine.")] = None,
+    format: Annotated[str | None, typer.Option(help="Force a data format instead of auto-detection.")] = None,
+    strategy: Annotated[str | None, typer.Option(help="frozen | lora | full.")] = None,
+    rank: Annotated[int | None, typer.Option(help="LoRA rank (alpha = 2 x rank).")] = None,
+    checkpoint: Annotated[str | None, typer.Option(help="embedded, clay-v1-base, clay-v1.5 or PATH.")] = None,
+    config: Annotated[str | None, typer.Option(help="YAML file or packaged name (paper, cpu-small).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from RUN_DIR/checkpoints/last.ckpt.")] = False,
+    max_epochs: Annotated[int | None, typer.Option(help="Override train.max_epochs.")] = None,
+    devices: Annotated[int | None, typer.Option(help="Devices (processes) for DDP.")] = None,
+    accelerator: Annotated[str | None, typer.Option(help="auto | cpu | gpu.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Any config key: section.key=v.")] = None,
+) -> None:
+    """Adapt an encoder to flood segmentation and write a run directory."""
+    from floodlora.training.commands import run_train
+
+    run_train(
+        data, format, strategy, rank, checkpoint, config, out, resume, set_, max_epochs, devices, accelerator
+    )
+
+
+@app.command()
+def evaluate(
+    run_dir: Annotated[str, typer.Argument(help="A run directory written by `floodlora train`.")],
+    data: Annotated[list[str] | None, typer.Option(help="Dataset root(s); default: the run's data.")] = None,
+    format: Annotated[str | None, typer.Option(help="Force a data format instead of auto-detection.")] = None,
+    split: Annotated[str, typer.Option(help="train | val | test | ood | all.")] = "test",
+    json_out: Annotated[str | None, typer.Option("--json", help="Write the metrics JSON here.")] = None,
+    threshold: Annotated[float, typer.Option(help="Probability threshold for flood.")] = 0.5,
+    checkpoint: Annotated[str | None, typer.Option(help="Where the run's base checkpoint now lives.")] = None,
+) -> None:
+    """Table-2 metrics (accuracy, precision, recall, F1, IoU, Dice) of a run on a data split."""
+    from floodlora.training.commands import run_evaluate
+
+    run_evaluate(run_dir, data, format, split, json_out, threshold, checkpoint)
+
+
+@app.command()
+def sweep(
+    out: Annotated[str, typer.Option(help="Output folder: one run per strategy + sweep.md/csv/json/png.")],
+    data: Annotated[list[str] | None, typer.Option(help="Dataset root(s); repeat to combine.")] = None,
+    format: Annotated[str | None, typer.Option(help="Force a data format instead of auto-detection.")] = None,
+    strategies: Annotated[str, typer.Option(help="Comma-separated: frozen, lora:R, full.")] = (
+        "frozen,lora:8,lora:64,lora:256,full"
+    ),
+    checkpoint: Annotated[str | None, typer.Option(help="embedded, clay-v1-base, clay-v1.5 or PATH.")] = None,
+    config: Annotated[str | None, typer.Option(help="YAML file or packaged name (paper, cpu-small).")] = None,
+    eval_: Annotated[
+        list[str] | None, typer.Option("--eval", help="Extra test data NAME=PATH[:FORMAT] (unseen event).")
+    ] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Any config key: section.key=v.")] = None,
+) -> None:
+    """Train and evaluate several strategies; write the paper's Table 1 and an F1-vs-cost figure."""
+    from floodlora.training.commands import run_sweep
+
+    run_sweep(data, format, strategies, checkpoint, config, out, set_, eval_)
+
+
+# --------------------------------------------------------------------------------------------------
+# inference and deployment
+# --------------------------------------------------------------------------------------------------
+
+
+@app.command()
+def predict(
+    run_dir: Annotated[str, typer.Argument(help="Run directory (or `export --merge` directory).")],
+    view: Annotated[list[str], typer.Option(help="NAME=PATH GeoTIFF per view (post, pre, ...); repeat.")],
+    out: Annotated[str, typer.Option(help="Flood mask COG to write (uint8: 0 dry, 1 flood, 255 nodata).")],
+    probabilities: Annotated[str | None, typer.Option(help="Also write float32 probabilities here.")] = None,
+    uncertainty: Annotated[str | None, typer.Option(help="Also write the probability spread here.")] = None,
+    polygons: Annotated[str | None, typer.Option(help="Flood polygons (area_km2): .gpkg or .geojson.")] = None,
+    adapter: Annotated[str | None, typer.Option(help="Adapter file or RUN_DIR/adapters/NAME.")] = None,
+    checkpoint: Annotated[str | None, typer.Option(help="Where the run's base checkpoint now lives.")] = None,
+    units: Annotated[str, typer.Option(help="Input units: db | linear.")] = "db",
+    tile: Annotated[int | None, typer.Option(help="Tile size (default: the run's crop size).")] = None,
+    overlap: Annotated[int | None, typer.Option(help="Tile overlap in pixels (default: tile / 4).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Tiles per forward pass.")] = 4,
+    threshold: Annotated[float, typer.Option(help="Probability threshold for flood.")] = 0.5,
+    tta: Annotated[bool, typer.Option(help="Average over 4 flips (test-time augmentation).")] = False,
+    mc_dropout: Annotated[int, typer.Option(help="N LoRA-dropout samples for the uncertainty layer.")] = 0,
+    date: Annotated[str | None, typer.Option(help="Post-event date (ISO) for the time code.")] = None,
+    align: Annotated[bool, typer.Option(help="Warp views onto the post-event grid when they differ.")] = True,
+    cog: Annotated[bool, typer.Option(help="Cloud Optimized GeoTIFF (else tiled GeoTIFF).")] = True,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Flood map of whole georeferenced Sentinel-1 scenes (tiled, blended, CRS preserved)."""
+    from floodlora.inference.commands import run_predict
+
+    summary = run_predict(
+        run_dir, view, out, probabilities=probabilities, uncertainty=uncertainty, polygons=polygons,
+        adapter=adapter, checkpoint=checkpoint, units=units, tile=tile, overlap=overlap,
+        batch_size=batch_size, threshold=threshold, tta=tta, mc_dropout=mc_dropout, date=date,
+        align=align, cog=cog, progress=progress,
+    )  # fmt: skip
+    typer.echo(summary)
+
+
+@app.command()
+def export(
+    run_dir: Annotated[str, typer.Argument(help="A run directory written by `floodlora train`.")],
+    out: Annotated[str, typer.Option(help="Output directory.")],
+    merge: Annotated[bool, typer.Option(help="Merge LoRA; write a standalone model.")] = False,
+    adapter: Annotated[str | None, typer.Option(help="Write adapter-only OUT/NAME.safetensors.")] = None,
+    torch_export: Annotated[bool, typer.Option(help="Also write torch.export model.pt2.")] = False,
+    onnx: Annotated[bool, typer.Option(help="Also write model.onnx (checked with onnxruntime).")] = False,
+    tile: Annotated[int | None, typer.Option(help="Tile size of exported graphs.")] = None,
+    checkpoint: Annotated[str | None, typer.Option(help="Where the run's base checkpoint now lives.")] = None,
+) -> None:
+    """Deployment artefacts: merged standalone model, adapter-only file, torch.export / ONNX."""
+    from floodlora.inference.commands import run_export
+
+    typer.echo(run_export(run_dir, out, merge, adapter, torch_export, onnx, tile, checkpoint))
+
+
 def main() -> None:
     """Console entry point: run the app and turn user errors into one clean line."""
     from floodlora.errors import FloodLoraError

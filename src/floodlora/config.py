@@ -70,9 +70,10 @@ class TrainConfig:
     precision: str = "auto"  # auto: bf16-mixed on CUDA, 32 on CPU
     accelerator: str = "auto"
     devices: int = 1
+    num_nodes: int = 1  # multi-node DDP (torchrun / SLURM, see docs/distributed.md)
     seed: int = 0
-    limit_train_batches: float | int | None = None
-    limit_val_batches: float | int | None = None
+    limit_train_batches: int | float | None = None  # int: batches, float: fraction
+    limit_val_batches: int | float | None = None
     memory_cap_gb: float | None = None  # simulate a smaller accelerator: above it a run is OOM
     compile: bool = False
     feature_cache: bool = False  # frozen strategy only: cache encoder tokens on disk
@@ -145,6 +146,28 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
     return cls(**kwargs)
 
 
+def packaged_configs() -> list[str]:
+    """Names of the configs shipped inside the package (`--config paper`, `--config cpu-small`)."""
+    from importlib import resources
+
+    root = resources.files("floodlora") / "configs"
+    return sorted(p.name[: -len(".yaml")] for p in root.iterdir() if p.name.endswith(".yaml"))
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """A YAML file path, or the name of a packaged config (a file of that name wins)."""
+    from importlib import resources
+
+    p = Path(path)
+    if p.is_file():
+        return p
+    packaged = Path(str(resources.files("floodlora") / "configs" / f"{p.name}.yaml"))
+    if p.suffix == "" and len(p.parts) == 1 and packaged.is_file():
+        return packaged
+    names = ", ".join(packaged_configs())
+    raise ConfigError(f"{p}: config file not found (packaged configs: {names})")
+
+
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
     """Read a YAML run config (or the defaults) and apply dotted overrides.
 
@@ -155,9 +178,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
 
     raw: dict[str, Any] = {}
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"{p}: config file not found")
+        p = resolve_config_path(path)
         try:
             loaded = yaml.safe_load(p.read_text())
         except yaml.YAMLError as err:

@@ -1,0 +1,374 @@
+"""Train, evaluate and sweep: the functions behind `floodlora train / evaluate / sweep`.
+
+Each is callable in-process (the demo does), returns plain data, and leaves the run directory of
+docs/architecture.md behind. Lightning does the loops, device placement, DDP and checkpointing;
+this module only wires the recipe together and decides what is written where:
+
+    RUN_DIR/config.yaml, weights.safetensors, base.json   (training.rundir.save_run)
+    RUN_DIR/metrics.json      val / test (/ ood) reports at threshold 0.5 and the val-F1-optimal one
+    RUN_DIR/accounting.json   memory, parameters, throughput, time-to-best-F1, wall time
+    RUN_DIR/checkpoints/      Lightning checkpoints: last.ckpt (for --resume), best.ckpt (lowest val loss)
+    RUN_DIR/logs/metrics.csv  per-step / per-epoch CSV log
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from floodlora.config import DataConfig, RunConfig, TrainConfig
+from floodlora.errors import ConfigError, FloodLoraError
+from floodlora.io import atomic_write_json
+from floodlora.training.accounting import OutOfMemoryError, ResourceAccounting, is_out_of_memory
+from floodlora.training.metrics import best_f1_threshold
+
+METRICS_FILE = "metrics.json"
+ACCOUNTING_FILE = "accounting.json"
+CHECKPOINT_DIR = "checkpoints"
+LAST_CKPT = "last.ckpt"
+EVAL_SPLITS: tuple[str, ...] = ("train", "val", "test", "ood", "all")
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced (the same content as the files in `run_dir`)."""
+
+    run_dir: Path
+    metrics: dict[str, Any]
+    accounting: dict[str, Any]
+    config: RunConfig
+    is_global_zero: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------------
+# Lightning plumbing
+# --------------------------------------------------------------------------------------------------
+
+
+def resolve_accelerator(cfg: TrainConfig) -> str:
+    if cfg.accelerator != "auto":
+        return cfg.accelerator
+    return "gpu" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_precision(cfg: TrainConfig, accelerator: str) -> str:
+    """`auto`: bf16-mixed on CUDA, fp32 elsewhere (bf16 matmul on these CPUs is ~400x slower)."""
+    if cfg.precision != "auto":
+        if accelerator == "cpu" and "bf16" in cfg.precision:
+            warnings.warn("bf16 on CPU is very slow here; consider train.precision: 32", stacklevel=2)
+        return cfg.precision
+    return "bf16-mixed" if accelerator in ("gpu", "cuda") else "32-true"
+
+
+def _quiet_lightning() -> None:
+    """Keep the console to the progress bar: Lightning's info banners add nothing for users."""
+    import logging
+
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for msg in (
+        ".*does not have many workers.*",
+        ".*number of training batches.*smaller than the logging interval.*",
+        ".*Checkpoint directory .* exists and is not empty.*",
+        ".*is not a recognized .* version.*",
+        ".*`srun` command is available.*",
+        ".*sync_dist=True.*",
+        ".*Experiment logs directory .* exists and is not empty.*",
+        ".*module\\(s\\) in eval mode at the start of training.*",  # a frozen encoder stays in eval mode
+    ):
+        warnings.filterwarnings("ignore", message=msg)
+
+
+def _trainer(cfg: TrainConfig, run_dir: Path | None, callbacks: list[Any], progress: bool, fit: bool) -> Any:
+    import lightning.pytorch as pl
+    from lightning.pytorch.loggers import CSVLogger
+
+    _quiet_lightning()
+    accelerator = resolve_accelerator(cfg)
+    if progress:
+        from lightning.pytorch.callbacks import RichProgressBar
+
+        callbacks = [*callbacks, RichProgressBar(leave=True)]
+    kwargs: dict[str, Any] = {}
+    if fit:
+        kwargs.update(
+            max_epochs=cfg.max_epochs,
+            logger=CSVLogger(str(run_dir), name="", version="logs") if run_dir else False,
+            log_every_n_steps=1,
+            limit_train_batches=cfg.limit_train_batches,
+            limit_val_batches=cfg.limit_val_batches,
+            num_sanity_val_steps=0,
+        )
+    else:
+        kwargs.update(logger=False, enable_checkpointing=False)
+    return pl.Trainer(
+        accelerator=accelerator,
+        devices=cfg.devices if fit else 1,
+        num_nodes=cfg.num_nodes if fit else 1,
+        precision=resolve_precision(cfg, accelerator),  # type: ignore[arg-type]
+        callbacks=callbacks,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        default_root_dir=str(run_dir) if run_dir else None,
+        **kwargs,
+    )
+
+
+def _test(trainer: Any, task: Any, loader: Any) -> Any:
+    """Run Lightning's test loop; returns the task's gathered per-chip confusion."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*view\(s\) .* missing.*")
+        trainer.test(task, dataloaders=loader, verbose=False)
+    return task.test_chips
+
+
+def split_report(chips: Any, threshold: float = 0.5, best_threshold: float | None = None) -> dict[str, Any]:
+    """Metrics at `threshold` (+ per event / per chip) and, when given, at the val-F1-optimal threshold."""
+    out = chips.report(threshold)
+    if best_threshold is not None:
+        best = chips.report(best_threshold, per_chip=False)
+        out["best_threshold"] = best_threshold
+        out["at_best_threshold"] = {k: v for k, v in best.items() if k not in ("n_chips", "n_pixels")}
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# train
+# --------------------------------------------------------------------------------------------------
+
+
+def _check_out_dir(run_dir: Path, resume: bool) -> Path | None:
+    last = run_dir / CHECKPOINT_DIR / LAST_CKPT
+    if resume:
+        if not last.is_file():
+            raise FloodLoraError(f"{run_dir}: nothing to resume ({CHECKPOINT_DIR}/{LAST_CKPT} not found)")
+        return last
+    if (run_dir / METRICS_FILE).exists() or last.exists():
+        raise FloodLoraError(
+            f"{run_dir}: already holds a run; pass --resume to continue it or choose another --out"
+        )
+    return None
+
+
+def train_run(
+    config: RunConfig, out_dir: str | Path, resume: bool = False, progress: bool = False
+) -> TrainResult:
+    """Train `config` into `out_dir`, evaluate val / test (/ ood), write the run directory.
+
+    Raises :class:`OutOfMemoryError` when the run exceeds the accelerator's memory or
+    `train.memory_cap_gb` (its `.accounting` holds what was measured before that).
+    """
+    from lightning.pytorch import seed_everything
+    from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+
+    from floodlora.config import save_config
+    from floodlora.data.datamodule import FloodDataModule
+    from floodlora.models.factory import build_segmentor
+    from floodlora.training.rundir import save_run
+    from floodlora.training.task import FloodSegmentationTask
+
+    t_start = time.perf_counter()
+    run_dir = Path(out_dir)
+    ckpt_path = _check_out_dir(run_dir, resume)
+    if not config.data.roots:
+        raise ConfigError("no training data: pass --data PATH (or data.roots in the config)")
+    tcfg = config.train
+    seed_everything(tcfg.seed, workers=True, verbose=False)
+    datamodule = FloodDataModule(config.data)
+    datamodule.setup("fit")
+    model = build_segmentor(config.model, config.data.views, config.data.bands, config.data.crop_size)
+    task = FloodSegmentationTask(model, tcfg)
+    accounting = ResourceAccounting(tcfg.memory_cap_gb)
+    ckpt_dir = str(run_dir / CHECKPOINT_DIR)
+    # Two checkpoints: the lowest val loss (the weights the run keeps) and the latest (for --resume;
+    # Lightning's save_last only follows saves of the monitored checkpoint).
+    checkpoint = ModelCheckpoint(
+        dirpath=ckpt_dir,
+        filename="best",
+        monitor="val_loss",
+        mode="min",
+        save_top_k=1,
+        enable_version_counter=False,
+    )
+    latest = ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, enable_version_counter=False)
+    early = EarlyStopping(monitor="val_loss", mode="min", patience=tcfg.early_stopping_patience)
+    callbacks = [accounting, checkpoint, latest, early, LearningRateMonitor(logging_interval="epoch")]
+    trainer = _trainer(tcfg, run_dir, callbacks, progress, fit=True)
+    if trainer.is_global_zero:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, run_dir / "config.yaml")
+        _keep_previous_log(run_dir)
+    try:
+        trainer.fit(
+            task, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None, weights_only=True
+        )
+    except Exception as err:
+        if not is_out_of_memory(err):
+            raise
+        summary = {**accounting.summary(), "status": "oom", "error": str(err).splitlines()[0][:300]}
+        if trainer.is_global_zero:
+            atomic_write_json(run_dir / ACCOUNTING_FILE, summary)
+        oom = (
+            err
+            if isinstance(err, OutOfMemoryError)
+            else OutOfMemoryError(f"out of memory: {summary['error']}")
+        )
+        oom.accounting = summary  # type: ignore[attr-defined]
+        raise oom from None
+    if trainer.interrupted:
+        raise KeyboardInterrupt
+    _restore_best(task, checkpoint.best_model_path)
+
+    # Evaluate with the same trainer, so that DDP ranks share the work and the results.
+    val_chips = _test(trainer, task, datamodule.val_dataloader())
+    threshold, _ = best_f1_threshold(val_chips.total())
+    metrics: dict[str, Any] = {"best_threshold": threshold, "val": split_report(val_chips, 0.5, threshold)}
+    for split in ("test", "ood"):
+        if datamodule.splits.get(split):
+            loader = datamodule.test_dataloader() if split == "test" else datamodule.ood_dataloader()
+            metrics[split] = split_report(_test(trainer, task, loader), 0.5, threshold)
+    summary = {
+        **accounting.summary(),
+        "status": "ok",
+        "wall_seconds": time.perf_counter() - t_start,
+        "stopped_epoch": int(trainer.current_epoch),
+        "early_stopped": bool(early.stopped_epoch),
+        "world_size": int(trainer.world_size),
+        "data": datamodule.describe(),
+    }
+    if trainer.is_global_zero:
+        save_run(run_dir, config, model)
+        atomic_write_json(run_dir / METRICS_FILE, metrics)
+        atomic_write_json(run_dir / ACCOUNTING_FILE, summary)
+    return TrainResult(run_dir, metrics, summary, config, trainer.is_global_zero)
+
+
+def _keep_previous_log(run_dir: Path) -> None:
+    """Lightning's CSV logger starts a fresh file; keep the earlier sessions' log of a resumed run."""
+    log = run_dir / "logs" / "metrics.csv"
+    if log.is_file():
+        n = len(list(log.parent.glob("metrics.session-*.csv"))) + 1
+        log.rename(log.with_name(f"metrics.session-{n}.csv"))
+
+
+def _restore_best(task: Any, best_path: str) -> None:
+    """Load the lowest-val-loss weights (the checkpoint EarlyStopping's monitor chose)."""
+    if not best_path or not Path(best_path).is_file():
+        return
+    state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
+    result = task.load_state_dict(state, strict=False)
+    trainable = {f"model.{n}" for n, p in task.model.named_parameters() if p.requires_grad}
+    missing = [k for k in result.missing_keys if k in trainable]
+    if missing or result.unexpected_keys:
+        raise FloodLoraError(
+            f"{best_path}: checkpoint does not fit the model ({(missing or result.unexpected_keys)[:3]})"
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# evaluate
+# --------------------------------------------------------------------------------------------------
+
+
+def _eval_loader(data: DataConfig, split: str) -> Any:
+    from torch.utils.data import DataLoader
+
+    from floodlora.data.datamodule import FloodDataModule, FloodDataset, collate
+
+    if split not in EVAL_SPLITS:
+        raise ConfigError(f"unknown split {split!r}; choose one of {', '.join(EVAL_SPLITS)}")
+    dm = FloodDataModule(data)
+    dm.setup("test")
+    if split == "all":
+        refs = [r for name in ("train", "val", "test", "ood") for r in dm.splits[name]]
+        if not refs:
+            raise FloodLoraError(f"{', '.join(data.roots)}: no labelled chips to evaluate")
+        ds = FloodDataset(refs, dm.presets, data.views, data.bands, crop_size=None, seed=data.seed)
+        return DataLoader(ds, batch_size=data.batch_size, shuffle=False, collate_fn=collate)
+    if not dm.splits.get(split):
+        sizes = ", ".join(f"{k} {len(v)}" for k, v in dm.splits.items())
+        raise FloodLoraError(
+            f"{', '.join(data.roots)}: the {split} split is empty ({sizes}); try --split all"
+        )
+    return {"train": dm.train_dataloader, "val": dm.val_dataloader, "test": dm.test_dataloader,
+            "ood": dm.ood_dataloader}[split]()  # fmt: skip
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    roots: list[str] | None = None,
+    format: str | None = None,
+    split: str = "test",
+    threshold: float = 0.5,
+    checkpoint: str | None = None,
+    progress: bool = False,
+    json_out: str | Path | None = None,
+) -> dict[str, Any]:
+    """Evaluate a trained run on a split of its own data or of other data (`roots`, `format`).
+
+    Returns (and optionally writes) accuracy, precision, recall, f1, iou, dice as fractions at
+    `threshold`, the per-event and per-chip breakdowns, and the same at the run's val-F1-optimal
+    threshold. Views the run was trained on but the data lacks are listed in `missing_views`.
+    """
+    import json
+
+    from floodlora.training.rundir import load_run
+    from floodlora.training.task import FloodSegmentationTask
+
+    loaded = load_run(run_dir, checkpoint=checkpoint)
+    data = copy.deepcopy(loaded.config.data)
+    if roots:
+        data.roots = [str(r) for r in roots]
+        data.format = format
+    elif format:
+        data.format = format
+    loader = _eval_loader(data, split)
+    best = None
+    metrics_file = Path(run_dir) / METRICS_FILE
+    if metrics_file.is_file():
+        best = json.loads(metrics_file.read_text()).get("best_threshold")
+    task = FloodSegmentationTask(loaded.model, loaded.config.train)
+    tcfg = copy.deepcopy(loaded.config.train)
+    tcfg.devices, tcfg.num_nodes = 1, 1
+    trainer = _trainer(tcfg, None, [], progress, fit=False)
+    t0 = time.perf_counter()
+    chips = _test(trainer, task, loader)
+    report = split_report(chips, threshold, best)
+    report.update(
+        run_dir=str(run_dir),
+        split=split,
+        data={"roots": data.roots, "format": data.format},
+        missing_views=sorted(task.missing_views),
+        seconds=time.perf_counter() - t0,
+    )
+    if json_out is not None:
+        atomic_write_json(json_out, report)
+    return report
+
+
+def table2_row(report: dict[str, Any], label: str = "") -> str:
+    """A Table-2 style Markdown row: Accuracy, Precision, Recall, F1, IoU, Dice in %."""
+    cells = [f"{100 * report[k]:.2f}" for k in ("accuracy", "precision", "recall", "f1", "iou", "dice")]
+    return f"| {label} | " + " | ".join(cells) + " |"
+
+
+TABLE2_HEADER = (
+    "| threshold | Accuracy | Precision | Recall | F1 | IoU | Dice |\n|---|---|---|---|---|---|---|"
+)
+
+
+def format_table2(report: dict[str, Any]) -> str:
+    """The evaluate command's printout: one row at 0.5, one at the val-optimal threshold."""
+    lines = [TABLE2_HEADER, table2_row(report, f"{report['threshold']:.2f}")]
+    if "at_best_threshold" in report:
+        lines.append(table2_row(report["at_best_threshold"], f"{report['best_threshold']:.2f} (val-optimal)"))
+    if report.get("missing_views"):
+        lines.append(f"\nmissing views (predicted without them): {', '.join(report['missing_views'])}")
+    return "\n".join(lines)

@@ -1,0 +1,230 @@
+"""Segmentation metrics of the paper: accuracy, precision, recall, F1, IoU, Dice (positive = flood).
+
+Everything is derived from one statistic: for labelled, valid pixels, a histogram of the predicted
+flood probability split by the true class (`[2, nbins + 1]`, bin `k` holds p in [k/n, (k+1)/n)).
+Confusion counts at any grid threshold t = k/n (prediction: flood if p >= t) are cumulative sums
+of it, so one pass gives the metrics at 0.5 *and* the F1-optimal threshold, and histograms add up:
+across batches, chips, events, and DDP ranks (a sum-reduced torchmetrics state).
+
+Micro-averaging is over pixels: Dice equals F1 by construction at a fixed threshold; both are
+reported because the paper reports both. A ratio with a zero denominator is 0 (torchmetrics'
+`zero_division=0`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+NBINS = 100
+NODATA = 255
+METRIC_KEYS: tuple[str, ...] = ("accuracy", "precision", "recall", "f1", "iou", "dice")
+
+ArrayLike = Tensor | np.ndarray
+
+
+def _as_tensor(x: ArrayLike) -> Tensor:
+    return torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x
+
+
+def probability_histogram(
+    probs: ArrayLike,
+    target: ArrayLike,
+    valid: ArrayLike | None = None,
+    nbins: int = NBINS,
+    per_sample: bool = False,
+) -> Tensor:
+    """Histogram `[2, nbins+1]` (or `[B, 2, nbins+1]` with `per_sample`) of probabilities by true class.
+
+    `probs`: flood probabilities (or hard 0/1 predictions) shaped like `target` or `[B, 1, H, W]`;
+    `target`: 0 dry, 1 flood, 255 nodata; `valid`: optional bool map, False pixels are ignored.
+    """
+    target_t = _as_tensor(target)
+    probs_t = _as_tensor(probs).to(device=target_t.device).float().reshape(target_t.shape)
+    if per_sample and target_t.dim() < 2:
+        raise ValueError("per_sample needs a leading batch dimension")
+    keep = target_t != NODATA
+    if valid is not None:
+        keep = keep & _as_tensor(valid).to(target_t.device).bool().reshape(target_t.shape)
+    bins = torch.nan_to_num(probs_t, nan=0.0).clamp(0.0, 1.0).mul(nbins).floor().long().clamp(0, nbins)
+    label = (target_t == 1).long()
+    idx = label * (nbins + 1) + bins
+    n_samples = target_t.shape[0] if per_sample else 1
+    if per_sample:
+        sample = torch.arange(n_samples, device=idx.device).view(-1, *([1] * (idx.dim() - 1)))
+        idx = idx + sample * 2 * (nbins + 1)
+    counts = torch.bincount(idx[keep], minlength=n_samples * 2 * (nbins + 1))
+    return counts.view(n_samples, 2, nbins + 1) if per_sample else counts.view(2, nbins + 1)
+
+
+def threshold_index(threshold: float, nbins: int = NBINS) -> int:
+    """The grid index of a threshold (thresholds are snapped to multiples of 1/nbins)."""
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+    return round(threshold * nbins)
+
+
+def counts_at(hist: Tensor, threshold: float = 0.5) -> dict[str, int]:
+    """tp, fp, fn, tn at `threshold` from a `[2, nbins+1]` histogram."""
+    nbins = hist.shape[-1] - 1
+    k = threshold_index(threshold, nbins)
+    neg, pos = hist[0].long(), hist[1].long()
+    tp, fn = int(pos[k:].sum()), int(pos[:k].sum())
+    fp, tn = int(neg[k:].sum()), int(neg[:k].sum())
+    return {"tp": tp, "fp": fp, "fn": fn, "tn": tn}
+
+
+def _div(a: float, b: float) -> float:
+    return float(a) / float(b) if b else 0.0
+
+
+def scores_from_counts(tp: int, fp: int, fn: int, tn: int) -> dict[str, float]:
+    """The six paper metrics as fractions from confusion counts."""
+    f1 = _div(2 * tp, 2 * tp + fp + fn)
+    return {
+        "accuracy": _div(tp + tn, tp + fp + fn + tn),
+        "precision": _div(tp, tp + fp),
+        "recall": _div(tp, tp + fn),
+        "f1": f1,
+        "iou": _div(tp, tp + fp + fn),
+        "dice": f1,
+    }
+
+
+def scores_at(hist: Tensor, threshold: float = 0.5) -> dict[str, float]:
+    return scores_from_counts(**counts_at(hist, threshold))
+
+
+def f1_curve(hist: Tensor) -> tuple[Tensor, Tensor]:
+    """(thresholds, F1) over the whole grid, vectorised."""
+    nbins = hist.shape[-1] - 1
+    neg, pos = hist[0].double(), hist[1].double()
+    tp = pos.flip(0).cumsum(0).flip(0)
+    fp = neg.flip(0).cumsum(0).flip(0)
+    fn = pos.sum() - tp
+    denom = 2 * tp + fp + fn
+    f1 = torch.where(denom > 0, 2 * tp / denom.clamp_min(1), torch.zeros_like(denom))
+    return torch.arange(nbins + 1, dtype=torch.float64) / nbins, f1
+
+
+def best_f1_threshold(hist: Tensor) -> tuple[float, float]:
+    """The grid threshold maximising F1 (ties: closest to 0.5), and that F1."""
+    thresholds, f1 = f1_curve(hist)
+    best = f1.max()
+    candidates = torch.nonzero(f1 >= best - 1e-12).flatten()
+    k = int(candidates[(thresholds[candidates] - 0.5).abs().argmin()])
+    return float(thresholds[k]), float(f1[k])
+
+
+class FloodConfusion(Metric):
+    """torchmetrics state for the paper metrics: a probability histogram per class, sum-synced.
+
+    `update(preds, target, valid=None)` takes probabilities or hard 0/1 predictions, torch or numpy;
+    `compute()` returns the metrics at `threshold` as 0-d tensors (loggable by Lightning).
+    """
+
+    full_state_update = False
+    is_differentiable = False
+    higher_is_better = True
+
+    def __init__(self, threshold: float = 0.5, nbins: int = NBINS, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        threshold_index(threshold, nbins)
+        self.threshold = threshold
+        self.nbins = nbins
+        self.add_state("hist", default=torch.zeros(2, nbins + 1, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, preds: ArrayLike, target: ArrayLike, valid: ArrayLike | None = None) -> None:
+        target_t = _as_tensor(target).to(self.hist.device)
+        self.hist += probability_histogram(preds, target_t, valid, self.nbins)
+
+    def compute(self) -> dict[str, Tensor]:
+        return {k: torch.tensor(v) for k, v in scores_at(self.hist, self.threshold).items()}
+
+    def scores(self, threshold: float | None = None) -> dict[str, float]:
+        """Metrics at any grid threshold from the (synced, when called after compute) state."""
+        return scores_at(self.hist, self.threshold if threshold is None else threshold)
+
+    def best_threshold(self) -> tuple[float, float]:
+        return best_f1_threshold(self.hist)
+
+
+@dataclass
+class ChipRecord:
+    event: str
+    hist: Tensor  # [2, nbins + 1], int64, CPU
+
+
+@dataclass
+class ChipConfusion:
+    """Per-chip histograms, keyed by chip id: the source of per-chip, per-event and overall metrics.
+
+    Keyed storage makes DDP gathering exact: a chip that a distributed sampler repeated to pad a
+    rank is counted once after :meth:`merge`.
+    """
+
+    nbins: int = NBINS
+    chips: dict[str, ChipRecord] = field(default_factory=dict)
+
+    def update(
+        self,
+        probs: ArrayLike,
+        target: ArrayLike,
+        valid: ArrayLike | None,
+        chip_ids: Sequence[str],
+        events: Sequence[str],
+    ) -> None:
+        hist = probability_histogram(probs, target, valid, self.nbins, per_sample=True).cpu()
+        for i, (chip, event) in enumerate(zip(chip_ids, events, strict=True)):
+            self.chips[str(chip)] = ChipRecord(str(event), hist[i].clone())
+
+    def merge(self, others: Iterable[ChipConfusion]) -> ChipConfusion:
+        for other in others:
+            self.chips.update(other.chips)
+        return self
+
+    def total(self) -> Tensor:
+        out = torch.zeros(2, self.nbins + 1, dtype=torch.long)
+        for rec in self.chips.values():
+            out += rec.hist
+        return out
+
+    def by_event(self) -> dict[str, Tensor]:
+        out: dict[str, Tensor] = {}
+        for rec in self.chips.values():
+            if rec.event in out:
+                out[rec.event] = out[rec.event] + rec.hist
+            else:
+                out[rec.event] = rec.hist.clone()
+        return dict(sorted(out.items()))
+
+    def report(self, threshold: float = 0.5, per_chip: bool = True) -> dict[str, Any]:
+        """Overall metrics + counts at `threshold`, the per-event breakdown and (optionally) per chip."""
+        total = self.total()
+        counts = counts_at(total, threshold)
+        out: dict[str, Any] = {
+            **scores_from_counts(**counts),
+            "threshold": threshold,
+            "n_chips": len(self.chips),
+            "n_pixels": int(total.sum()),
+            "counts": counts,
+            "per_event": {
+                ev: {**scores_at(h, threshold), "n_chips": self._n_chips(ev), "n_pixels": int(h.sum())}
+                for ev, h in self.by_event().items()
+            },
+        }
+        if per_chip:
+            out["per_chip"] = {
+                chip: {"event": rec.event, **scores_at(rec.hist, threshold), "n_pixels": int(rec.hist.sum())}
+                for chip, rec in sorted(self.chips.items())
+            }
+        return out
+
+    def _n_chips(self, event: str) -> int:
+        return sum(rec.event == event for rec in self.chips.values())

@@ -1,0 +1,108 @@
+"""Paper metrics against hand-counted confusion matrices (nodata included), and the loss's masking."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from floodlora.training.losses import bce_dice_loss
+from floodlora.training.metrics import (
+    ChipConfusion,
+    FloodConfusion,
+    best_f1_threshold,
+    counts_at,
+    probability_histogram,
+    scores_from_counts,
+)
+
+# 2 chips x 2 x 3. Target: 1 flood, 0 dry, 255 nodata. Probabilities chosen around 0.5.
+TARGET = np.array(
+    [
+        [[1, 1, 0], [0, 255, 1]],
+        [[0, 0, 1], [255, 1, 0]],
+    ],
+    dtype=np.uint8,
+)
+PROBS = np.array(
+    [
+        [[0.9, 0.4, 0.6], [0.1, 0.99, 0.5]],
+        [[0.2, 0.7, 0.8], [0.95, 0.3, 0.05]],
+    ],
+    dtype=np.float32,
+)
+VALID = np.ones_like(TARGET, dtype=bool)
+VALID[1, 0, 0] = False  # an invalid pixel with a label: ignored too
+
+
+def test_counts_at_half_by_hand() -> None:
+    # chip 0 (nodata at [1,1]): tp (0.9, 0.5), fn (0.4), fp (0.6), tn (0.1)
+    # chip 1 (nodata at [1,0], invalid [0,0]): tp (0.8), fn (0.3), fp (0.7), tn (0.05)
+    hist = probability_histogram(PROBS, TARGET, VALID)
+    assert counts_at(hist, 0.5) == {"tp": 3, "fp": 2, "fn": 2, "tn": 2}
+    scores = scores_from_counts(3, 2, 2, 2)
+    assert scores["accuracy"] == pytest.approx(5 / 9)
+    assert scores["precision"] == pytest.approx(3 / 5)
+    assert scores["recall"] == pytest.approx(3 / 5)
+    assert scores["f1"] == pytest.approx(0.6) == scores["dice"]
+    assert scores["iou"] == pytest.approx(3 / 7)
+    # at 0.75 only 0.9 and 0.8 are flood: tp 2, fp 0, fn 3, tn 4
+    assert counts_at(hist, 0.75) == {"tp": 2, "fp": 0, "fn": 3, "tn": 4}
+
+
+def test_torchmetrics_state_matches_and_accepts_numpy_and_hard_masks() -> None:
+    metric = FloodConfusion()
+    metric.update(torch.from_numpy(PROBS[:1]), torch.from_numpy(TARGET[:1]), torch.from_numpy(VALID[:1]))
+    metric.update(PROBS[1:], TARGET[1:], VALID[1:])  # numpy, as the baselines pass
+    out = metric.compute()
+    assert float(out["f1"]) == pytest.approx(0.6)
+    assert float(out["iou"]) == pytest.approx(3 / 7)
+    hard = FloodConfusion()
+    hard.update((PROBS >= 0.5).astype(np.uint8), TARGET, VALID)
+    assert hard.scores() == pytest.approx(metric.scores())
+
+
+def test_best_threshold_and_zero_division() -> None:
+    hist = probability_histogram(PROBS, TARGET, VALID)
+    threshold, f1 = best_f1_threshold(hist)
+    # positives .9 .4 .5 .8 .3, negatives .6 .1 .7 .05: any t in (0.1, 0.3] gives tp 5, fp 2, fn 0
+    # -> F1 10/12, the best; ties resolve towards 0.5, so t = 0.3.
+    assert f1 == pytest.approx(10 / 12)
+    assert threshold == pytest.approx(0.3)
+    assert scores_from_counts(0, 0, 0, 5) == {
+        "accuracy": 1.0, "precision": 0.0, "recall": 0.0, "f1": 0.0, "iou": 0.0, "dice": 0.0,
+    }  # fmt: skip
+
+
+def test_per_chip_and_per_event_breakdown() -> None:
+    chips = ChipConfusion()
+    chips.update(PROBS, TARGET, VALID, ["a", "b"], ["ev1", "ev2"])
+    chips.update(PROBS[:1], TARGET[:1], VALID[:1], ["a"], ["ev1"])  # a repeated chip counts once
+    report = chips.report(0.5)
+    assert report["n_chips"] == 2 and report["n_pixels"] == 9
+    assert report["counts"] == {"tp": 3, "fp": 2, "fn": 2, "tn": 2}
+    assert report["per_chip"]["a"]["precision"] == pytest.approx(2 / 3)  # tp 2, fp 1
+    assert report["per_event"]["ev2"]["recall"] == pytest.approx(1 / 2)  # tp 1, fn 1
+    assert set(report["per_event"]) == {"ev1", "ev2"}
+
+
+def test_loss_ignores_nodata_and_invalid() -> None:
+    logits = torch.tensor(np.log(PROBS / (1 - PROBS)))
+    mask, valid = torch.from_numpy(TARGET), torch.from_numpy(VALID)
+    loss, parts = bce_dice_loss(logits, mask, valid)
+    # change the prediction only where no label counts: the loss must not move
+    changed = logits.clone()
+    changed[0, 1, 1] = -20.0
+    changed[1, 1, 0] = 20.0
+    changed[1, 0, 0] = 20.0
+    loss2, _ = bce_dice_loss(changed, mask, valid)
+    assert float(loss2) == pytest.approx(float(loss))
+    keep = (TARGET != 255) & VALID
+    t, p = (TARGET == 1)[keep].astype(np.float64), PROBS[keep].astype(np.float64)
+    bce = -np.mean(t * np.log(p) + (1 - t) * np.log(1 - p))
+    dice = 1 - (2 * (p * t).sum() + 1) / (p.sum() + t.sum() + 1)
+    assert float(parts["bce"]) == pytest.approx(bce, rel=1e-5)
+    assert float(parts["dice"]) == pytest.approx(dice, rel=1e-5)
+    assert float(loss) == pytest.approx(bce + dice, rel=1e-5)
+    empty, _ = bce_dice_loss(logits, torch.full_like(mask, 255), valid)
+    assert float(empty) == 0.0
