@@ -201,6 +201,32 @@ def export(
     typer.echo(run_export(run_dir, out, merge, adapter, torch_export, onnx, tile, checkpoint))
 
 
+# --------------------------------------------------------------------------------------------------
+# analysis
+# --------------------------------------------------------------------------------------------------
+
+
+@app.command()
+def baseline(
+    method: Annotated[str, typer.Argument(help="otsu (post-event backscatter) or change (post - pre).")],
+    data: Annotated[list[str] | None, typer.Option(help="Root(s) of labelled chips.")] = None,
+    format: Annotated[str | None, typer.Option(help="Data format (default: auto-detect).")] = None,
+    split: Annotated[str, typer.Option(help="train | val | test | ood | all (DataModule splits).")] = "test",
+    band: Annotated[str, typer.Option(help="vv | vh | both (mean of the bands present).")] = "both",
+    mode: Annotated[str, typer.Option(help="chip / event (Otsu), fitted (best F1 on train).")] = "chip",
+    holdout: Annotated[list[str] | None, typer.Option(help="Event(s) held out as the ood split.")] = None,
+    run: Annotated[str | None, typer.Option(help="Reuse this run directory's data and splits.")] = None,
+    json_out: Annotated[
+        str | None, typer.Option("--json", help="Write the metrics JSON here (same keys as evaluate).")
+    ] = None,
+) -> None:
+    """Score a classical baseline (Otsu, change detection) with the models' metrics, splits, nodata rules."""
+    from floodlora.analysis.baselines import baseline_command, format_result
+
+    result = baseline_command(method, data, format, split, band, mode, holdout, run, json_out)
+    typer.echo(format_result(result))
+
+
 def main() -> None:
     """Console entry point: run the app and turn user errors into one clean line."""
     from floodlora.errors import FloodLoraError
