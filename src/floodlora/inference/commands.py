@@ -1,0 +1,103 @@
+"""The `predict` and `export` commands: parse the CLI's strings, call the library, format a summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from floodlora.errors import ConfigError
+
+
+def parse_views(items: list[str]) -> dict[str, str]:
+    """``["post=a.tif", "pre=b.tif"]`` -> mapping; a malformed or repeated item is a user error."""
+    views: dict[str, str] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        name = name.strip()
+        if not sep or not name or not path:
+            raise ConfigError(f"--view {item!r}: expected NAME=PATH, e.g. --view post=S1_post.tif")
+        if name in views:
+            raise ConfigError(f"--view {name} given twice")
+        views[name] = path
+    return views
+
+
+def run_predict(
+    run_dir: str,
+    view: list[str],
+    out: str,
+    *,
+    probabilities: str | None = None,
+    uncertainty: str | None = None,
+    polygons: str | None = None,
+    adapter: str | None = None,
+    checkpoint: str | None = None,
+    units: str = "db",
+    tile: int | None = None,
+    overlap: int | None = None,
+    batch_size: int = 4,
+    threshold: float = 0.5,
+    tta: bool = False,
+    mc_dropout: int = 0,
+    date: str | None = None,
+    align: bool = True,
+    cog: bool = True,
+    progress: bool = True,
+) -> str:
+    """Run :func:`floodlora.inference.predict.predict_run` and describe what was written."""
+    from floodlora.inference.predict import PredictOptions, predict_run
+
+    opts = PredictOptions(
+        tile=tile, overlap=overlap, batch_size=batch_size, threshold=threshold, tta=tta,
+        mc_samples=mc_dropout, units=units, align=align, cog=cog, date=date, progress=progress,
+    )  # fmt: skip
+    res = predict_run(
+        run_dir, parse_views(view), out, probabilities=probabilities, uncertainty=uncertainty,
+        polygons=polygons, adapter=adapter, checkpoint=checkpoint, options=opts,
+    )  # fmt: skip
+    lines = [f"note: {m}" for m in res.messages]
+    valid_pct = 100.0 * res.valid_pixels / max(res.height * res.width, 1)
+    lines.append(
+        f"scene {res.width}x{res.height} px, {res.tiles} tiles of {res.tile} px (overlap {res.overlap}), "
+        f"{valid_pct:.1f}% valid, {res.timings['total']:.1f} s"
+    )
+    area = f"{res.flooded_km2:.3f} km2" if res.flooded_km2 is not None else "area unknown (no CRS)"
+    lines.append(f"flooded: {res.flooded_pixels} px = {area}")
+    lines.append(f"wrote {res.out}")
+    for path in (res.probabilities, res.uncertainty):
+        if path is not None:
+            lines.append(f"wrote {path}")
+    if res.polygons is not None:
+        lines.append(f"wrote {res.polygons}: {res.polygon_count} polygons, {res.polygon_km2:.3f} km2")
+    return "\n".join(lines)
+
+
+def run_export(
+    run_dir: str,
+    out: str,
+    merge: bool = False,
+    adapter: str | None = None,
+    torch_export: bool = False,
+    onnx: bool = False,
+    tile: int | None = None,
+    checkpoint: str | None = None,
+) -> str:
+    """Run :func:`floodlora.inference.export.export_run` and list the artefacts with their checks."""
+    from floodlora.inference.export import export_run
+
+    rep = export_run(
+        run_dir, out, merge=merge, adapter=adapter, torch_export=torch_export, onnx=onnx, tile=tile,
+        checkpoint=checkpoint,
+    )  # fmt: skip
+    lines = [f"note: {m}" for m in rep.messages]
+    if rep.merge_max_abs_diff is not None:
+        lines.append(
+            f"merged LoRA into the encoder: max |logit diff| vs unmerged = {rep.merge_max_abs_diff:.2e}"
+        )
+    if rep.torch_export_max_abs_diff is not None:
+        lines.append(f"torch.export: max |diff| vs eager = {rep.torch_export_max_abs_diff:.2e}")
+    if rep.onnx_max_abs_diff is not None:
+        lines.append(f"ONNX (onnxruntime): max |diff| vs PyTorch = {rep.onnx_max_abs_diff:.2e}")
+    lines += [f"wrote {p}" for p in rep.written]
+    if merge:
+        lines.append(f"predict with: floodlora predict {Path(out)} --view post=POST.tif --out FLOOD.tif")
+    return "\n".join(lines)

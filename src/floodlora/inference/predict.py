@@ -1,0 +1,866 @@
+"""Whole-scene prediction: Sentinel-1 GeoTIFF views in, georeferenced flood mask (+ layers) out.
+
+The scene is never loaded whole. Tiles are read through rasterio windows, normalised with the run's
+preset (floodlora.data.sar), predicted in batches, blended into a strip buffer
+(floodlora.inference.tiling) and written row strip by row strip into tiled, compressed GeoTIFFs,
+turned into COGs at the end. Every output is written to a temporary file and renamed into place only
+when everything succeeded.
+
+Views that do not share the post-event grid (CRS, transform, shape) are warped onto it through a
+``WarpedVRT`` (still windowed) when ``align`` is on, or rejected with a message saying what differs.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from floodlora.errors import ConfigError, DataError
+from floodlora.inference.tiling import StripBlender, Tile, plan_tiles
+
+UNITS = ("db", "linear")
+MASK_NODATA = 255
+POST_VIEWS = ("post", "post_asc", "post_desc")
+TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
+
+
+@dataclass
+class PredictOptions:
+    """How a scene is tiled, predicted and written; None sizes come from the run."""
+
+    tile: int | None = None  # None: the run's training crop size
+    overlap: int | None = None  # None: tile // 4
+    batch_size: int = 4
+    threshold: float = 0.5
+    tta: bool = False  # average over the 4 flips
+    mc_samples: int = 0  # > 0: LoRA-dropout samples (uncertainty from the model's own dropout)
+    units: str = "db"
+    align: bool = True
+    cog: bool = True
+    date: str | None = None  # post-event acquisition date (ISO) for Clay's time encoding
+    seed: int = 0
+    progress: bool = False
+
+
+@dataclass
+class PredictResult:
+    """What was written and what happened on the way (the CLI prints this)."""
+
+    out: Path
+    probabilities: Path | None
+    uncertainty: Path | None
+    polygons: Path | None
+    height: int
+    width: int
+    crs: str | None
+    transform: tuple[float, ...]
+    tile: int
+    overlap: int
+    tiles: int
+    flooded_pixels: int
+    valid_pixels: int
+    flooded_km2: float | None
+    polygon_count: int | None = None
+    polygon_km2: float | None = None
+    missing_views: list[str] = field(default_factory=list)
+    aligned_views: list[str] = field(default_factory=list)
+    messages: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------------
+# reading views
+# --------------------------------------------------------------------------------------------------
+
+
+def band_name(description: str | None) -> str | None:
+    """'vv' / 'vh' when a band description names exactly one of them (e.g. 'VV', 'Sigma0_VH_db')."""
+    if not description:
+        return None
+    d = description.lower()
+    has_vv, has_vh = "vv" in d, "vh" in d
+    if has_vv == has_vh:
+        return None
+    return "vv" if has_vv else "vh"
+
+
+def band_indexes(
+    descriptions: Sequence[str | None], count: int, path: str
+) -> tuple[dict[str, int], str | None]:
+    """Band name -> 1-based index: from the descriptions when they name VV/VH, else VV, VH in order."""
+    named = [band_name(d) for d in descriptions]
+    found = {n for n in named if n}
+    if found:
+        out: dict[str, int] = {}
+        for i, n in enumerate(named, start=1):
+            if n is None:
+                continue
+            if n in out:
+                raise DataError(f"{path}: bands {out[n]} and {i} are both described as {n.upper()}")
+            out[n] = i
+        return out, None
+    note = None
+    if count > 2:
+        note = f"{path}: {count} bands without VV/VH descriptions; using band 1 as VV and band 2 as VH"
+    return ({"vv": 1, "vh": 2} if count >= 2 else {"vv": 1}), note
+
+
+@dataclass
+class ViewReader:
+    """Windowed reads of one view, as float32 with NaN wherever the input is nodata."""
+
+    name: str
+    path: Path
+    dataset: Any  # rasterio dataset or WarpedVRT on the reference grid
+    bands: dict[str, int]
+    nodata: float | None
+
+    def read(self, tile: Tile) -> dict[str, np.ndarray]:
+        """`tile`-sized arrays per band; pixels outside the scene are NaN."""
+        from rasterio.windows import Window
+
+        ds = self.dataset
+        t = tile.size
+        h = min(t, ds.height - tile.row)
+        w = min(t, ds.width - tile.col)
+        idx = list(self.bands.values())
+        data = ds.read(idx, window=Window(tile.col, tile.row, w, h), out_dtype="float32")
+        if self.nodata is not None and not math.isnan(self.nodata):
+            data[data == np.float32(self.nodata)] = np.nan
+        if h < t or w < t:
+            full = np.full((len(idx), t, t), np.nan, dtype=np.float32)
+            full[:, :h, :w] = data
+            data = full
+        return {b: data[i] for i, b in enumerate(self.bands)}
+
+
+@dataclass
+class Grid:
+    """The output grid: the reference (post-event) view's CRS, transform and shape."""
+
+    crs: Any
+    transform: Any
+    height: int
+    width: int
+    reference: str
+
+    def describe(self) -> str:
+        crs = self.crs.to_string() if self.crs else "no CRS"
+        t = self.transform
+        return f"{self.width}x{self.height} px, {crs}, pixel {t.a:g} x {t.e:g} at ({t.c:g}, {t.f:g})"
+
+
+def _grid_of(ds: Any, name: str) -> Grid:
+    return Grid(ds.crs, ds.transform, ds.height, ds.width, name)
+
+
+def _same_grid(a: Grid, b: Grid) -> bool:
+    return (
+        a.crs == b.crs
+        and (a.height, a.width) == (b.height, b.width)
+        and a.transform.almost_equals(b.transform, precision=1e-9 * max(1.0, abs(a.transform.a)))
+    )
+
+
+@dataclass
+class OpenViews:
+    grid: Grid
+    readers: dict[str, ViewReader]
+    messages: list[str]
+    aligned: list[str]
+
+
+@contextmanager
+def open_views(
+    paths: Mapping[str, str | Path], model_views: Sequence[str], align: bool = True
+) -> Iterator[OpenViews]:
+    """Open every view, check it against the reference grid, warp it there if needed and allowed.
+
+    The reference grid is the first post-event view given (else the first view).
+    """
+    import rasterio
+    from rasterio.enums import Resampling
+    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+    from rasterio.vrt import WarpedVRT
+
+    unknown = [v for v in paths if v not in model_views]
+    if unknown:
+        raise ConfigError(
+            f"view(s) {', '.join(unknown)} are not views of this model; "
+            f"it was trained on {', '.join(model_views)}"
+        )
+    if not paths:
+        raise ConfigError(f"no input view given; this model uses {', '.join(model_views)} (--view NAME=PATH)")
+    ref_name = next((v for v in POST_VIEWS if v in paths), next(iter(paths)))
+    messages: list[str] = []
+    with ExitStack() as stack:
+        datasets: dict[str, Any] = {}
+        for name, p in paths.items():
+            path = Path(p)
+            if not path.is_file():
+                raise DataError(f"{path}: view {name}: file not found")
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                    datasets[name] = stack.enter_context(rasterio.open(path))
+            except RasterioIOError as err:
+                raise DataError(
+                    f"{path}: view {name}: not a readable raster ({str(err).splitlines()[0]})"
+                ) from None
+        grid = _grid_of(datasets[ref_name], ref_name)
+        readers: dict[str, ViewReader] = {}
+        aligned: list[str] = []
+        for name, ds in datasets.items():
+            path = Path(paths[name])
+            bands, note = band_indexes(ds.descriptions, ds.count, str(path))
+            if note:
+                messages.append(note)
+            g = _grid_of(ds, name)
+            src = ds
+            nodata = ds.nodata
+            if name != ref_name and not _same_grid(g, grid):
+                diff = _grid_difference(g, grid)
+                if not align:
+                    raise DataError(
+                        f"views {name} and {ref_name} are not on the same grid ({diff}); "
+                        f"reproject them, or allow warping onto the {ref_name} grid (--align)"
+                    )
+                if g.crs is None or grid.crs is None:
+                    raise DataError(
+                        f"views {name} and {ref_name} differ ({diff}) and one has no CRS, "
+                        "so they cannot be aligned"
+                    )
+                if not _overlaps(ds, grid):
+                    raise DataError(f"view {name} ({path}) does not overlap the {ref_name} scene at all")
+                src = stack.enter_context(
+                    WarpedVRT(
+                        ds,
+                        crs=grid.crs,
+                        transform=grid.transform,
+                        width=grid.width,
+                        height=grid.height,
+                        resampling=Resampling.bilinear,
+                        nodata=float("nan"),
+                        dtype="float32",
+                        src_nodata=ds.nodata,
+                    )
+                )
+                nodata = None
+                aligned.append(name)
+                messages.append(
+                    f"aligned view {name} onto the {ref_name} grid by bilinear warping ({diff}); "
+                    "pixels it does not cover are nodata"
+                )
+            readers[name] = ViewReader(name, path, src, bands, nodata)
+        yield OpenViews(grid, readers, messages, aligned)
+
+
+def _grid_difference(a: Grid, b: Grid) -> str:
+    parts = []
+    if a.crs != b.crs:
+        parts.append(
+            f"CRS {a.crs.to_string() if a.crs else 'none'} vs {b.crs.to_string() if b.crs else 'none'}"
+        )
+    if (a.height, a.width) != (b.height, b.width):
+        parts.append(f"shape {a.width}x{a.height} vs {b.width}x{b.height}")
+    if not a.transform.almost_equals(b.transform):
+        parts.append("transform differs")
+    return ", ".join(parts) or "grid differs"
+
+
+def _overlaps(ds: Any, grid: Grid) -> bool:
+    from rasterio.coords import disjoint_bounds
+    from rasterio.transform import array_bounds
+    from rasterio.warp import transform_bounds
+
+    target = array_bounds(grid.height, grid.width, grid.transform)
+    src = transform_bounds(ds.crs, grid.crs, *ds.bounds)
+    left, bottom, right, top = target
+    return not disjoint_bounds((left, bottom, right, top), src)
+
+
+# --------------------------------------------------------------------------------------------------
+# normalisation and metadata (reusing the data package)
+# --------------------------------------------------------------------------------------------------
+
+
+def normalise_tile(
+    arrays: Mapping[str, Mapping[str, np.ndarray]], bands: Sequence[str], units: str, preset: Any
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Per view `[C, t, t]` normalised float32 (nodata -> 0, the band mean) and the valid map.
+
+    Linear power <= 0 is nodata, as everywhere in floodlora.data.
+    """
+    from floodlora.data.sample import Sample, SampleMeta
+    from floodlora.data.sar import normalize_sample
+
+    views: dict[str, dict[str, np.ndarray]] = {}
+    for view, per_band in arrays.items():
+        views[view] = {}
+        for b in bands:
+            if b not in per_band:
+                continue
+            a = per_band[b]
+            if units == "linear":
+                a = np.where(a > 0, a, np.nan).astype(np.float32)
+            views[view][b] = a
+    meta = SampleMeta(chip_id="tile", event="predict", source="scene", units=units)
+    sample = Sample(views=views, mask=None, meta=meta)
+    return normalize_sample(sample, bands, preset), sample.valid
+
+
+def tile_latlon(grid: Grid, tiles: Sequence[Tile]) -> np.ndarray:
+    """Clay's location encoding of each tile's centre `[N, 4]` (zeros without a CRS)."""
+    from floodlora.data.datamodule import encode_latlon
+
+    if grid.crs is None:
+        return np.zeros((len(tiles), 4), dtype=np.float32)
+    from rasterio.warp import transform
+
+    t = grid.transform
+    xs = [t.c + t.a * (tl.col + tl.size / 2) + t.b * (tl.row + tl.size / 2) for tl in tiles]
+    ys = [t.f + t.d * (tl.col + tl.size / 2) + t.e * (tl.row + tl.size / 2) for tl in tiles]
+    if grid.crs.is_geographic:
+        lons, lats = xs, ys
+    else:
+        lons, lats = transform(grid.crs, "EPSG:4326", xs, ys)
+    return np.stack([encode_latlon(la, lo) for la, lo in zip(lats, lons, strict=True)]).astype(np.float32)
+
+
+def encode_date(date: str | None) -> np.ndarray:
+    """Clay's time encoding of the acquisition date; zeros when unknown."""
+    from floodlora.data.datamodule import encode_time
+
+    return encode_time(date)
+
+
+# --------------------------------------------------------------------------------------------------
+# model passes: flips (TTA) and LoRA-dropout samples
+# --------------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def lora_dropout_active(model: torch.nn.Module) -> Iterator[int]:
+    """Switch only the LoRA dropout layers to train mode (Monte-Carlo dropout); yields how many."""
+    layers = [
+        m
+        for n, m in model.named_modules()
+        if "lora_dropout" in n and isinstance(m, torch.nn.Dropout) and m.p > 0
+    ]
+    for m in layers:
+        m.train()
+    try:
+        yield len(layers)
+    finally:
+        for m in layers:
+            m.eval()
+
+
+def predict_probabilities(
+    model: torch.nn.Module,
+    views: Mapping[str, torch.Tensor],
+    time: torch.Tensor | None = None,
+    latlon: torch.Tensor | None = None,
+    tta: bool = False,
+    mc_samples: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Flood probability `[B, 1, H, W]` (mean over the samples) and its spread (std) when > 1 sample.
+
+    Samples are the 4 flips with `tta`, or `mc_samples` LoRA-dropout passes (cycling the flips
+    when both are asked for).
+    """
+    flips = TTA_FLIPS if tta else ((),)
+    n = mc_samples if mc_samples > 0 else len(flips)
+    probs = []
+    with ExitStack() as stack:
+        if mc_samples > 0:
+            active = stack.enter_context(lora_dropout_active(model))
+            if active == 0:
+                raise ConfigError(
+                    "Monte-Carlo LoRA dropout needs an unmerged LoRA run with lora_dropout > 0; "
+                    "use flip TTA for the uncertainty layer instead"
+                )
+        for i in range(n):
+            dims = flips[i % len(flips)]
+            x = {k: torch.flip(v, dims) if dims else v for k, v in views.items()}
+            logits = model(x, time=time, latlon=latlon)
+            if dims:
+                logits = torch.flip(logits, dims)
+            probs.append(torch.sigmoid(logits))
+    stack_p = torch.stack(probs)
+    mean = stack_p.mean(0)
+    spread = stack_p.std(0, unbiased=False) if n > 1 else None
+    return mean, spread
+
+
+# --------------------------------------------------------------------------------------------------
+# writing
+# --------------------------------------------------------------------------------------------------
+
+MASK_COLORS = {0: (255, 255, 255, 0), 1: (0, 92, 230, 255), MASK_NODATA: (0, 0, 0, 0)}
+
+
+def _profile(grid: Grid, dtype: str, nodata: float, block: int = 256) -> dict[str, Any]:
+    prof: dict[str, Any] = {
+        "driver": "GTiff",
+        "height": grid.height,
+        "width": grid.width,
+        "count": 1,
+        "dtype": dtype,
+        "nodata": nodata,
+        "compress": "deflate",
+        "transform": grid.transform,
+        "BIGTIFF": "IF_SAFER",
+    }
+    if grid.crs is not None:
+        prof["crs"] = grid.crs
+    if grid.height >= block and grid.width >= block:
+        prof.update(tiled=True, blockxsize=block, blockysize=block)
+    return prof
+
+
+class _Layer:
+    """One output raster written strip by strip into a temporary GeoTIFF."""
+
+    def __init__(
+        self,
+        stack: ExitStack,
+        target: Path,
+        grid: Grid,
+        dtype: str,
+        nodata: float,
+        desc: str,
+        cog: bool,
+        resampling: str,
+        tags: dict[str, str],
+    ) -> None:
+        import os
+        import tempfile
+
+        import rasterio
+
+        from floodlora.io import atomic_path
+
+        self.target = target
+        self.final_tmp = stack.enter_context(atomic_path(target))  # renamed over target on success
+        self.cog = cog
+        self.resampling = resampling
+        self.work = self.final_tmp
+        if cog:  # strips go to a scratch file beside the target; the COG is copied from it at the end
+            fd, scratch = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".strips.tif", dir=target.parent)
+            os.close(fd)
+            self.work = Path(scratch)
+            stack.callback(self.work.unlink, missing_ok=True)
+        self.ds = rasterio.open(self.work, "w", **_profile(grid, dtype, nodata))
+        self.ds.set_band_description(1, desc)
+        self.ds.update_tags(**tags)
+        if dtype == "uint8":
+            self.ds.write_colormap(1, MASK_COLORS)
+
+    def write(self, row: int, data: np.ndarray) -> None:
+        from rasterio.windows import Window
+
+        self.ds.write(data[None], window=Window(0, row, data.shape[1], data.shape[0]))
+
+    def finish(self) -> None:
+        """Close the strips file and, for COG output, rewrite it as a Cloud Optimized GeoTIFF."""
+        self.ds.close()
+        if self.cog:
+            from rasterio.shutil import copy as gdal_copy
+
+            gdal_copy(
+                self.work,
+                self.final_tmp,
+                driver="COG",
+                COMPRESS="DEFLATE",
+                BLOCKSIZE="512",
+                OVERVIEW_RESAMPLING=self.resampling,
+                BIGTIFF="IF_SAFER",
+            )
+
+    def abort(self) -> None:
+        if not self.ds.closed:
+            self.ds.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# the scene loop
+# --------------------------------------------------------------------------------------------------
+
+
+def _batches(tiles: list[Tile], size: int) -> Iterator[list[Tile]]:
+    for i in range(0, len(tiles), size):
+        yield tiles[i : i + size]
+
+
+def _pixel_area_km2(grid: Grid) -> Callable[[int], float] | None:
+    """Area of one pixel of scene row `r` in km2 (projected: constant; geographic: spherical band)."""
+    if grid.crs is None:
+        return None
+    t = grid.transform
+    if grid.crs.is_projected:
+        _, factor = grid.crs.linear_units_factor
+        area = abs(t.a * t.e - t.b * t.d) * float(factor) ** 2 / 1e6
+        return lambda r: area
+    r_km = 6371.0072
+    dlon = math.radians(abs(t.a))
+
+    def geographic(r: int) -> float:
+        lat0 = math.radians(t.f + t.e * r)
+        lat1 = math.radians(t.f + t.e * (r + 1))
+        return r_km**2 * dlon * abs(math.sin(lat0) - math.sin(lat1))
+
+    return geographic
+
+
+def predict_scene(
+    model: torch.nn.Module,
+    views: Mapping[str, str | Path],
+    out: str | Path,
+    *,
+    preset: Any,
+    probabilities: str | Path | None = None,
+    uncertainty: str | Path | None = None,
+    polygons: str | Path | None = None,
+    options: PredictOptions | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> PredictResult:
+    """Predict a flood map for a whole scene and write it (plus optional layers) atomically.
+
+    `model` is a FloodSegmentor (views, bands, patch_size); `views` maps view names to GeoTIFFs;
+    `preset` is the run's normalisation (floodlora.data.sar.NormalizationPreset).
+    """
+    from floodlora.inference.vector import vector_format
+
+    opts = options or PredictOptions()
+    if opts.units not in UNITS:
+        raise ConfigError(f"--units must be one of {', '.join(UNITS)}, got {opts.units!r}")
+    if not 0.0 < opts.threshold < 1.0:
+        raise ConfigError(f"threshold must be in (0, 1), got {opts.threshold}")
+    if opts.batch_size < 1 or opts.mc_samples < 0:
+        raise ConfigError("batch size must be >= 1 and mc samples >= 0")
+    out = Path(out)
+    outputs = [Path(p) for p in (out, probabilities, uncertainty, polygons) if p is not None]
+    inputs = {Path(p).resolve() for p in views.values()}
+    clash = [str(p) for p in outputs if p.resolve() in inputs]
+    if clash:
+        raise ConfigError(f"output {clash[0]} would overwrite an input view")
+    if len({p.resolve() for p in outputs}) != len(outputs):
+        raise ConfigError("two outputs have the same path")
+    if polygons is not None:
+        vector_format(polygons)
+    messages: list[str] = []
+    tta = opts.tta
+    if uncertainty is not None and not tta and opts.mc_samples == 0:
+        tta = True
+        messages.append("uncertainty layer requested: using the spread over 4 flips (TTA)")
+
+    t_start = time.perf_counter()
+    model_views = list(getattr(model, "views", views.keys()))
+    was_training = model.training
+    model.eval()
+    try:
+        with open_views(views, model_views, opts.align) as opened:
+            result = _run_scene(
+                model, opened, out, preset, probabilities, uncertainty, polygons, opts, tta, tags
+            )
+    finally:
+        model.train(was_training)
+    result.messages = messages + result.messages
+    result.timings["total"] = time.perf_counter() - t_start
+    return result
+
+
+def _run_scene(
+    model: torch.nn.Module,
+    opened: OpenViews,
+    out: Path,
+    preset: Any,
+    probabilities: str | Path | None,
+    uncertainty: str | Path | None,
+    polygons: str | Path | None,
+    opts: PredictOptions,
+    tta: bool,
+    tags: Mapping[str, str] | None,
+) -> PredictResult:
+    """The tile loop of :func:`predict_scene` on opened, aligned views."""
+    from floodlora.inference.vector import write_polygons
+
+    grid, readers = opened.grid, opened.readers
+    messages = list(opened.messages)
+    timings = dict.fromkeys(("read", "model", "blend", "write", "finalize", "polygons"), 0.0)
+    model_views = list(getattr(model, "views", readers.keys()))
+    bands = list(getattr(model, "bands", ("vv", "vh")))
+    patch = int(getattr(model, "patch_size", 8))
+    for name, reader in readers.items():
+        absent = [b for b in bands if b not in reader.bands]
+        if absent:
+            messages.append(
+                f"view {name}: band(s) {', '.join(absent)} not in {reader.path.name}; using the band mean"
+            )
+    missing = [v for v in model_views if v not in readers]
+    if missing:
+        messages.append(f"view(s) {', '.join(missing)} not given: predicting from {', '.join(readers)} only")
+    if polygons is not None and grid.crs is None:
+        raise DataError(
+            f"{readers[grid.reference].path}: the scene has no CRS, so flood polygons cannot be written"
+        )
+    tile = opts.tile or 512
+    overlap = opts.overlap if opts.overlap is not None else tile // 4
+    try:
+        plan = plan_tiles(grid.height, grid.width, tile, overlap, patch)
+    except ValueError as err:
+        raise ConfigError(f"tiling: {err}") from None
+    time_vec = torch.from_numpy(encode_date(opts.date))
+    want_unc = uncertainty is not None
+    channels = 3 if want_unc else 2  # probability, valid, [spread]
+    blender = StripBlender(plan, channels)
+    pixel_area = _pixel_area_km2(grid)
+    counts = {"flood": 0, "valid": 0, "km2": 0.0}
+    base_tags = {"software": "floodlora", "threshold": str(opts.threshold), **(tags or {})}
+
+    with ExitStack() as outs, _progress(opts.progress, len(plan)) as advance:
+        mask_layer = _Layer(
+            outs,
+            out,
+            grid,
+            "uint8",
+            MASK_NODATA,
+            "flood (0 dry, 1 flood, 255 nodata)",
+            opts.cog,
+            "NEAREST",
+            base_tags,
+        )
+        layers = [mask_layer]
+        prob_layer = unc_layer = None
+        if probabilities is not None:
+            prob_layer = _Layer(
+                outs,
+                Path(probabilities),
+                grid,
+                "float32",
+                float("nan"),
+                "flood probability",
+                opts.cog,
+                "AVERAGE",
+                base_tags,
+            )
+            layers.append(prob_layer)
+        if uncertainty is not None:
+            method = (
+                f"std over {opts.mc_samples} LoRA-dropout samples" if opts.mc_samples else "std over 4 flips"
+            )
+            unc_layer = _Layer(
+                outs,
+                Path(uncertainty),
+                grid,
+                "float32",
+                float("nan"),
+                f"flood probability spread ({method})",
+                opts.cog,
+                "AVERAGE",
+                base_tags,
+            )
+            layers.append(unc_layer)
+        outs.callback(lambda: [layer.abort() for layer in layers])
+
+        def flush(released: tuple[int, np.ndarray] | None) -> None:
+            if released is None:
+                return
+            t0 = time.perf_counter()
+            row, data = released
+            valid = data[1] > 0.5
+            prob = data[0]
+            flood = prob >= opts.threshold
+            mask = np.where(valid, flood, MASK_NODATA).astype(np.uint8)
+            mask_layer.write(row, mask)
+            if prob_layer is not None:
+                prob_layer.write(row, np.where(valid, prob, np.nan).astype(np.float32))
+            if unc_layer is not None:
+                unc_layer.write(row, np.where(valid, data[2], np.nan).astype(np.float32))
+            n_flood_rows = (flood & valid).sum(axis=1)
+            counts["flood"] += int(n_flood_rows.sum())
+            counts["valid"] += int(valid.sum())
+            if pixel_area is not None:
+                counts["km2"] += float(sum(int(n) * pixel_area(row + i) for i, n in enumerate(n_flood_rows)))
+            timings["write"] += time.perf_counter() - t0
+
+        with torch.random.fork_rng(devices=[]), torch.inference_mode(), warnings.catch_warnings():
+            torch.manual_seed(opts.seed)
+            warnings.simplefilter("ignore", UserWarning)  # missing views are reported once, above
+            for band_index, band in enumerate(plan.bands()):
+                if band_index:
+                    flush(blender.release(band[0].row))
+                for batch in _batches(band, opts.batch_size):
+                    t0 = time.perf_counter()
+                    per_view: dict[str, list[np.ndarray]] = {v: [] for v in readers}
+                    valids = []
+                    for tl in batch:
+                        raw = {v: r.read(tl) for v, r in readers.items()}
+                        normed, valid = normalise_tile(raw, bands, opts.units, preset)
+                        for v in readers:
+                            per_view[v].append(normed[v])
+                        valids.append(valid)
+                    x = {v: torch.from_numpy(np.stack(a)) for v, a in per_view.items()}
+                    latlon = torch.from_numpy(tile_latlon(grid, batch))
+                    tvec = time_vec.expand(len(batch), -1)
+                    t1 = time.perf_counter()
+                    prob, spread = predict_probabilities(model, x, tvec, latlon, tta, opts.mc_samples)
+                    t2 = time.perf_counter()
+                    prob_np = prob[:, 0].numpy()
+                    spread_np = spread[:, 0].numpy() if spread is not None else None
+                    for i, tl in enumerate(batch):
+                        layers_i = [prob_np[i], valids[i].astype(np.float32)]
+                        if want_unc:
+                            layers_i.append(
+                                spread_np[i] if spread_np is not None else np.zeros_like(prob_np[i])
+                            )
+                        blender.add(tl, np.stack(layers_i))
+                    t3 = time.perf_counter()
+                    timings["read"] += t1 - t0
+                    timings["model"] += t2 - t1
+                    timings["blend"] += t3 - t2
+                    advance(len(batch))
+            flush(blender.release(plan.height))
+        t0 = time.perf_counter()
+        for layer in layers:
+            layer.finish()
+        timings["finalize"] = time.perf_counter() - t0
+        poly_summary = None
+        if polygons is not None:
+            from floodlora.io import atomic_path
+
+            t0 = time.perf_counter()
+            poly_tmp = outs.enter_context(atomic_path(Path(polygons)))
+            poly_summary = write_polygons(mask_layer.final_tmp, poly_tmp, target=Path(polygons))
+            timings["polygons"] = time.perf_counter() - t0
+    t = grid.transform
+    if poly_summary is not None and poly_summary.format == "geojson":
+        messages.append(f"{polygons}: GeoJSON polygons in WGS 84 lon/lat (RFC 7946)")
+    return PredictResult(
+        out=out,
+        probabilities=Path(probabilities) if probabilities else None,
+        uncertainty=Path(uncertainty) if uncertainty else None,
+        polygons=Path(polygons) if polygons else None,
+        height=grid.height,
+        width=grid.width,
+        crs=grid.crs.to_wkt() if grid.crs else None,
+        transform=(t.a, t.b, t.c, t.d, t.e, t.f),
+        tile=plan.tile,
+        overlap=plan.overlap,
+        tiles=len(plan),
+        flooded_pixels=counts["flood"],
+        valid_pixels=counts["valid"],
+        flooded_km2=counts["km2"] if pixel_area is not None else None,
+        polygon_count=poly_summary.count if poly_summary else None,
+        polygon_km2=poly_summary.area_km2 if poly_summary else None,
+        missing_views=missing,
+        aligned_views=list(opened.aligned),
+        messages=messages,
+        timings=timings,
+    )
+
+
+@contextmanager
+def _progress(enabled: bool, total: int) -> Iterator[Callable[[int], None]]:
+    if not enabled:
+        yield lambda n: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as progress:
+        task = progress.add_task("tiles", total=total)
+        yield lambda n: progress.advance(task, n)
+
+
+# --------------------------------------------------------------------------------------------------
+# from a run directory
+# --------------------------------------------------------------------------------------------------
+
+
+def resolve_preset(config: Any, units: str, run_dir: Path | None = None) -> Any:
+    """The run's normalisation preset for input scenes in `units` (a stats path may be run-relative)."""
+    from floodlora.data.sar import get_preset
+
+    name = config.data.normalization
+    if name not in ("auto", "clay-v1.5", "clay-v1") and run_dir is not None and not Path(name).is_file():
+        local = run_dir / name
+        if local.is_file():
+            name = str(local)
+    return get_preset(name, units)
+
+
+def resolve_adapter(run_dir: Path, adapter: str) -> Path:
+    """An adapter file path, or a name looked up as RUN_DIR/adapters/NAME.safetensors."""
+    p = Path(adapter)
+    if p.is_file():
+        return p
+    named = run_dir / "adapters" / f"{adapter}.safetensors"
+    if named.is_file():
+        return named
+    raise ConfigError(f"adapter {adapter!r}: no such file, and no {named}")
+
+
+def predict_run(
+    run_dir: str | Path,
+    views: Mapping[str, str | Path],
+    out: str | Path,
+    *,
+    probabilities: str | Path | None = None,
+    uncertainty: str | Path | None = None,
+    polygons: str | Path | None = None,
+    adapter: str | None = None,
+    checkpoint: str | None = None,
+    options: PredictOptions | None = None,
+) -> PredictResult:
+    """Load a trained run (or an exported model directory), optionally with another adapter, and
+    predict a scene with the run's normalisation and training tile size."""
+    from floodlora.training.rundir import load_run
+
+    run_dir = Path(run_dir)
+    opts = options or PredictOptions()
+    if adapter is not None:
+        from floodlora.inference.export import load_adapter
+
+        if not (run_dir / "config.yaml").is_file():
+            raise ConfigError(f"{run_dir}: not a floodlora run directory (config.yaml is missing)")
+        from floodlora.config import load_config
+
+        base_ckpt = checkpoint or load_config(run_dir / "config.yaml").model.checkpoint
+        loaded = load_adapter(resolve_adapter(run_dir, adapter), checkpoint=base_ckpt)
+    else:
+        loaded = load_run(run_dir, checkpoint=checkpoint)
+    if opts.tile is None:
+        opts.tile = int(loaded.config.data.crop_size)
+    preset = resolve_preset(loaded.config, opts.units, run_dir)
+    tags = {"run": str(run_dir.resolve()), "base_checkpoint": str(loaded.base.get("checkpoint", ""))}
+    if adapter is not None:
+        tags["adapter"] = str(adapter)
+    return predict_scene(
+        loaded.model,
+        views,
+        out,
+        preset=preset,
+        probabilities=probabilities,
+        uncertainty=uncertainty,
+        polygons=polygons,
+        options=opts,
+        tags=tags,
+    )
