@@ -143,6 +143,7 @@ def test_sweep_table_with_an_out_of_memory_strategy(tiny_data: Path, tmp_path: P
     assert by_name["frozen"]["unseen_f1"] == pytest.approx(by_name["frozen"]["f1"])
     md = (out / "sweep.md").read_text()
     assert "| Strategy | F1 | Accuracy | Precision |" in md and "Peak memory (GB) | Trainable params" in md
+    assert "| Tensor memory (GB) |" in md
     assert any(line.startswith("| full | OOM |") for line in md.splitlines())
     rows = list(csv.DictReader((out / "sweep.csv").open()))
     assert [r["strategy"] for r in rows] == ["frozen", "full"]

@@ -153,7 +153,8 @@ def markdown_table(rows: list[dict[str, Any]], eval_sets: list[EvalSet] | None =
     extra = [es.name for es in eval_sets or []]
     head = ["Strategy", "F1", "Accuracy", "Precision", "Recall", "IoU", "F1@t*"]
     head += [f"{n} F1" for n in extra] + [f"{n} IoU" for n in extra]
-    head += ["Peak memory (GB)", "Trainable params", "s/epoch", "Time to best val F1 (s)", "Wall (s)"]
+    head += ["Tensor memory (GB)", "Peak memory (GB)", "Trainable params"]
+    head += ["s/epoch", "Time to best val F1 (s)", "Wall (s)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         params = "" if r.get("trainable_params") is None else f"{int(r['trainable_params']):,}"
@@ -161,6 +162,7 @@ def markdown_table(rows: list[dict[str, Any]], eval_sets: list[EvalSet] | None =
             cells = [
                 r["strategy"],
                 *["OOM"] * (6 + 2 * len(extra)),
+                "OOM",
                 "OOM",
                 params,
                 "",
@@ -176,6 +178,7 @@ def markdown_table(rows: list[dict[str, Any]], eval_sets: list[EvalSet] | None =
                 ),
                 *(_pct(r.get(f"{n}_f1")) for n in extra),
                 *(_pct(r.get(f"{n}_iou")) for n in extra),
+                _num(r.get("tensor_memory_gb"), "{:.3f}"),
                 _num(r.get("peak_memory_gb"), "{:.2f}"),
                 params,
                 _num(r.get("seconds_per_epoch")),
@@ -194,7 +197,8 @@ def write_sweep_table(
     md = markdown_table(rows, eval_sets)
     note = (
         "\nMetrics in % on the test split at threshold 0.5 (F1@t*: at the val-F1-optimal threshold). "
-        "Peak memory: CUDA max allocated on GPU, process peak RSS on CPU.\n"
+        "Peak memory: CUDA max allocated on GPU, process peak RSS on CPU (includes the Python runtime). "
+        "Tensor memory: weights + gradients + Adam moments + saved activations, what a GPU would hold.\n"
     )
     atomic_write_text(out / f"{TABLE_STEM}.md", md + note)
     keys: list[str] = []
