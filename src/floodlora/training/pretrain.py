@@ -3,9 +3,10 @@
 This is how floodlora's embedded model is made when Clay's multi-GB weights cannot be downloaded:
 the same encoder (wavelength-conditioned patch embedding, VV/VH), ~75% of the patch tokens masked
 at random, the encoder run on the visible tokens only, a light transformer decoder that
-reconstructs the masked patches, and an L1 loss on per-patch normalised pixels of masked patches
-(Clay v1.0's `norm_pix_loss`). Clay's DINO teacher term is left out: there is no teacher network
-for SAR to distil from.
+reconstructs the masked patches, and an L1 loss on the masked patches' normalised pixels (Clay
+v1.5 reconstructs raw normalised pixels; v1.0's per-patch `norm_pix_loss` is an option, but on SAR
+it leaves mostly unpredictable speckle as the target). Clay's DINO teacher term is left out: there
+is no teacher network for SAR to distil from.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ class PretrainConfig:
     decoder_dim: int = 128
     decoder_depth: int = 2
     decoder_heads: int = 4
-    norm_pix_loss: bool = True
+    norm_pix_loss: bool = False  # Clay v1.5 setting; per-patch normalisation leaves mostly speckle
     synthetic_scenes: int = 384
     synthetic_size: int = 128
     real_roots: list[str] = field(default_factory=list)
