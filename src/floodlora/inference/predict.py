@@ -318,10 +318,41 @@ def normalise_tile(
     return normalize_sample(sample, bands, preset), sample.valid
 
 
-def tile_latlon(grid: Grid, tiles: Sequence[Tile]) -> np.ndarray:
-    """Clay's location encoding of each tile's centre `[N, 4]` (zeros without a CRS)."""
-    from floodlora.data.datamodule import encode_latlon
+def encode_latlon(lat: float, lon: float) -> np.ndarray:
+    """Clay's location encoding [sin lat, cos lat, sin lon, cos lon] (radians).
 
+    The same formula as floodlora.data.datamodule.encode_latlon (a test keeps them equal); kept here so
+    that `floodlora predict` does not import Lightning just for two lines of trigonometry.
+    """
+    la, lo = math.radians(lat), math.radians(lon)
+    return np.array([math.sin(la), math.cos(la), math.sin(lo), math.cos(lo)], dtype=np.float32)
+
+
+def encode_date(date: str | None) -> np.ndarray:
+    """Clay's time code of the acquisition date (as floodlora.data.datamodule.encode_time); zeros if unknown.
+
+    [sin w, cos w, sin h, cos h] with w = ISO week * 2pi / 52 and h = hour * 2pi / 24 (12 h for a bare date).
+    """
+    import datetime as dt
+
+    if not date:
+        return np.zeros(4, dtype=np.float32)
+    try:
+        when = dt.datetime.fromisoformat(str(date))
+    except ValueError:
+        raise ConfigError(
+            f"--date {date!r}: expected an ISO date such as 2024-10-30 or 2024-10-30T17:45"
+        ) from None
+    has_time = "T" in str(date) or " " in str(date).strip()
+    hour = when.hour + when.minute / 60.0 if has_time else 12.0
+    w = when.isocalendar()[1] * 2 * math.pi / 52
+    h = hour * 2 * math.pi / 24
+    return np.array([math.sin(w), math.cos(w), math.sin(h), math.cos(h)], dtype=np.float32)
+
+
+def tile_latlon(grid: Grid, tiles: Sequence[Tile]) -> np.ndarray:
+    """Clay's location encoding of each tile's centre `[N, 4]` (zeros without a CRS), as training
+    encodes each chip's centre."""
     if grid.crs is None:
         return np.zeros((len(tiles), 4), dtype=np.float32)
     from rasterio.warp import transform
@@ -334,13 +365,6 @@ def tile_latlon(grid: Grid, tiles: Sequence[Tile]) -> np.ndarray:
     else:
         lons, lats = transform(grid.crs, "EPSG:4326", xs, ys)
     return np.stack([encode_latlon(la, lo) for la, lo in zip(lats, lons, strict=True)]).astype(np.float32)
-
-
-def encode_date(date: str | None) -> np.ndarray:
-    """Clay's time encoding of the acquisition date; zeros when unknown."""
-    from floodlora.data.datamodule import encode_time
-
-    return encode_time(date)
 
 
 # --------------------------------------------------------------------------------------------------
