@@ -132,3 +132,13 @@ def test_torch_export_and_onnx_match_pytorch(run_dir: Path, tmp_path: Path) -> N
 def test_export_needs_something_to_do(run_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="nothing to export"):
         export_run(run_dir, tmp_path / "x")
+
+
+def test_cli_export_adapter(run_dir: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from floodlora import cli
+
+    result = CliRunner().invoke(cli.app, ["export", str(run_dir), "--adapter", "ev1", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "ev1.safetensors").is_file() and "wrote" in result.output

@@ -471,6 +471,7 @@ class _Layer:
         import tempfile
 
         import rasterio
+        import rasterio.errors
 
         from floodlora.io import atomic_path
 
@@ -484,7 +485,9 @@ class _Layer:
             os.close(fd)
             self.work = Path(scratch)
             stack.callback(self.work.unlink, missing_ok=True)
-        self.ds = rasterio.open(self.work, "w", **_profile(grid, dtype, nodata))
+        with warnings.catch_warnings():  # a scene without georeferencing stays without it
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            self.ds = rasterio.open(self.work, "w", **_profile(grid, dtype, nodata))
         self.ds.set_band_description(1, desc)
         self.ds.update_tags(**tags)
         if dtype == "uint8":
