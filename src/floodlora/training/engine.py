@@ -26,12 +26,14 @@ from floodlora.config import DataConfig, RunConfig, TrainConfig
 from floodlora.errors import ConfigError, FloodLoraError
 from floodlora.io import atomic_write_json
 from floodlora.training.accounting import OutOfMemoryError, ResourceAccounting, is_out_of_memory
+from floodlora.training.feature_cache import check_feature_cache_config, prepare_feature_cache
 from floodlora.training.metrics import best_f1_threshold
 
 METRICS_FILE = "metrics.json"
 ACCOUNTING_FILE = "accounting.json"
 CHECKPOINT_DIR = "checkpoints"
 LAST_CKPT = "last.ckpt"
+FEATURE_CACHE_DIR = "feature_cache"
 EVAL_SPLITS: tuple[str, ...] = ("train", "val", "test", "ood", "all")
 
 
@@ -64,7 +66,11 @@ def resolve_precision(cfg: TrainConfig, accelerator: str) -> str:
         if accelerator == "cpu" and "bf16" in cfg.precision:
             warnings.warn("bf16 on CPU is very slow here; consider train.precision: 32", stacklevel=2)
         return cfg.precision
-    return "bf16-mixed" if accelerator in ("gpu", "cuda") else "32-true"
+    if accelerator in ("gpu", "cuda"):
+        # bf16 needs Ampere or newer; older GPUs get fp16 autocast (with Lightning's loss scaling).
+        bf16 = not torch.cuda.is_available() or torch.cuda.is_bf16_supported()
+        return "bf16-mixed" if bf16 else "16-mixed"
+    return "32-true"
 
 
 def _quiet_lightning() -> None:
@@ -180,10 +186,23 @@ def train_run(
     if not config.data.roots:
         raise ConfigError("no training data: pass --data PATH (or data.roots in the config)")
     tcfg = config.train
+    check_feature_cache_config(config)
     seed_everything(tcfg.seed, workers=True, verbose=False)
     datamodule = FloodDataModule(config.data)
     datamodule.setup("fit")
     model = build_segmentor(config.model, config.data.views, config.data.bands, config.data.crop_size)
+    fit_data: Any = datamodule
+    if tcfg.feature_cache:  # frozen encoder: encode each chip once, train the decoder from disk
+        accelerator = resolve_accelerator(tcfg)
+        fit_data = prepare_feature_cache(
+            config, model, datamodule, run_dir / FEATURE_CACHE_DIR,
+            device="cuda" if accelerator in ("gpu", "cuda") else "cpu",
+            precision=resolve_precision(tcfg, accelerator),
+        )  # fmt: skip
+    if tcfg.compile:
+        from floodlora.models.factory import compile_encoder
+
+        compile_encoder(model)
     task = FloodSegmentationTask(model, tcfg)
     accounting = ResourceAccounting(tcfg.memory_cap_gb)
     ckpt_dir = str(run_dir / CHECKPOINT_DIR)
@@ -207,7 +226,7 @@ def train_run(
         _keep_previous_log(run_dir)
     try:
         trainer.fit(
-            task, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None, weights_only=True
+            task, datamodule=fit_data, ckpt_path=str(ckpt_path) if ckpt_path else None, weights_only=True
         )
     except Exception as err:
         if not is_out_of_memory(err):
@@ -238,11 +257,12 @@ def train_run(
         **accounting.summary(),
         "status": "ok",
         "wall_seconds": time.perf_counter() - t_start,
-        "stopped_epoch": int(trainer.current_epoch),
         "early_stopped": bool(early.stopped_epoch),
         "world_size": int(trainer.world_size),
         "data": datamodule.describe(),
     }
+    if tcfg.feature_cache:
+        summary["feature_cache"] = fit_data.describe()
     if trainer.is_global_zero:
         save_run(run_dir, config, model)
         atomic_write_json(run_dir / METRICS_FILE, metrics)
