@@ -227,6 +227,42 @@ def baseline(
     typer.echo(format_result(result))
 
 
+@app.command()
+def embed(
+    data: Annotated[list[str], typer.Option(help="Root(s) of labelled chips.")],
+    out: Annotated[str, typer.Option(help="Output directory (tsne.png, embeddings.json).")],
+    checkpoint: Annotated[str, typer.Option(help="Base encoder: a name or a file path.")] = "embedded",
+    run: Annotated[str | None, typer.Option(help="Use this run's adapted encoder (and its bands).")] = None,
+    format: Annotated[str | None, typer.Option(help="Data format (default: auto-detect).")] = None,
+    split: Annotated[str, typer.Option(help="train | val | test | ood | all.")] = "test",
+    view: Annotated[str, typer.Option(help="Which view to embed.")] = "post",
+    max_chips: Annotated[int, typer.Option(help="At most this many chips (evenly spaced).")] = 64,
+    seed: Annotated[int, typer.Option(help="Seed of the probe split and the t-SNE.")] = 0,
+) -> None:
+    """t-SNE of patch embeddings (water/land, event) and a linear-probe accuracy for water vs land."""
+    from floodlora.analysis.embeddings import format_embed, run_embed
+
+    base = None if run and checkpoint == "embedded" else checkpoint
+    result = run_embed(base, data, out, run, format, split, view=view, max_chips=max_chips, seed=seed)
+    typer.echo(format_embed(result))
+
+
+@app.command()
+def report(
+    run_dirs: Annotated[list[str], typer.Argument(help="Run directories (frozen, LoRA ranks, full...).")],
+    out: Annotated[str, typer.Option(help="Output directory for report.md and its figures.")],
+    baselines: Annotated[bool, typer.Option(help="Also score Otsu / change detection.")] = False,
+    figures: Annotated[bool, typer.Option(help="Draw prediction panels and the t-SNE.")] = True,
+    panel_chips: Annotated[int, typer.Option(help="Chips per panel figure (worst and best).")] = 4,
+    embed_chips: Annotated[int, typer.Option(help="Test chips embedded for the t-SNE and probe.")] = 16,
+) -> None:
+    """One Markdown report: Table 1 (in-distribution), Table 2 (held-out events), baselines, figures."""
+    from floodlora.analysis.report import build_report
+
+    path = build_report(run_dirs, out, baselines, figures, panel_chips, embed_chips)
+    typer.echo(f"written: {path}")
+
+
 def main() -> None:
     """Console entry point: run the app and turn user errors into one clean line."""
     from floodlora.errors import FloodLoraError

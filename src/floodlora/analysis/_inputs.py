@@ -43,11 +43,18 @@ def sample_stats(samples: Sequence[Sample]) -> dict[str, Any]:
 
 
 def resolve_preset(
-    samples: Sequence[Sample], normalization: str = "auto", stats: dict[str, Any] | None = None
+    samples: Sequence[Sample],
+    normalization: str | NormalizationPreset = "auto",
+    stats: dict[str, Any] | None = None,
 ) -> NormalizationPreset:
-    """The normalisation preset for `samples`; scaled-uint8 + auto falls back to the chips' own stats."""
-    from floodlora.data.sar import get_preset
+    """The normalisation preset for `samples`; scaled-uint8 + auto falls back to the chips' own stats.
 
+    A ready preset (e.g. the DataModule's, from the training chips) is used as is.
+    """
+    from floodlora.data.sar import NormalizationPreset, get_preset
+
+    if isinstance(normalization, NormalizationPreset):
+        return normalization
     if not samples:
         raise DataError("no samples to analyse")
     units = samples[0].meta.units

@@ -53,8 +53,10 @@ __all__ = [
     "otsu_from_histogram",
     "otsu_threshold",
     "predict_baseline",
+    "read_samples",
     "run_baseline",
     "select_refs",
+    "subsample",
 ]
 
 
@@ -280,10 +282,21 @@ def load_samples(
     max_nodata_fraction: float | None = 0.5,
 ) -> list[Sample]:
     """Read the labelled chips of a split (at most `max_chips`, an evenly spaced deterministic subset)."""
-    refs = select_refs(data, format, split or "all", config)
+    refs = subsample(select_refs(data, format, split or "all", config), max_chips)
+    return list(_iter_samples(refs, max_nodata_fraction))
+
+
+def subsample(refs: Sequence[ChipRef], max_chips: int | None) -> list[ChipRef]:
+    """At most `max_chips` refs, evenly spaced through the (deterministic) discovery order."""
+    refs = list(refs)
     if max_chips is not None and len(refs) > max_chips:
-        idx = np.linspace(0, len(refs) - 1, max_chips).round().astype(int)
-        refs = [refs[i] for i in np.unique(idx)]
+        idx = np.unique(np.linspace(0, len(refs) - 1, max_chips).round().astype(int))
+        refs = [refs[i] for i in idx]
+    return refs
+
+
+def read_samples(refs: Iterable[ChipRef | Sample], max_nodata_fraction: float | None = 0.5) -> list[Sample]:
+    """Labelled samples of `refs`, skipping chips the DataModule would skip for nodata."""
     return list(_iter_samples(refs, max_nodata_fraction))
 
 
