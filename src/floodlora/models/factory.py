@@ -38,3 +38,14 @@ def build_segmentor(
         checkpointing = cfg.strategy == "full" and (crop_size or 0) >= 512
     model.clay_encoder.gradient_checkpointing = bool(checkpointing)
     return apply_strategy(model, cfg.strategy, lora_settings(cfg) if cfg.strategy == "lora" else None)
+
+
+def compile_encoder(model: FloodSegmentor) -> FloodSegmentor:
+    """`train.compile`: compile the encoder's transformer in place with torch.compile.
+
+    In place (`nn.Module.compile`), so parameter names and saved weights are unchanged; the
+    decoder stays eager (its convolutions gain nothing). Pays a one-off compile time (a minute or
+    more on a small CPU, and a C++ compiler there); see docs/performance.md for where it helps.
+    """
+    model.clay_encoder.transformer.compile()
+    return model

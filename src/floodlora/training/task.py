@@ -45,6 +45,8 @@ class FloodSegmentationTask(pl.LightningModule):
         self.strict_loading = False  # checkpoints omit frozen base weights
 
     def forward(self, batch: Mapping[str, Any]) -> Tensor:
+        if "features" in batch:  # feature-cache batches (frozen encoder): the decoder only
+            return self.model.decode(batch["features"])
         views, time, latlon = model_inputs(self.model, batch)
         return self.model(views, time, latlon)
 
