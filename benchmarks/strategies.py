@@ -1,0 +1,733 @@
+"""Training-strategy benchmark: peak memory, seconds per step and model FLOP utilisation for frozen
+(with and without the feature cache), LoRA of several ranks, and full fine-tuning (with and without
+activation checkpointing), plus the ratios the performance targets are stated in.
+
+    python benchmarks/strategies.py            # clay-v1-base at 512 px, four views, batch 1 (~25 min)
+                                               # + the embedded preset at its demo size
+    python benchmarks/strategies.py --tiny     # test-micro at 32 px (seconds; run by the test suite)
+    python benchmarks/strategies.py --preset floodlora-mini --size 128 --views pre,post --batch 8 \\
+        --configs frozen,lora-8,full
+
+Every configuration runs in its own Python process, so its peak RSS (getrusage ru_maxrss) is its
+own. One training step = forward, BCE + Dice loss, backward, Adam step, on random inputs (speed and
+memory do not depend on the weights, so encoders are randomly initialised: no download). The frozen
+rows are measured as epochs over synthetic chips through the real data pipeline, uncached and from
+the feature cache, so that the cached / uncached epoch ratio is a like-for-like measurement.
+Model FLOPs per step are counted once per configuration with torch's FlopCounterMode on the meta
+device (no compute, activation checkpointing off: recomputation is not model work), and divided by
+the measured step time and by the fp32 matmul FLOP/s measured in the same process just before.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+SECTION_BEGIN = "<!-- benchmarks/strategies.py: begin -->"
+SECTION_END = "<!-- benchmarks/strategies.py: end -->"
+GB = 1024**3
+PAPER_VIEWS = ["pre_asc", "pre_desc", "post_asc", "post_desc"]
+ALL_CONFIGS = ["frozen", "frozen-cached", "lora-8", "lora-64", "lora-256", "lora-1024", "full", "full-ckpt"]
+
+#: name -> (preset, size, views, batch, timed steps, warm-up steps, epoch chips, epochs, configs)
+SUITES: dict[str, dict[str, Any]] = {
+    "base": {
+        "preset": "clay-v1-base",
+        "size": 512,
+        "views": PAPER_VIEWS,
+        "batch": 1,
+        # heavy: one timed step without warm-up (a first step's one-off costs are < 1% of ~2 min)
+        "steps": 1,
+        "warmup": 0,
+        "epoch_chips": 2,
+        "epochs": 2,
+        "configs": [*ALL_CONFIGS, "lora-256-ckpt"],
+    },
+    "embedded": {
+        "preset": "floodlora-mini",
+        "size": 128,
+        "views": ["pre", "post"],
+        "batch": 8,
+        "steps": 3,
+        "warmup": 1,
+        "epoch_chips": 16,
+        "epochs": 3,
+        "configs": [*ALL_CONFIGS, "lora-8-compile"],
+    },
+    "tiny": {
+        "preset": "test-micro",
+        "size": 32,
+        "views": ["pre", "post"],
+        "batch": 2,
+        "steps": 2,
+        "warmup": 1,
+        "epoch_chips": 4,
+        "epochs": 2,
+        "configs": ["frozen", "frozen-cached", "lora-8", "lora-256", "full", "full-ckpt"],
+        "matmul_n": 512,  # seconds, not minutes: a 2048^3 matmul takes ~2 s on one thread
+    },
+}
+
+
+def parse_config(name: str) -> dict[str, Any]:
+    """`frozen`, `frozen-cached`, `lora-<r>[-ckpt][-compile]`, `full[-ckpt][-compile]`."""
+    parts = name.split("-")
+    spec: dict[str, Any] = {
+        "name": name,
+        "strategy": parts[0],
+        "rank": 8,
+        "cached": False,
+        "checkpointing": False,
+        "compile": False,
+    }
+    if spec["strategy"] not in ("frozen", "lora", "full"):
+        raise SystemExit(
+            f"unknown config {name!r}: expected frozen[-cached], lora-<rank>[-ckpt], full[-ckpt]"
+        )
+    rest = parts[1:]
+    if spec["strategy"] == "lora":
+        if not rest or not rest[0].isdigit():
+            raise SystemExit(f"config {name!r}: LoRA needs a rank, e.g. lora-8")
+        spec["rank"] = int(rest.pop(0))
+    for flag in rest:
+        key = {"cached": "cached", "ckpt": "checkpointing", "compile": "compile"}.get(flag)
+        if key is None or (key == "cached" and spec["strategy"] != "frozen"):
+            raise SystemExit(f"config {name!r}: unknown modifier {flag!r}")
+        spec[key] = True
+    return spec
+
+
+# --------------------------------------------------------------------------------------------------
+# Measurements shared by parent and children
+# --------------------------------------------------------------------------------------------------
+
+
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+
+
+def matmul_flops_per_s(n: int = 2048, reps: int = 5, device: str = "cpu") -> float:
+    """fp32 (CPU) / bf16 (CUDA) n x n matmul throughput: the machine's attainable peak here and now."""
+    import torch
+
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    _sync(device)
+    return 2.0 * n**3 * reps / (time.perf_counter() - t0)
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def _build(suite: dict[str, Any], spec: dict[str, Any], device: str = "cpu") -> Any:
+    from floodlora.config import ModelConfig
+    from floodlora.models.factory import build_segmentor
+
+    cfg = ModelConfig(
+        checkpoint=f"random:{suite['preset']}",
+        strategy=spec["strategy"],
+        lora_rank=spec["rank"],
+        gradient_checkpointing=spec["checkpointing"],
+    )
+    model = build_segmentor(cfg, suite["views"], ["vv", "vh"], suite["size"])
+    if spec.get("compile"):
+        from floodlora.models.factory import compile_encoder
+
+        compile_encoder(model)
+    return model.to(device).train()
+
+
+def model_flops(suite: dict[str, Any], spec: dict[str, Any]) -> int:
+    """FLOPs of one training step (forward + backward) counted on the meta device, no recompute."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    spec = {**spec, "checkpointing": False, "compile": False}
+    with torch.device("meta"):
+        model = _build(suite, spec, "meta")
+    b, s, p = suite["batch"], suite["size"], model.patch_size
+    with FlopCounterMode(display=False) as counter:
+        if spec["cached"]:
+            feats = {v: torch.randn(b, model.encoder_dim, s // p, s // p, device="meta") for v in model.views}
+            logits = model.decode(feats)
+        else:
+            views = {v: torch.randn(b, len(model.bands), s, s, device="meta") for v in model.views}
+            logits = model(views)
+        logits.float().square().mean().backward()  # the loss's own FLOPs are negligible
+    return int(counter.get_total_flops())
+
+
+# --------------------------------------------------------------------------------------------------
+# Child: one configuration in a fresh process
+# --------------------------------------------------------------------------------------------------
+
+
+def _adam(model: Any) -> Any:
+    import torch
+
+    return torch.optim.Adam([q for q in model.parameters() if q.requires_grad], lr=1e-4, weight_decay=1e-4)
+
+
+def _train_step(model: Any, opt: Any, batch: dict[str, Any], device: str) -> float:
+    """One step; returns its wall time. Cached batches go through the decoder only."""
+    import torch
+
+    from floodlora.training.losses import bce_dice_loss
+
+    _sync(device)
+    t0 = time.perf_counter()
+    opt.zero_grad(set_to_none=True)
+    cuda = device == "cuda"  # bf16 autocast on CUDA only: bf16 on these CPUs is far slower than fp32
+    with torch.autocast("cuda" if cuda else "cpu", dtype=torch.bfloat16, enabled=cuda):
+        if "features" in batch:
+            logits = model.decode({v: t.to(device) for v, t in batch["features"].items()})
+        else:
+            views = {v: t.to(device) for v, t in batch["views"].items() if v in model.views}
+            logits = model(views, batch["time"].to(device), batch["latlon"].to(device))
+    loss, _ = bce_dice_loss(logits, batch["mask"].to(device), batch["valid"].to(device))
+    loss.backward()
+    opt.step()
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+def _random_batch(suite: dict[str, Any], seed: int = 0) -> dict[str, Any]:
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    b, s = suite["batch"], suite["size"]
+    return {
+        "views": {v: torch.randn(b, 2, s, s, generator=g) for v in suite["views"]},
+        "mask": torch.randint(0, 2, (b, s, s), generator=g, dtype=torch.uint8),
+        "valid": torch.ones(b, s, s, dtype=torch.bool),
+        "time": torch.zeros(b, 4),
+        "latlon": torch.zeros(b, 4),
+    }
+
+
+def _datamodule(suite: dict[str, Any], data_dir: str) -> Any:
+    from floodlora.config import DataConfig
+    from floodlora.data.datamodule import FloodDataModule
+
+    cfg = DataConfig(
+        roots=[data_dir],
+        views=list(suite["views"]),
+        crop_size=suite["size"],
+        batch_size=suite["batch"],
+        augment=True,
+        val_fraction=0.0,
+        test_fraction=0.0,
+        max_nodata_fraction=1.0,
+    )
+    dm = FloodDataModule(cfg)
+    dm.setup("fit")
+    return dm, cfg
+
+
+def child(job: dict[str, Any]) -> dict[str, Any]:
+    """Run one job (`step`, `epochs`, `cache-build`, `cached-epochs`) and return its measurements."""
+    import torch
+
+    suite, spec, kind, device = job["suite"], job["spec"], job["kind"], job.get("device", "cpu")
+    if job.get("threads"):
+        torch.set_num_threads(int(job["threads"]))
+    torch.manual_seed(0)
+    out: dict[str, Any] = {"kind": kind, "torch_threads": torch.get_num_threads()}
+    out["matmul_flops_per_s"] = matmul_flops_per_s(suite.get("matmul_n", 2048), device=device)
+    t0 = time.perf_counter()
+    model = _build(suite, spec, device)
+    out["build_s"] = time.perf_counter() - t0
+    out["rss_after_build_bytes"] = peak_rss_bytes()
+    from floodlora.models.strategies import count_parameters
+
+    counts = count_parameters(model)
+    out["trainable_params"], out["total_params"] = counts.trainable, counts.total
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    if kind == "step":
+        opt = _adam(model)
+        batch = _random_batch(suite)
+        for _ in range(job["warmup"]):
+            _train_step(model, opt, batch, device)
+        times = [_train_step(model, opt, batch, device) for _ in range(job["steps"])]
+        out.update(step_seconds=times, warmup_steps=job["warmup"])
+    elif kind == "cache-build":
+        from floodlora.config import RunConfig
+        from floodlora.training.feature_cache import prepare_feature_cache
+
+        dm, dcfg = _datamodule(suite, job["data_dir"])
+        run = RunConfig(data=dcfg)
+        run.model.checkpoint, run.model.strategy = f"random:{suite['preset']}", "frozen"
+        run.train.feature_cache = True
+        t0 = time.perf_counter()
+        cached = prepare_feature_cache(run, model, dm, job["cache_dir"], device=device)
+        out.update(
+            build_seconds=time.perf_counter() - t0,
+            chips=len(cached.train_set),
+            cache_bytes=cached.describe()["bytes"],
+        )
+    elif kind in ("epochs", "cached-epochs"):
+        dm, dcfg = _datamodule(suite, job["data_dir"])
+        if kind == "cached-epochs":
+            from floodlora.config import RunConfig
+            from floodlora.training.feature_cache import prepare_feature_cache
+
+            run = RunConfig(data=dcfg)
+            run.model.checkpoint, run.model.strategy = f"random:{suite['preset']}", "frozen"
+            run.train.feature_cache = True
+            dm = prepare_feature_cache(run, model, dm, job["cache_dir"], device=device)  # reuses the cache
+            out["cache_reused_seconds"] = dm.build_seconds
+        opt = _adam(model)
+        epoch_seconds, step_seconds = [], []
+        for _ in range(job["epochs"]):
+            t_epoch = time.perf_counter()
+            for batch in dm.train_dataloader():
+                step_seconds.append(_train_step(model, opt, batch, device))
+            epoch_seconds.append(time.perf_counter() - t_epoch)
+        out.update(epoch_seconds=epoch_seconds, step_seconds=step_seconds)
+    else:
+        raise SystemExit(f"unknown job kind {kind!r}")
+    out["peak_rss_bytes"] = peak_rss_bytes()
+    if device == "cuda":
+        out["cuda_peak_bytes"] = int(torch.cuda.max_memory_allocated())
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Parent: suites, ratios, targets, files
+# --------------------------------------------------------------------------------------------------
+
+
+def _run_child(job: dict[str, Any], nice: int, timeout: float | None) -> dict[str, Any]:
+    """Run `job` in a fresh interpreter; its last stdout line is the JSON result.
+
+    `nice: -1` runs it in this process instead (the test suite's tiny mode: no interpreter start-up,
+    but the peak RSS is then the process's, not the configuration's).
+    """
+    if nice < 0:
+        t0 = time.perf_counter()
+        result = child(job)
+        result["process_seconds"] = time.perf_counter() - t0
+        result["own_process"] = False
+        return result
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(job)]
+    if nice:
+        cmd = ["nice", "-n", str(nice), *cmd]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    if job.get("threads"):
+        env["OMP_NUM_THREADS"] = str(job["threads"])
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, check=False)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+        return {"error": f"exit {proc.returncode}: " + " | ".join(tail)}
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["process_seconds"] = time.perf_counter() - t0
+    result["own_process"] = True
+    return result
+
+
+def _median(xs: list[float]) -> float:
+    s = sorted(xs)
+    n = len(s)
+    return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
+
+
+def _write_chips(suite: dict[str, Any], root: Path) -> str:
+    from floodlora.data.synthetic import write_folder_dataset
+
+    write_folder_dataset(
+        root, suite["epoch_chips"], suite["size"], views=suite["views"], splits={"train": 1.0}
+    )
+    return str(root)
+
+
+def run_suite(
+    name: str,
+    suite: dict[str, Any],
+    work: Path,
+    nice: int,
+    device: str,
+    threads: int | None = None,
+    log: Any = print,
+) -> dict[str, Any]:
+    """Measure every configuration of `suite`, each in its own process; derive the ratios."""
+    t_suite = time.perf_counter()
+    specs = [parse_config(c) for c in suite["configs"]]
+    data_dir = _write_chips(suite, work / f"{name}-chips")
+    cache_dir = str(work / f"{name}-cache")
+    configs: dict[str, Any] = {}
+    for spec in specs:
+        base_job = {"suite": suite, "spec": spec, "device": device, "threads": threads}
+        if spec["strategy"] == "frozen" and spec["cached"]:
+            log(f"[{name}] frozen-cached: building the cache ...")
+            build = _run_child(
+                {**base_job, "kind": "cache-build", "data_dir": data_dir, "cache_dir": cache_dir}, nice, None
+            )
+            log(f"[{name}] frozen-cached: {suite['epochs']} epochs from the cache ...")
+            res = _run_child(
+                {
+                    **base_job,
+                    "kind": "cached-epochs",
+                    "data_dir": data_dir,
+                    "cache_dir": cache_dir,
+                    "epochs": suite["epochs"],
+                },
+                nice,
+                None,
+            )
+            res["cache_build"] = build
+        elif spec["strategy"] == "frozen":
+            log(f"[{name}] frozen: {suite['epochs']} epochs through the live encoder ...")
+            res = _run_child(
+                {**base_job, "kind": "epochs", "data_dir": data_dir, "epochs": suite["epochs"]}, nice, None
+            )
+        else:
+            log(f"[{name}] {spec['name']}: {suite['warmup']} warm-up + {suite['steps']} timed step(s) ...")
+            res = _run_child(
+                {**base_job, "kind": "step", "steps": suite["steps"], "warmup": suite["warmup"]}, nice, None
+            )
+        res["flops_per_step"] = model_flops(suite, spec)
+        _summarise(res)
+        configs[spec["name"]] = res
+        log(
+            f"[{name}] {spec['name']}: "
+            + (
+                res.get("error")
+                or f"{res['seconds_per_step']:.2f} s/step, peak RSS {res['peak_rss_bytes'] / GB:.2f} GB, "
+                f"MFU {100 * res['mfu']:.0f}%"
+            )
+        )
+    return {
+        **{
+            k: suite[k]
+            for k in ("preset", "size", "views", "batch", "steps", "warmup", "epoch_chips", "epochs")
+        },
+        "device": device,
+        "configs": configs,
+        "ratios": ratios(configs),
+        "seconds": time.perf_counter() - t_suite,
+    }
+
+
+def _summarise(res: dict[str, Any]) -> None:
+    """seconds_per_step (median; epoch jobs drop their first step, the warm-up), FLOP/s and MFU."""
+    if "error" in res:
+        return
+    steps = res["step_seconds"]
+    if res["kind"] in ("epochs", "cached-epochs") and len(steps) > 1:
+        steps = steps[1:]
+    res["seconds_per_step"] = _median(steps)
+    res["achieved_flops_per_s"] = res["flops_per_step"] / res["seconds_per_step"]
+    res["mfu"] = res["achieved_flops_per_s"] / res["matmul_flops_per_s"]
+    if "epoch_seconds" in res:
+        e = res["epoch_seconds"]
+        res["seconds_per_epoch"] = sum(e[1:]) / len(e[1:]) if len(e) > 1 else e[0]
+
+
+def ratios(configs: dict[str, Any]) -> dict[str, Any]:
+    """The ratios the targets are stated in, from one run's measurements (None where missing)."""
+
+    def get(name: str, key: str) -> float | None:
+        r = configs.get(name)
+        return None if r is None or "error" in r else r.get(key)
+
+    def div(a: float | None, b: float | None) -> float | None:
+        return a / b if a is not None and b else None
+
+    frozen_mem = get("frozen", "peak_rss_bytes")
+    out: dict[str, Any] = {
+        "lora_over_frozen_memory": {
+            n: div(get(n, "peak_rss_bytes"), frozen_mem) for n in configs if n.startswith("lora-")
+        },
+        "full_ckpt_over_full_memory": div(get("full-ckpt", "peak_rss_bytes"), get("full", "peak_rss_bytes")),
+        "cached_over_uncached_epoch_time": div(
+            get("frozen-cached", "seconds_per_epoch"), get("frozen", "seconds_per_epoch")
+        ),
+        "mfu": {n: get(n, "mfu") for n in configs},
+    }
+    speed = out["cached_over_uncached_epoch_time"]
+    out["cached_epoch_speedup"] = 1.0 / speed if speed else None
+    build = configs.get("frozen-cached", {}).get("cache_build", {})
+    if build.get("build_seconds") and get("frozen", "seconds_per_epoch"):
+        out["cache_build_over_uncached_epoch"] = build["build_seconds"] / get("frozen", "seconds_per_epoch")
+    return out
+
+
+def targets(suite: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's four targets, judged on the base-preset suite's measurements."""
+    c, r = suite["configs"], suite["ratios"]
+
+    def val(name: str, key: str) -> float | None:
+        return None if name not in c or "error" in c[name] else c[name].get(key)
+
+    full_ckpt = val("full-ckpt", "peak_rss_bytes")
+    lora_ratio = r["lora_over_frozen_memory"].get("lora-256")
+    speedup = r.get("cached_epoch_speedup")
+    mfu = r["mfu"].get("lora-256")
+    rows = [
+        (
+            "full fine-tuning with checkpointing, peak memory <= 8 GB",
+            full_ckpt / GB if full_ckpt else None,
+            8.0,
+            "le",
+            "GB",
+        ),
+        ("LoRA r-256 peak memory <= 1.15 x frozen", lora_ratio, 1.15, "le", "x"),
+        ("cached frozen epochs >= 10 x faster than uncached", speedup, 10.0, "ge", "x"),
+        ("training model FLOP utilisation >= 50% (LoRA r-256)", mfu, 0.5, "ge", "fraction"),
+    ]
+    out = []
+    for text, value, bound, op, unit in rows:
+        met = None if value is None else (value <= bound if op == "le" else value >= bound)
+        out.append({"target": text, "value": value, "bound": bound, "unit": unit, "met": met})
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Markdown
+# --------------------------------------------------------------------------------------------------
+
+
+def _fmt(x: float | None, spec: str, scale: float = 1.0) -> str:
+    return "-" if x is None else format(x * scale, spec)
+
+
+def suite_table(suite: dict[str, Any]) -> list[str]:
+    cuda = suite["device"] == "cuda"
+    head = "| config | trainable params | peak RSS (GB) | " + ("CUDA peak (GB) | " if cuda else "")
+    head += "memory / frozen | s / step | model GFLOP / step | GFLOP/s | MFU |"
+    lines = [head, "|---|" + "---:|" * (head.count("|") - 2)]
+    frozen = suite["configs"].get("frozen", {}).get("peak_rss_bytes")
+    for name, r in suite["configs"].items():
+        if "error" in r:
+            lines.append(f"| {name} | failed: {r['error'][:120]} |")
+            continue
+        cells = [name, f"{r['trainable_params'] / 1e6:.2f} M", _fmt(r["peak_rss_bytes"], ".2f", 1 / GB)]
+        if cuda:
+            cells.append(_fmt(r.get("cuda_peak_bytes"), ".2f", 1 / GB))
+        cells += [
+            _fmt(r["peak_rss_bytes"] / frozen if frozen else None, ".2f"),
+            _fmt(r["seconds_per_step"], ".2f"),
+            _fmt(r["flops_per_step"], ",.1f", 1e-9),
+            _fmt(r["achieved_flops_per_s"], ".1f", 1e-9),
+            _fmt(r["mfu"], ".0%"),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def markdown(result: dict[str, Any]) -> str:
+    m = result["machine"]
+    separate = all(r.get("own_process") for s in result["suites"].values() for r in s["configs"].values())
+    own = (
+        "every configuration in its own process"
+        if separate
+        else "all configurations in ONE process (--in-process: peak RSS is not per configuration)"
+    )
+    parts = [
+        SECTION_BEGIN,
+        "## Training strategies: speed and memory",
+        "",
+        f"`python benchmarks/strategies.py` ({result['created']}, {result['mode']} mode): "
+        f"{m['cpus']} CPU cores ({m['processor']}), torch {m['torch']}, {m['torch_threads']} threads, fp32; "
+        f"fp32 matmul {m['matmul_gflops']:.0f} GFLOP/s (n x n, n = 2048, tiny 512, measured at the start; "
+        f"each row's MFU uses the matmul rate measured in its own process just before its steps). "
+        f"Load average at start "
+        f"{m['loadavg_1m']:.1f} (the machine is shared). No GPU was lent to this run: memory is the CPU "
+        f"process's peak RSS (it includes ~0.3-0.5 GB of Python + torch), not CUDA memory.",
+        "",
+        "One step = forward, BCE + Dice, backward, Adam, on random inputs with a randomly initialised "
+        f"encoder; {own}. *frozen* and *frozen-cached* rows are epochs over "
+        "synthetic chips through the real data pipeline (GeoTIFF read, normalisation, augmentation); their "
+        "s / step is the median step after the first. Model FLOPs are counted with FlopCounterMode on the "
+        "meta device without recomputation, so a checkpointed row does the same model work in more time.",
+    ]
+    for name, suite in result["suites"].items():
+        r = suite["ratios"]
+        parts += [
+            "",
+            f"### {suite['preset']}, {suite['size']} x {suite['size']} px, views "
+            f"{', '.join(suite['views'])}, batch {suite['batch']} ({name})",
+            "",
+            f"Timed steps per step-row: {suite['steps']} after {suite['warmup']} warm-up; frozen epochs: "
+            f"{suite['epochs']} over {suite['epoch_chips']} chips each way.",
+            "",
+            *suite_table(suite),
+            "",
+            "Ratios (this run): LoRA / frozen peak memory "
+            + ", ".join(f"{k} {_fmt(v, '.2f')}x" for k, v in r["lora_over_frozen_memory"].items())
+            + f"; full with / without checkpointing {_fmt(r['full_ckpt_over_full_memory'], '.2f')}x; "
+            f"cached / uncached frozen epoch time {_fmt(r['cached_over_uncached_epoch_time'], '.3f')} "
+            f"(speed-up {_fmt(r['cached_epoch_speedup'], '.1f')}x; building the cache costs "
+            f"{_fmt(r.get('cache_build_over_uncached_epoch'), '.2f')} uncached epochs, once).",
+        ]
+    if result.get("targets"):
+        parts += [
+            "",
+            "### Targets (clay-v1-base, 512 x 512, four views, batch 1)"
+            if result["mode"] != "tiny"
+            else "### Targets (tiny mode: the format only, not a claim)",
+            "",
+            "| target | measured | met |",
+            "|---|---:|---|",
+        ]
+        for t in result["targets"]:
+            v = t["value"]
+            shown = "-" if v is None else (f"{v:.0%}" if t["unit"] == "fraction" else f"{v:.2f} {t['unit']}")
+            met = "n/a" if t["met"] is None else ("**met**" if t["met"] else "**not met**")
+            parts.append(f"| {t['target']} | {shown} | {met} |")
+    if result.get("notes"):
+        parts += ["", *result["notes"]]
+    parts += ["", f"Raw numbers: `{result['json_path']}`.", SECTION_END]
+    return "\n".join(parts)
+
+
+def update_markdown(path: Path, section: str) -> None:
+    """Replace this benchmark's section of the performance doc, leaving other sections alone."""
+    from floodlora.io import atomic_write_text
+
+    text = path.read_text() if path.is_file() else "# Performance\n"
+    if SECTION_BEGIN in text and SECTION_END in text:
+        head, rest = text.split(SECTION_BEGIN, 1)
+        _, tail = rest.split(SECTION_END, 1)
+        text = head + section + tail
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    atomic_write_text(path, text)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any] | None:
+    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    p.add_argument("--tiny", action="store_true", help="test-micro at 32 px (seconds)")
+    p.add_argument(
+        "--suite", action="append", choices=sorted(SUITES), help="named suite(s) (default base, embedded)"
+    )
+    p.add_argument("--preset", default=None, help="encoder preset for a custom suite (e.g. clay-v1-base)")
+    p.add_argument("--size", type=int, default=None, help="chip size in px (custom suite)")
+    p.add_argument("--views", default=None, help="comma-separated views (custom suite)")
+    p.add_argument("--batch", type=int, default=None)
+    p.add_argument("--steps", type=int, default=None, help="timed steps per step-row")
+    p.add_argument("--warmup", type=int, default=None, help="warm-up steps per step-row")
+    p.add_argument("--epoch-chips", type=int, default=None)
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--configs", default=None, help=f"comma-separated, from {', '.join(ALL_CONFIGS)}, ...")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--nice", type=int, default=0, help="run children at this nice level")
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch threads per run (default torch's; tiny 1)"
+    )
+    p.add_argument("--in-process", action="store_true", help="no child processes (RSS then not per config)")
+    p.add_argument("--json", default=None, help="result JSON (default benchmarks/results/strategies.json)")
+    p.add_argument("--markdown", default=None, help="performance doc to update (default docs/performance.md)")
+    p.add_argument("--workdir", default=None, help="keep generated chips and caches here")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        print(json.dumps(child(json.loads(args.child))))
+        return None
+
+    custom = args.preset or args.size or args.views
+    names = ["tiny"] if args.tiny else (args.suite or (["custom"] if custom else ["base", "embedded"]))
+    suites: dict[str, dict[str, Any]] = {}
+    for name in names:
+        base = dict(SUITES["base" if name == "custom" else name])
+        overrides = {
+            "preset": args.preset,
+            "size": args.size,
+            "batch": args.batch,
+            "steps": args.steps,
+            "warmup": args.warmup,
+            "epoch_chips": args.epoch_chips,
+            "epochs": args.epochs,
+            "views": args.views.split(",") if args.views else None,
+            "configs": args.configs.split(",") if args.configs else None,
+        }
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        for c in base["configs"]:
+            parse_config(c)  # fail before any work
+        suites[name] = base
+    full_mode = not args.tiny and names == ["base", "embedded"]
+    json_path = (
+        Path(args.json)
+        if args.json
+        else (REPO / "benchmarks/results/strategies.json" if not args.tiny else None)
+    )
+    md_path = Path(args.markdown) if args.markdown else (REPO / "docs/performance.md" if full_mode else None)
+
+    import torch
+
+    # One thread for the tiny mode: micro ops on a shared 2-core machine drown in OpenMP barriers.
+    threads = args.threads or (1 if args.tiny else None)
+    if threads:
+        torch.set_num_threads(threads)
+    machine = {
+        "cpus": os.cpu_count(),
+        "processor": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "loadavg_1m": os.getloadavg()[0],
+        "matmul_gflops": matmul_flops_per_s(512 if args.tiny else 2048) / 1e9,
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
+    result: dict[str, Any] = {
+        "benchmark": "strategies",
+        "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "mode": "tiny" if args.tiny else ("full" if full_mode else "custom"),
+        "machine": machine,
+        "suites": {},
+        "json_path": str(json_path.relative_to(REPO))
+        if json_path and json_path.is_relative_to(REPO)
+        else str(json_path),
+    }
+    with tempfile.TemporaryDirectory(prefix="floodlora-bench-") as tmp:
+        work = Path(args.workdir) if args.workdir else Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        for name, suite in suites.items():
+            nice = -1 if args.in_process else args.nice
+            result["suites"][name] = run_suite(name, suite, work, nice, args.device, threads)
+    main_suite = next(
+        (
+            s
+            for s in result["suites"].values()
+            if s["preset"] == "clay-v1-base" and s["size"] == 512 and len(s["views"]) == 4 and s["batch"] == 1
+        ),
+        None,
+    )
+    if args.tiny:
+        main_suite = result["suites"]["tiny"]  # exercised by the test suite; not a claim
+    result["targets"] = targets(main_suite) if main_suite else []
+    result["machine"]["loadavg_1m_end"] = os.getloadavg()[0]
+    if json_path:
+        from floodlora.io import atomic_write_json
+
+        atomic_write_json(json_path, result)
+    if md_path:
+        update_markdown(md_path, markdown(result))
+    print(json.dumps({n: s["ratios"] for n, s in result["suites"].items()}, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main()
