@@ -7,9 +7,12 @@ User errors (:class:`floodlora.errors.FloodLoraError`) become a one-line message
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 app = typer.Typer(
     name="floodlora",
@@ -20,7 +23,7 @@ app = typer.Typer(
 )
 
 
-def _console():  # noqa: ANN202 - rich is imported lazily
+def _console() -> Console:
     from rich.console import Console
 
     return Console(stderr=True)
@@ -78,6 +81,24 @@ def info(
     from floodlora.models.registry import describe_checkpoint
 
     typer.echo(describe_checkpoint(checkpoint))
+
+
+@app.command()
+def pretrain(
+    out: Annotated[str, typer.Option(help="Output directory (resumable).")] = "runs/pretrain",
+    steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 3000,
+    preset: Annotated[str, typer.Option(help="Encoder size preset.")] = "floodlora-mini",
+    crop: Annotated[int, typer.Option(help="Crop size in pixels (multiple of 8).")] = 64,
+    batch_size: Annotated[int, typer.Option(help="Images per step.")] = 32,
+    synthetic: Annotated[int, typer.Option(help="Number of synthetic scenes in the image pool.")] = 384,
+    real: Annotated[list[str] | None, typer.Option(help="Root(s) of real chips; labels are ignored.")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    fresh: Annotated[bool, typer.Option(help="Ignore an existing state and start again.")] = False,
+) -> None:
+    """Clay-style masked-autoencoder pretraining of a Clay-architecture encoder on Sentinel-1."""
+    from floodlora.training.pretrain_cli import run_pretrain
+
+    run_pretrain(out, steps, preset, crop, batch_size, synthetic, real or [], seed, fresh)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -157,9 +178,9 @@ def predict(
     out: Annotated[str, typer.Option(help="Flood mask COG to write (uint8: 0 dry, 1 flood, 255 nodata).")],
     probabilities: Annotated[str | None, typer.Option(help="Also write float32 probabilities here.")] = None,
     uncertainty: Annotated[str | None, typer.Option(help="Also write the probability spread here.")] = None,
-    polygons: Annotated[str | None, typer.Option(help="Flood polygons (area_km2): .gpkg or .geojson.")] = None,
+    polygons: Annotated[str | None, typer.Option(help="Flood polygons, area_km2 (.gpkg, .geojson).")] = None,
     adapter: Annotated[str | None, typer.Option(help="Adapter file or RUN_DIR/adapters/NAME.")] = None,
-    checkpoint: Annotated[str | None, typer.Option(help="Where the run's base checkpoint now lives.")] = None,
+    checkpoint: Annotated[str | None, typer.Option(help="Where the base checkpoint lives now.")] = None,
     units: Annotated[str, typer.Option(help="Input units: db | linear.")] = "db",
     tile: Annotated[int | None, typer.Option(help="Tile size (default: the run's crop size).")] = None,
     overlap: Annotated[int | None, typer.Option(help="Tile overlap in pixels (default: tile / 4).")] = None,
