@@ -84,6 +84,23 @@ def info(
 
 
 @app.command()
+def demo(
+    out: Annotated[str, typer.Option(help="Output folder: data, runs, report.md, metrics.json.")] = (
+        "runs/demo"
+    ),
+    data: Annotated[list[str] | None, typer.Option(help="Use these chips, not synthetic scenes.")] = None,
+    format: Annotated[str | None, typer.Option(help="Data format of --data (default: auto).")] = None,
+    holdout: Annotated[list[str] | None, typer.Option(help="Event(s) of --data to hold out (glob).")] = None,
+    quick: Annotated[bool, typer.Option(help="Tiny sizes: about a minute.")] = False,
+    checkpoint: Annotated[str, typer.Option(help="Encoder: embedded, clay-v1-base, PATH.")] = "embedded",
+) -> None:
+    """The whole method end to end: synthetic data, frozen vs LoRA, baselines, report (no network)."""
+    from floodlora.demo import run_demo
+
+    run_demo(out, data, format, holdout or (), quick, checkpoint, log=typer.echo, progress=True)
+
+
+@app.command()
 def pretrain(
     out: Annotated[str, typer.Option(help="Output directory (resumable).")] = "runs/pretrain",
     steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 3000,

@@ -17,8 +17,10 @@ from typing import Any
 from floodlora.errors import DataError, FloodLoraError
 
 __all__ = [
+    "ReportParts",
     "RunSummary",
     "build_report",
+    "gather_report",
     "load_run_summary",
     "run_label",
     "table1",
@@ -214,6 +216,7 @@ def write_report(
     probes: Mapping[str, Mapping[str, Any]] | None = None,
     notes: Sequence[str] = (),
     title: str = "floodlora report",
+    intro: Sequence[str] = (),
 ) -> Path:
     """Write ``out_dir/report.md``: Table 1, Table 2, baselines, probe table, figures (relative links).
 
@@ -228,6 +231,8 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     summaries = [r if isinstance(r, RunSummary) else load_run_summary(r) for r in runs]
     parts = [f"# {title}", ""]
+    for paragraph in intro:
+        parts += [paragraph, ""]
     if summaries:
         parts.append("Runs: " + ", ".join(f"`{s.run_dir or s.name}` ({s.name})" for s in summaries) + ".")
         parts.append("")
@@ -419,6 +424,17 @@ def _embedding_figures(
     return figures, probes
 
 
+@dataclass
+class ReportParts:
+    """Everything a report shows, gathered from run directories (the demo adds its own notes)."""
+
+    runs: list[RunSummary]
+    baselines: dict[str, dict[str, Any]]
+    figures: dict[str, Path]
+    probes: dict[str, dict[str, Any]]
+    notes: list[str]
+
+
 def build_report(
     run_dirs: Sequence[str | Path],
     out_dir: str | Path,
@@ -429,6 +445,20 @@ def build_report(
     seed: int = 0,
 ) -> Path:
     """``floodlora report``: tables from the runs, optional baselines on their splits, t-SNE and panels."""
+    parts = gather_report(run_dirs, out_dir, baselines, figures, panel_chips, embed_chips, seed)
+    return write_report(out_dir, parts.runs, parts.baselines, parts.figures, parts.probes, parts.notes)
+
+
+def gather_report(
+    run_dirs: Sequence[str | Path],
+    out_dir: str | Path,
+    baselines: bool = False,
+    figures: bool = True,
+    panel_chips: int = 4,
+    embed_chips: int = 16,
+    seed: int = 0,
+) -> ReportParts:
+    """Load the runs, score the baselines on their splits, draw panels and t-SNE figures into `out_dir`."""
     if not run_dirs:
         raise DataError("no run directories given")
     out = Path(out_dir)
@@ -457,7 +487,7 @@ def build_report(
             figs.update(f2)
         except FloodLoraError as err:
             notes.append(f"t-SNE / probe not drawn: {err}")
-    return write_report(out, runs, scored, figs, probes, notes)
+    return ReportParts(runs, scored, figs, probes, notes)
 
 
 def _data_key(d: Any) -> tuple[Any, ...]:
