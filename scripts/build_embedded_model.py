@@ -37,8 +37,9 @@ def probe_scores(encoder_path: Path, preset: str, n_scenes: int, seed: int) -> d
     from floodlora.data.synthetic import generate_scene
     from floodlora.models.registry import load_encoder
 
-    scenes = [generate_scene(128, domain="in", seed=900_000 + seed + i) for i in range(n_scenes)]
-    scenes += [generate_scene(128, domain="ood", seed=950_000 + seed + i) for i in range(n_scenes // 2)]
+    # Label all post-event water (permanent + flood): the question is whether tokens separate water.
+    scenes = [generate_scene(128, "in", 900_000 + seed + i, target="water") for i in range(n_scenes)]
+    scenes += [generate_scene(128, "ood", 950_000 + seed + i, target="water") for i in range(n_scenes // 2)]
     results: dict[str, dict[str, float]] = {}
     for name, spec in (("pretrained", str(encoder_path)), ("random init", f"random:{preset}")):
         encoder = load_encoder(spec).eval()
@@ -95,9 +96,9 @@ Exact command (reruns resume from `--out`):
 ## Does the encoder separate water from land?
 
 Linear probe (logistic regression on standardised patch tokens, class-balanced, 30% of patches
-held out) predicting the majority label (water/flood vs dry) of each 8x8 patch of the post-event
+held out) predicting the majority label (water vs dry land) of each 8x8 patch of the post-event
 view, against a randomly initialised encoder of the same size. Synthetic rows: held-out scenes
-(seeds never seen in pretraining, in and ood domains); OMBRIA rows: 40 chips of the OMBRIA test
+(seeds never seen in pretraining, in and ood domains; permanent and flood water both count as water); OMBRIA rows: 40 chips of the OMBRIA test
 split (never seen in pretraining), centre 128 px.
 
 | encoder | accuracy % | balanced accuracy % | majority-class chance % | patches train / test |
