@@ -23,7 +23,8 @@ def test_predict_benchmark_tiny(tmp_path: Path) -> None:
     for name in ("unmerged", "merged"):
         v = result["variants"][name]
         assert v["km2_per_s"] > 0 and v["peak_rss_mb"] > 0 and v["pure_compute_s"] > 0
-        assert v["tiles"] == 4 and "overhead_ratio" in v
+        assert v["tiles"] == 4 and v["overhead_ratio"] > 0 and v["model_in_pipeline_s"] > 0
+    assert result["merged_vs_unmerged_forward"]["merged_speedup"] > 0
     text = md.read_text()
     assert "other section" in text and text.count("## Whole-scene prediction") == 1
     bench.main(
