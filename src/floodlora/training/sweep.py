@@ -82,6 +82,8 @@ def sweep(
         cfg.model.strategy = strategy
         if rank is not None:
             cfg.model.lora_rank = rank
+        # The feature cache serves frozen encoders only; in a sweep it applies to the frozen rows.
+        cfg.train.feature_cache = cfg.train.feature_cache and strategy == "frozen"
         run_dir = out / label.replace(":", "-")
         row: dict[str, Any] = {"strategy": label, "run_dir": run_dir.name}
         t0 = time.perf_counter()
