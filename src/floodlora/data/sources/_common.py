@@ -13,11 +13,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from floodlora.errors import DataError
+
+if TYPE_CHECKING:
+    from floodlora.data.sample import SampleMeta
 
 MAX_DEPTH = 5  # how deep discovery looks below a root (datasets nest 2-4 levels)
 
@@ -159,6 +162,24 @@ def center_latlon(
         return float(ys[0]), float(xs[0])
     except Exception:  # an exotic CRS must not stop reading; the location is optional metadata
         return None, None
+
+
+def georeferenced_meta(
+    ref: ChipRef,
+    source: str,
+    units: str,
+    crs: str | None,
+    transform: tuple[float, ...] | None,
+    shape: tuple[int, int],
+) -> SampleMeta:
+    """Metadata of a GeoTIFF chip: its CRS, transform and the lat/lon of its centre."""
+    from floodlora.data.sample import SampleMeta
+
+    lat, lon = center_latlon(crs, transform, shape)
+    return SampleMeta(
+        chip_id=ref.chip_id, event=ref.event, source=source, units=units, split=ref.split,
+        crs=crs, transform=transform, lat=lat, lon=lon,
+    )  # fmt: skip
 
 
 def _short(err: BaseException) -> str:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from floodlora.data.sample import Sample, SampleMeta, check_sample
-from floodlora.data.sources._common import ChipRef, binary_mask, center_latlon, read_tif, to_float, walk
+from floodlora.data.sample import Sample, check_sample
+from floodlora.data.sources._common import ChipRef, binary_mask, georeferenced_meta, read_tif, to_float, walk
 
 FORMAT = "c2s"
 UNITS = "db"
@@ -71,16 +71,5 @@ def read(ref: ChipRef) -> Sample:
     if "mask" in ref.files:
         lab = read_tif(ref.files["mask"], bands=1)
         mask = binary_mask(lab.data[0], ref.files["mask"], {0: 0, 1: 1, 255: 255})
-    lat, lon = center_latlon(vv_r.crs, vv_r.transform, vv.shape)
-    meta = SampleMeta(
-        chip_id=ref.chip_id,
-        event=ref.event,
-        source=FORMAT,
-        units=UNITS,
-        split=ref.split,
-        crs=vv_r.crs,
-        transform=vv_r.transform,
-        lat=lat,
-        lon=lon,
-    )
+    meta = georeferenced_meta(ref, FORMAT, UNITS, vv_r.crs, vv_r.transform, vv.shape)
     return check_sample(Sample(views={"post": {"vv": vv, "vh": vh}}, mask=mask, meta=meta), ref.files["vv"])

@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from floodlora.data.sample import MASK_NODATA, Sample, SampleMeta, check_sample
-from floodlora.data.sources._common import ChipRef, binary_mask, center_latlon, read_tif, to_float, walk
+from floodlora.data.sample import MASK_NODATA, Sample, check_sample
+from floodlora.data.sources._common import ChipRef, binary_mask, georeferenced_meta, read_tif, to_float, walk
 
 FORMAT = "sen1floods11"
 UNITS = "db"
@@ -62,18 +62,7 @@ def read(ref: ChipRef) -> Sample:
     if "mask" in ref.files:
         lab = read_tif(ref.files["mask"], bands=1)
         mask = binary_mask(lab.data[0], ref.files["mask"], {-1: MASK_NODATA, 0: 0, 1: 1})
-    lat, lon = center_latlon(img.crs, img.transform, vv.shape)
-    meta = SampleMeta(
-        chip_id=ref.chip_id,
-        event=ref.event,
-        source=FORMAT,
-        units=UNITS,
-        split=ref.split,
-        crs=img.crs,
-        transform=img.transform,
-        lat=lat,
-        lon=lon,
-    )
+    meta = georeferenced_meta(ref, FORMAT, UNITS, img.crs, img.transform, vv.shape)
     return check_sample(
         Sample(views={"post": {"vv": vv, "vh": vh}}, mask=mask, meta=meta), ref.files["image"]
     )
