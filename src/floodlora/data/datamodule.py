@@ -123,6 +123,22 @@ def _crop_window(h: int, w: int, size: int, rng: np.random.Generator | None) -> 
     return int(rng.integers(0, max(0, h - size) + 1)), int(rng.integers(0, max(0, w - size) + 1))
 
 
+class WorkerRng:
+    """A numpy generator per DataLoader worker: each worker gets a distinct seed every epoch."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+        self._rng = np.random.default_rng(seed)
+        self._owner: int | None = None
+
+    def __call__(self) -> np.random.Generator:
+        info = get_worker_info()
+        if info is not None and self._owner != info.seed:
+            self._rng = np.random.default_rng([self.seed, info.seed % 2**32])
+            self._owner = info.seed
+        return self._rng
+
+
 class FloodDataset(Dataset):
     """Reads, normalises, crops and augments one chip per item (see module docstring for the dict).
 
@@ -157,19 +173,10 @@ class FloodDataset(Dataset):
         self.augment = augment and train
         self.seed = seed
         self.speckle_filter = speckle_filter
-        self._rng = np.random.default_rng(seed)
-        self._rng_owner: int | None = None
+        self._generator = WorkerRng(seed)
 
     def __len__(self) -> int:
         return len(self.refs)
-
-    def _generator(self) -> np.random.Generator:
-        """Per-worker generator: DataLoader gives each worker a distinct seed per epoch."""
-        info = get_worker_info()
-        if info is not None and self._rng_owner != info.seed:
-            self._rng = np.random.default_rng([self.seed, info.seed % 2**32])
-            self._rng_owner = info.seed
-        return self._rng
 
     def load(self, index: int) -> Sample:
         sample = read_sample(self.refs[index])

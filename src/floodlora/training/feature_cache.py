@@ -40,9 +40,10 @@ import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset
 
 from floodlora.config import RunConfig
+from floodlora.data.datamodule import WorkerRng
 from floodlora.errors import ConfigError, DataError
 
 CACHE_VERSION = 1
@@ -286,18 +287,10 @@ class CachedFeatureDataset(Dataset):
         self.train = train
         self.augment = augment and train
         self.seed = seed
-        self._rng = np.random.default_rng(seed)
-        self._rng_owner: int | None = None
+        self._generator = WorkerRng(seed)
 
     def __len__(self) -> int:
         return len(self.cache)
-
-    def _generator(self) -> np.random.Generator:
-        info = get_worker_info()
-        if info is not None and self._rng_owner != info.seed:
-            self._rng = np.random.default_rng([self.seed, info.seed % 2**32])
-            self._rng_owner = info.seed
-        return self._rng
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         chip = self.cache[index]
