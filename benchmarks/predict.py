@@ -234,7 +234,8 @@ def _markdown(result: dict[str, Any]) -> str:
             f"on the weights) in tiles of {u['tile']} px, overlap {u['overlap']} px ({u['tiles']} tiles), "
             f"batch {cfg['batch_size']}, fp32, writing a COG mask and float32 probabilities. "
             f"{mach['cpus']} CPU cores ({mach['processor']}), torch {mach['torch']}, "
-            f"{mach['torch_threads']} threads, run under `nice -n 10` on a shared machine (load average "
+            f"torch threads: {mach['torch_threads']}, run under `nice -n 10` on a shared machine "
+            f"(load average "
             f"{mach['loadavg_1m']:.1f} at start): absolute times are inflated by other jobs; the ratios "
             f"below are measured within one process and are the robust numbers. Each variant ran in its own "
             f"process; peak RSS is that process's high-water mark (VmHWM).",
@@ -353,7 +354,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
             "processor": platform.processor() or platform.machine(),
             "python": platform.python_version(),
             "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(),
+            "torch_threads": torch.get_num_threads(),  # workers inherit the same environment
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
             "loadavg_1m": round(loadavg, 2),
         },
         "variants": variants,
