@@ -88,6 +88,7 @@ def _quiet_lightning() -> None:
         ".*sync_dist=True.*",
         ".*Experiment logs directory .* exists and is not empty.*",
         ".*module\\(s\\) in eval mode at the start of training.*",  # a frozen encoder stays in eval mode
+        ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*",  # Lightning's own use of torch internals
     ):
         warnings.filterwarnings("ignore", message=msg)
 
