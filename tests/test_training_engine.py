@@ -161,6 +161,10 @@ def test_evaluate_split_errors_and_other_data(tiny_data: Path, tmp_path: Path) -
         evaluate_run(run, split="nope")
     everything = evaluate_run(run, [str(tiny_data)], split="all")
     assert everything["n_chips"] == 8 and everything["missing_views"] == []
+    post_only = evaluate_run(run, [str(tiny_data)], split="all", views=["post"])
+    assert post_only["n_chips"] == 8 and post_only["missing_views"] == ["pre"]
+    with pytest.raises(ConfigError, match="the run has views pre,post"):
+        evaluate_run(run, split="all", views=["post_asc"])
 
 
 def test_packaged_configs() -> None:

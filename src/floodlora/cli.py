@@ -155,11 +155,12 @@ def evaluate(
     json_out: Annotated[str | None, typer.Option("--json", help="Write the metrics JSON here.")] = None,
     threshold: Annotated[float, typer.Option(help="Probability threshold for flood.")] = 0.5,
     checkpoint: Annotated[str | None, typer.Option(help="Where the run's base checkpoint now lives.")] = None,
+    views: Annotated[str | None, typer.Option(help="Only these views, e.g. post (others missing).")] = None,
 ) -> None:
     """Table-2 metrics (accuracy, precision, recall, F1, IoU, Dice) of a run on a data split."""
     from floodlora.training.commands import run_evaluate
 
-    run_evaluate(run_dir, data, format, split, json_out, threshold, checkpoint)
+    run_evaluate(run_dir, data, format, split, json_out, threshold, checkpoint, views)
 
 
 @app.command()

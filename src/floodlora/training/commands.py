@@ -98,12 +98,16 @@ def run_evaluate(
     json_out: str | None,
     threshold: float = 0.5,
     checkpoint: str | None = None,
+    views: str | None = None,
 ) -> None:
     from floodlora.training.engine import evaluate_run, format_table2
 
+    keep = [v.strip() for v in views.split(",") if v.strip()] if views else None
     report = evaluate_run(
-        run_dir, data, format, split, threshold, checkpoint, progress=False, json_out=json_out
+        run_dir, data, format, split, threshold, checkpoint, progress=False, json_out=json_out, views=keep
     )
+    if report.get("missing_views"):
+        _echo(f"views missing for the model: {', '.join(report['missing_views'])}")
     _echo(f"{split} of {', '.join(report['data']['roots'])}: {report['n_chips']} chips")
     _echo(format_table2(report))
     if len(report["per_event"]) > 1:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -331,8 +332,12 @@ def evaluate_run(
     checkpoint: str | None = None,
     progress: bool = False,
     json_out: str | Path | None = None,
+    views: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a trained run on a split of its own data or of other data (`roots`, `format`).
+
+    `views` restricts which of the run's views are read (e.g. ``["post"]``): the others are then
+    missing for the model, which measures its robustness to an absent pre-event or orbit view.
 
     Returns (and optionally writes) accuracy, precision, recall, f1, iou, dice as fractions at
     `threshold`, the per-event and per-chip breakdowns, and the same at the run's val-F1-optimal
@@ -350,6 +355,11 @@ def evaluate_run(
         data.format = format
     elif format:
         data.format = format
+    if views is not None:
+        unknown = sorted(set(views) - set(data.views))
+        if unknown or not views:
+            raise ConfigError(f"--views {','.join(views)}: the run has views {','.join(data.views)}")
+        data.views = [v for v in data.views if v in views]
     loader = _eval_loader(data, split)
     best = None
     metrics_file = Path(run_dir) / METRICS_FILE
