@@ -106,8 +106,6 @@ def run_evaluate(
     report = evaluate_run(
         run_dir, data, format, split, threshold, checkpoint, progress=False, json_out=json_out, views=keep
     )
-    if report.get("missing_views"):
-        _echo(f"views missing for the model: {', '.join(report['missing_views'])}")
     _echo(f"{split} of {', '.join(report['data']['roots'])}: {report['n_chips']} chips")
     _echo(format_table2(report))
     if len(report["per_event"]) > 1:
