@@ -482,6 +482,44 @@ def ratios(configs: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def is_reference_suite(suite: dict[str, Any]) -> bool:
+    """The issue's setting: clay-v1-base, 512 x 512, four views, batch 1."""
+    return (
+        suite["preset"] == "clay-v1-base"
+        and suite["size"] == 512
+        and len(suite["views"]) == 4
+        and (suite["batch"] == 1)
+    )
+
+
+def finalise(result: dict[str, Any], tiny: bool = False) -> dict[str, Any]:
+    """MFU against the run's attainable peak, ratios and targets, from the rows (re-runnable).
+
+    The peak is the best fp32 matmul rate measured anywhere in the run (the hardware does not change;
+    a lower reading is someone else's load). Dividing by it is conservative: a row measured during
+    a busy spell shows a lower utilisation, never a higher one. Each row keeps `mfu_own_process`,
+    against the matmul rate of its own process, for comparison.
+    """
+    rates = [result["machine"]["matmul_gflops"] * 1e9]
+    for suite in result["suites"].values():
+        for r in suite["configs"].values():
+            rates += [r.get("matmul_flops_per_s_before", 0.0), r.get("matmul_flops_per_s_after", 0.0)]
+    peak = max(rates)
+    result["machine"]["matmul_peak_gflops"] = peak / 1e9
+    for suite in result["suites"].values():
+        for r in suite["configs"].values():
+            if "error" not in r and "achieved_flops_per_s" in r:
+                r["mfu_own_process"] = r["achieved_flops_per_s"] / r["matmul_flops_per_s"]
+                r["mfu"] = r["achieved_flops_per_s"] / peak
+        suite["ratios"] = ratios(suite["configs"])
+    result["targets"] = {
+        name: targets(suite)
+        for name, suite in result["suites"].items()
+        if is_reference_suite(suite) or (tiny and name == "tiny")
+    }
+    return result
+
+
 def targets(suite: dict[str, Any]) -> list[dict[str, Any]]:
     """The issue's four targets, judged on the base-preset suite's measurements."""
     c, r = suite["configs"], suite["ratios"]
@@ -524,7 +562,7 @@ def _fmt(x: float | None, spec: str, scale: float = 1.0) -> str:
 def suite_table(suite: dict[str, Any]) -> list[str]:
     cuda = suite["device"] == "cuda"
     head = "| config | trainable params | peak RSS (GB) | " + ("CUDA peak (GB) | " if cuda else "")
-    head += "memory / frozen | s / step | model GFLOP / step | GFLOP/s | MFU |"
+    head += "memory / frozen | s / step | model GFLOP / step | GFLOP/s | MFU | MFU (own process) |"
     lines = [head, "|---|" + "---:|" * (head.count("|") - 2)]
     frozen = suite["configs"].get("frozen", {}).get("peak_rss_bytes")
     for name, r in suite["configs"].items():
@@ -540,6 +578,7 @@ def suite_table(suite: dict[str, Any]) -> list[str]:
             _fmt(r["flops_per_step"], ",.1f", 1e-9),
             _fmt(r["achieved_flops_per_s"], ".1f", 1e-9),
             _fmt(r["mfu"], ".0%"),
+            _fmt(r.get("mfu_own_process"), ".0%"),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
@@ -560,11 +599,20 @@ def markdown(result: dict[str, Any]) -> str:
         f"`python benchmarks/strategies.py` ({result['created']}, {result['mode']} mode): "
         f"{m['cpus']} CPU cores ({m['processor']}), torch {m['torch']}, {m['torch_threads']} threads, fp32; "
         f"fp32 matmul {m['matmul_gflops']:.0f} GFLOP/s (n x n, n = 2048, tiny 512, measured at the start; "
-        f"each row's MFU uses the better of two matmul rates measured in its own process, just before "
-        f"and just after its steps). "
+        f"MFU divides by the best matmul rate measured anywhere in the run, "
+        f"{m.get('matmul_peak_gflops', m['matmul_gflops']):.0f} GFLOP/s: every configuration measures it "
+        f"in its own process just before and after its steps; the JSON also keeps each row's MFU against "
+        f"its own process's rate). "
         f"Load average at start "
-        f"{m['loadavg_1m']:.1f} (the machine is shared). No GPU was lent to this run: memory is the CPU "
-        f"process's peak RSS (it includes ~0.3-0.5 GB of Python + torch), not CUDA memory.",
+        f"{m['loadavg_1m']:.1f} (the machine is shared)"
+        + (
+            f"; this page merges {len(result['runs'])} runs "
+            f"({', '.join(r['created'] for r in result['runs'])})"
+            if len(result.get("runs", [])) > 1
+            else ""
+        )
+        + ". No GPU was lent to this run: memory is the CPU "
+        "process's peak RSS (it includes ~0.3-0.5 GB of Python + torch), not CUDA memory.",
         "",
         "One step = forward, BCE + Dice, backward, Adam, on random inputs with a randomly initialised "
         f"encoder; {own}. *frozen* and *frozen-cached* rows are epochs over "
@@ -577,7 +625,8 @@ def markdown(result: dict[str, Any]) -> str:
         parts += [
             "",
             f"### {suite['preset']}, {suite['size']} x {suite['size']} px, views "
-            f"{', '.join(suite['views'])}, batch {suite['batch']} ({name})",
+            f"{', '.join(suite['views'])}, batch {suite['batch']} ({name}"
+            + (f", run of {suite['created']})" if "created" in suite else ")"),
             "",
             f"Timed steps per step-row: {suite['steps']} after {suite['warmup']} warm-up; frozen epochs: "
             f"{suite['epochs']} over {suite['epoch_chips']} chips each way.",
@@ -586,8 +635,9 @@ def markdown(result: dict[str, Any]) -> str:
             "",
             "Ratios (this run): LoRA / frozen peak memory "
             + ", ".join(f"{k} {_fmt(v, '.2f')}x" for k, v in r["lora_over_frozen_memory"].items())
-            + f"; full with / without checkpointing {_fmt(r['full_ckpt_over_full_memory'], '.2f')}x; "
-            f"cached / uncached frozen epoch time {_fmt(r['cached_over_uncached_epoch_time'], '.3f')} "
+            + f"; full with / without checkpointing {_fmt(r['full_ckpt_over_full_memory'], '.2f')}"
+            + ("x; " if r["full_ckpt_over_full_memory"] else "; ")
+            + f"cached / uncached frozen epoch time {_fmt(r['cached_over_uncached_epoch_time'], '.3f')} "
             f"(speed-up {_fmt(r['cached_epoch_speedup'], '.1f')}x; building the cache costs "
             f"{_fmt(r.get('cache_build_over_uncached_epoch'), '.2f')} uncached epochs, once).",
         ]
@@ -601,11 +651,18 @@ def markdown(result: dict[str, Any]) -> str:
             "| target | measured | met |",
             "|---|---:|---|",
         ]
-        for t in result["targets"]:
-            v = t["value"]
-            shown = "-" if v is None else (f"{v:.0%}" if t["unit"] == "fraction" else f"{v:.2f} {t['unit']}")
-            met = "n/a" if t["met"] is None else ("**met**" if t["met"] else "**not met**")
-            parts.append(f"| {t['target']} | {shown} | {met} |")
+        names = list(result["targets"])
+        parts[-2] = "| target | " + " | ".join(f"{n}: measured | {n}: met" for n in names) + " |"
+        parts[-1] = "|---|" + "---:|---|" * len(names)
+        for i, first in enumerate(result["targets"][names[0]]):
+            cells = [first["target"]]
+            for n in names:
+                t = result["targets"][n][i]
+                v = t["value"]
+                unit = t["unit"]
+                cells.append("-" if v is None else (f"{v:.0%}" if unit == "fraction" else f"{v:.2f} {unit}"))
+                cells.append("n/a" if t["met"] is None else ("**met**" if t["met"] else "**not met**"))
+            parts.append("| " + " | ".join(cells) + " |")
     busy = [
         f"{name}/{row}"
         for name, suite in result["suites"].items()
@@ -637,6 +694,34 @@ def update_markdown(path: Path, section: str) -> None:
     atomic_write_text(path, text)
 
 
+def merge_results(args: argparse.Namespace) -> dict[str, Any]:
+    """`--from-json A B ...`: one document from several runs; each suite keeps its own run's ratios."""
+    from floodlora.io import atomic_write_json
+
+    runs = [json.loads(Path(f).read_text()) for f in args.from_json]
+    result = runs[0]
+    result["runs"] = [{"file": f, "created": r["created"], "machine": r["machine"]} for f, r in
+                      zip(args.from_json, runs, strict=True)]  # fmt: skip
+    for i, run in enumerate(runs[1:], start=2):
+        for name, suite in run["suites"].items():
+            key = name if name not in result["suites"] else f"{name}-run{i}"
+            suite["created"] = run["created"]
+            result["suites"][key] = suite
+    result["machine"]["matmul_gflops"] = max(r["machine"]["matmul_gflops"] for r in runs)
+    result["mode"] = "merged" if len(runs) > 1 else result["mode"]
+    finalise(result, tiny=result["mode"] == "tiny")
+    json_path = Path(args.json) if args.json else REPO / "benchmarks/results/strategies.json"
+    result["json_path"] = (
+        str(json_path.relative_to(REPO)) if json_path.is_relative_to(REPO) else str(json_path)
+    )
+    atomic_write_json(json_path, result)
+    if args.markdown or result["mode"] != "tiny":
+        update_markdown(
+            Path(args.markdown) if args.markdown else REPO / "docs/performance.md", markdown(result)
+        )
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     p.add_argument("--tiny", action="store_true", help="test-micro at 32 px (seconds)")
@@ -661,12 +746,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     p.add_argument("--json", default=None, help="result JSON (default benchmarks/results/strategies.json)")
     p.add_argument("--markdown", default=None, help="performance doc to update (default docs/performance.md)")
     p.add_argument("--workdir", default=None, help="keep generated chips and caches here")
+    p.add_argument(
+        "--from-json",
+        nargs="+",
+        default=None,
+        help="no measuring: merge these result files (suites of later files get a suffix when names "
+        "clash), recompute MFU / ratios / targets and write --json / --markdown",
+    )
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
         return None
 
+    if args.from_json:
+        return merge_results(args)
     custom = args.preset or args.size or args.views
     names = ["tiny"] if args.tiny else (args.suite or (["custom"] if custom else ["base", "embedded"]))
     suites: dict[str, dict[str, Any]] = {}
@@ -726,18 +820,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         for name, suite in suites.items():
             nice = -1 if args.in_process else args.nice
             result["suites"][name] = run_suite(name, suite, work, nice, args.device, threads)
-    main_suite = next(
-        (
-            s
-            for s in result["suites"].values()
-            if s["preset"] == "clay-v1-base" and s["size"] == 512 and len(s["views"]) == 4 and s["batch"] == 1
-        ),
-        None,
-    )
-    if args.tiny:
-        main_suite = result["suites"]["tiny"]  # exercised by the test suite; not a claim
-    result["targets"] = targets(main_suite) if main_suite else []
     result["machine"]["loadavg_1m_end"] = os.getloadavg()[0]
+    finalise(result, tiny=args.tiny)
     if json_path:
         from floodlora.io import atomic_write_json
 
