@@ -682,16 +682,9 @@ def markdown(result: dict[str, Any]) -> str:
 
 def update_markdown(path: Path, section: str) -> None:
     """Replace this benchmark's section of the performance doc, leaving other sections alone."""
-    from floodlora.io import atomic_write_text
+    from floodlora.io import replace_marked_section
 
-    text = path.read_text() if path.is_file() else "# Performance\n"
-    if SECTION_BEGIN in text and SECTION_END in text:
-        head, rest = text.split(SECTION_BEGIN, 1)
-        _, tail = rest.split(SECTION_END, 1)
-        text = head + section + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    atomic_write_text(path, text)
+    replace_marked_section(path, SECTION_BEGIN, SECTION_END, section, title="# Performance\n")
 
 
 def merge_results(args: argparse.Namespace) -> dict[str, Any]:

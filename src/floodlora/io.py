@@ -43,6 +43,23 @@ def atomic_write_with(path: str | Path, writer: Callable[[Path], None]) -> None:
         writer(tmp)
 
 
+def replace_marked_section(path: str | Path, begin: str, end: str, section: str, title: str = "") -> None:
+    """Put `section` (which starts with `begin` and ends with `end`) into a document atomically.
+
+    The text between an existing begin/end pair is replaced and everything else is kept, so several
+    generators (e.g. benchmarks) can each own one section of the same Markdown page.
+    """
+    p = Path(path)
+    text = p.read_text() if p.is_file() else title
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        _, tail = rest.split(end, 1)
+        text = head + section + tail
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    atomic_write_text(p, text)
+
+
 def _json_default(obj: Any) -> Any:
     if hasattr(obj, "item"):
         return obj.item()
