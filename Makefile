@@ -32,6 +32,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/strategies.py
 	$(PY) benchmarks/predict.py
+	$(PY) benchmarks/startup.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
