@@ -58,7 +58,22 @@ def embedded_weights_path() -> Path:
     return Path(str(resources.files("floodlora") / "assets" / EMBEDDED_FILE))
 
 
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick TCP connect to the Hub (or HF_ENDPOINT), instead of minutes of client retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname or "huggingface.co", port), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
 def _hub_path(spec: CheckpointSpec) -> Path:
+    """The cached file if present, else a download; offline, an error saying how to pass a file."""
     try:
         from huggingface_hub import hf_hub_download
     except ImportError:
@@ -67,27 +82,29 @@ def _hub_path(spec: CheckpointSpec) -> Path:
             f"downloaded .ckpt file path with --checkpoint PATH"
         ) from None
     assert spec.repo_id and spec.filename
-    local_only = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0")
+    fallback = f"pass --checkpoint /path/to/{Path(spec.filename).name}"
     try:
         return Path(
             hf_hub_download(spec.repo_id, spec.filename, revision=spec.revision, local_files_only=True)
         )
     except Exception:
-        if local_only:
-            pass
-        else:
-            try:
-                return Path(hf_hub_download(spec.repo_id, spec.filename, revision=spec.revision))
-            except Exception as err:
-                reason = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
-                raise CheckpointError(
-                    f"{spec.name}: could not download {spec.repo_id}/{spec.filename} ({reason}); download it "
-                    f"where there is network and pass --checkpoint /path/to/{Path(spec.filename).name}"
-                ) from None
-    raise CheckpointError(
-        f"{spec.name}: not in the local Hugging Face cache and HF_HUB_OFFLINE is set; pass "
-        f"--checkpoint /path/to/{Path(spec.filename).name}"
-    )
+        pass
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
+        raise CheckpointError(
+            f"{spec.name}: not in the local Hugging Face cache and HF_HUB_OFFLINE is set; {fallback}"
+        )
+    if not _hub_reachable():
+        raise CheckpointError(
+            f"{spec.name}: not in the local Hugging Face cache and the Hub cannot be reached (no network?); "
+            f"download {spec.repo_id}/{spec.filename} where there is network and {fallback}"
+        )
+    try:
+        return Path(hf_hub_download(spec.repo_id, spec.filename, revision=spec.revision))
+    except Exception as err:
+        reason = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
+        raise CheckpointError(
+            f"{spec.name}: could not download {spec.repo_id}/{spec.filename} ({reason}); {fallback}"
+        ) from None
 
 
 def resolve_checkpoint(name_or_path: str) -> Path | None:
