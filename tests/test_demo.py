@@ -37,6 +37,13 @@ def test_quick_demo_writes_report_and_metrics(tmp_path: Path) -> None:
     assert any(name.startswith("Otsu") for name in metrics["baselines"])
     assert metrics["wall_seconds"] < 600
     assert len(metrics["verdicts"]) >= 2
+    # Rerunning into the same folder replaces the demo's own runs instead of refusing.
+    again = subprocess.run(
+        [sys.executable, "-m", "floodlora.cli", "demo", "--quick", "--out", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert sorted(p.name for p in (out / "runs").iterdir() if p.is_dir()) == ["frozen", "lora-4"]
 
 
 def test_demo_bad_data_path_is_one_line_error(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ LoRA, evaluates every model and the classical baselines in and out of distributi
 from __future__ import annotations
 
 import copy
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from floodlora.config import RunConfig, load_config
+from floodlora.errors import ConfigError
 from floodlora.io import atomic_write_json
 
 
@@ -47,6 +49,7 @@ QUICK_PLAN = DemoPlan(
 )  # fmt: skip
 
 IN_SEED, OOD_SEED = 0, 1
+DEMO_MARKER = ".floodlora-demo"
 
 
 @dataclass
@@ -156,9 +159,18 @@ def run_demo(
         )
     t_data = time.perf_counter() - t0
     config = demo_config(plan, roots, checkpoint, holdout_events, format)
+    runs_dir = out / "runs"
+    if (runs_dir / DEMO_MARKER).is_file():  # a previous demo's runs: the demo owns them, start afresh
+        shutil.rmtree(runs_dir)
+    elif runs_dir.exists() and any(runs_dir.iterdir()):
+        raise ConfigError(f"{runs_dir}: exists and was not written by the demo; choose another --out")
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    (runs_dir / DEMO_MARKER).write_text(
+        "written by floodlora demo; rerunning the demo replaces this folder\n"
+    )
     log(f"[2/4] adapting `{checkpoint}` with {plan.strategies} ({plan.max_epochs} epochs max)")
-    result = sweep(copy.deepcopy(config), plan.strategies, out / "runs", progress=progress)
-    run_dirs = [out / "runs" / row["run_dir"] for row in result.rows if row.get("status") == "ok"]
+    result = sweep(copy.deepcopy(config), plan.strategies, runs_dir, progress=progress)
+    run_dirs = [runs_dir / row["run_dir"] for row in result.rows if row.get("status") == "ok"]
     t_train = time.perf_counter() - t0 - t_data
     log("[3/4] baselines, prediction panels, t-SNE and linear probes")
     parts = gather_report(
