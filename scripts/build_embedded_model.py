@@ -76,13 +76,13 @@ load `clay-v1-base` or `clay-v1.5` (see README).
 | | |
 |---|---|
 | architecture | Clay encoder: dim {cfg_dim(cfg)}, depth 6, 4 heads x 48, MLP x4, patch 8, wavelength-conditioned patch embedding (128 latent tokens), sin/cos position + time + lat/lon encodings |
-| parameters | {summary['encoder_parameters']:,} ({size_mb:.1f} MB as float32 safetensors) |
+| parameters | {summary["encoder_parameters"]:,} ({size_mb:.1f} MB as float32 safetensors) |
 | file | `floodlora-mini.safetensors`, sha256 `{sha}` |
-| objective | Clay MAE: {cfg['mask_ratio']:.0%} of patch tokens masked, encoder on visible tokens, {cfg['decoder_depth']}-layer transformer decoder (width {cfg['decoder_dim']}), L1 on the normalised pixels of masked patches ({'per-patch normalised, Clay v1.0 style' if cfg['norm_pix_loss'] else 'Clay v1.5 style, no per-patch normalisation'}); no teacher term |
-| data | {cfg['synthetic_scenes']} synthetic Sentinel-1 scenes ({cfg['synthetic_size']} px, pre and post views, VV+VH; 1 in 4 from the `ood` domain) and the unlabelled images of the real chips in OMBRIA train, OMBRIA 2021 (France), C2S-MS Floods, Sen1Floods11 and the unlabelled C2S chip; OMBRIA test and the ETCI events are excluded (evaluation data). Image pool: {pool} |
-| recipe | {cfg['steps']:,} steps, batch {cfg['batch_size']}, random {cfg['crop_size']} px crops (every other batch {cfg['large_crop_size']} px) with flips/rot90, AdamW lr {cfg['lr']} (warm-up {cfg['warmup_steps']}, cosine), weight decay {cfg['weight_decay']}, seed {cfg['seed']} |
-| wall time | {summary['wall_seconds'] / 60:.1f} min on 2 CPU cores (fp32) |
-| loss | {summary['first_loss']:.4f} (first {cfg['log_every']} steps) -> {summary['final_loss']:.4f} (last {cfg['log_every']}) |
+| objective | Clay MAE: {cfg["mask_ratio"]:.0%} of patch tokens masked, encoder on visible tokens, {cfg["decoder_depth"]}-layer transformer decoder (width {cfg["decoder_dim"]}), L1 on the normalised pixels of masked patches ({"per-patch normalised, Clay v1.0 style" if cfg["norm_pix_loss"] else "Clay v1.5 style, no per-patch normalisation"}); no teacher term |
+| data | {cfg["synthetic_scenes"]} synthetic Sentinel-1 scenes ({cfg["synthetic_size"]} px, pre and post views, VV+VH; 1 in 4 from the `ood` domain) and the unlabelled images of the real chips in OMBRIA train, OMBRIA 2021 (France), C2S-MS Floods, Sen1Floods11 and the unlabelled C2S chip; OMBRIA test and the ETCI events are excluded (evaluation data). Image pool: {pool} |
+| recipe | {cfg["steps"]:,} steps, batch {cfg["batch_size"]}, random {cfg["crop_size"]} px crops (every other batch {cfg["large_crop_size"]} px) with flips/rot90, AdamW lr {cfg["lr"]} (warm-up {cfg["warmup_steps"]}, cosine), weight decay {cfg["weight_decay"]}, seed {cfg["seed"]} |
+| wall time | {summary["wall_seconds"] / 60:.1f} min on 2 CPU cores (fp32) |
+| loss | {summary["first_loss"]:.4f} (first {cfg["log_every"]} steps) -> {summary["final_loss"]:.4f} (last {cfg["log_every"]}) |
 | normalisation | dB sources: Clay v1.5 Sentinel-1 constants; 8-bit rescaled sources: per-source statistics |
 
 Exact command (reruns resume from `--out`):
@@ -116,7 +116,9 @@ def cfg_dim(cfg: dict) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", default="runs/embedded-build")
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--crop", type=int, default=64)

@@ -55,5 +55,3 @@ def test_demo_bad_data_path_is_one_line_error(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "missing" in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
-
-
