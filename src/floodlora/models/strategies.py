@@ -11,8 +11,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from torch import nn
-
 from floodlora.models.segmentor import FloodSegmentor
 
 Strategy = Literal["frozen", "lora", "full"]
@@ -120,7 +118,3 @@ def lora_parameters_per_rank(encoder_dim: int, depth: int, inner: int, targets: 
         "net.3": (4 * encoder_dim, encoder_dim),
     }
     return depth * sum(shapes[t][0] + shapes[t][1] for t in targets)
-
-
-def trainable_named_parameters(model: nn.Module) -> list[str]:
-    return [n for n, p in model.named_parameters() if p.requires_grad]
