@@ -3,9 +3,9 @@
     python scripts/build_embedded_model.py --out runs/embedded-build
 
 Pretrains the `floodlora-mini` Clay-architecture encoder with the MAE objective on synthetic
-Sentinel-1 scenes plus the unlabelled images of the real chips under ../shared/data/real (the OMBRIA
-test split and the ETCI events are left out: they are evaluation data), measures a water/land
-linear probe against a randomly initialised encoder of the same size, and writes
+Sentinel-1 scenes plus the images of every real chip under ../shared/data/real (labels unused; real
+images make up most of the pool), measures a water/land linear probe on real chips against a
+randomly initialised encoder of the same size, and writes
 `src/floodlora/assets/floodlora-mini.safetensors`, `src/floodlora/assets/MODEL_CARD.md` and
 `docs/images/pretrain_loss.png`. Resumable: rerunning continues the pretraining state in --out.
 """
@@ -23,8 +23,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data" / "real"
 PRETRAIN_REAL_ROOTS = [
-    SHARED / "ombria" / "OmbriaS1" / "train",
-    SHARED / "ombria" / "2021",
+    SHARED / "ombria",
+    SHARED / "etci2021",
     SHARED / "c2s_ms_floods",
     SHARED / "sen1floods11",
     SHARED / "unlabeled",
@@ -45,15 +45,13 @@ def probe_scores(encoder_path: Path, preset: str, n_scenes: int, seed: int) -> d
         encoder = load_encoder(spec).eval()
         feats, labels, _ = patch_embeddings(encoder, scenes, bands=("vv", "vh"), view="post")
         results[name] = linear_probe(feats, labels, seed=seed)
-    real_test = SHARED / "ombria" / "OmbriaS1" / "test"
-    if real_test.is_dir():
-        from floodlora.data.sources import discover, read_sample
+    from floodlora.analysis.embeddings import real_probe_chips
 
-        chips = [read_sample(r) for r in discover([real_test])[:40]]
+    for label, chips, bands in real_probe_chips(SHARED):
         for name, spec in (("pretrained", str(encoder_path)), ("random init", f"random:{preset}")):
             encoder = load_encoder(spec).eval()
-            feats, labels, _ = patch_embeddings(encoder, chips, bands=("vv",), view="post", crop=128)
-            results[f"{name} (OMBRIA test)"] = linear_probe(feats, labels, seed=seed)
+            feats, labels, _ = patch_embeddings(encoder, chips, bands=bands, view="post", crop=128)
+            results[f"{name} ({label})"] = linear_probe(feats, labels, seed=seed)
     return results
 
 
@@ -79,7 +77,7 @@ load `clay-v1-base` or `clay-v1.5` (see README).
 | parameters | {summary["encoder_parameters"]:,} ({size_mb:.1f} MB as float32 safetensors) |
 | file | `floodlora-mini.safetensors`, sha256 `{sha}` |
 | objective | Clay MAE: {cfg["mask_ratio"]:.0%} of patch tokens masked, encoder on visible tokens, {cfg["decoder_depth"]}-layer transformer decoder (width {cfg["decoder_dim"]}), L1 on the normalised pixels of masked patches ({"per-patch normalised, Clay v1.0 style" if cfg["norm_pix_loss"] else "Clay v1.5 style, no per-patch normalisation"}); no teacher term |
-| data | {cfg["synthetic_scenes"]} synthetic Sentinel-1 scenes ({cfg["synthetic_size"]} px, pre and post views, VV+VH; 1 in 4 from the `ood` domain) and the unlabelled images of the real chips in OMBRIA train, OMBRIA 2021 (France), C2S-MS Floods, Sen1Floods11 and the unlabelled C2S chip; OMBRIA test and the ETCI events are excluded (evaluation data). Image pool: {pool} |
+| data | {cfg["synthetic_scenes"]} synthetic Sentinel-1 scenes ({cfg["synthetic_size"]} px, pre and post views, VV+VH; 1 in 4 from the `ood` domain) and the images of every real chip under `shared/data/real` (labels never used): OMBRIA (OmbriaS1 train and test, pre and post, VV), OMBRIA 2021 FRANCE (pre and post, VV), ETCI 2021 Nebraska and North Alabama (post, VV+VH), the three labelled C2S-MS Floods chips, the Sen1Floods11 Spain chip and the unlabelled C2S-MS chip (post, VV+VH). Copernicus Sentinel data (ESA), open with attribution; the datasets' labels were not used. Image pool: {pool} |
 | recipe | {cfg["steps"]:,} steps, batch {cfg["batch_size"]}, random {cfg["crop_size"]} px crops (every other batch {cfg["large_crop_size"]} px) with flips/rot90, AdamW lr {cfg["lr"]} (warm-up {cfg["warmup_steps"]}, cosine), weight decay {cfg["weight_decay"]}, seed {cfg["seed"]} |
 | wall time | {summary["wall_seconds"] / 60:.1f} min on 2 CPU cores (fp32) |
 | loss | {summary["first_loss"]:.4f} (first {cfg["log_every"]} steps) -> {summary["final_loss"]:.4f} (last {cfg["log_every"]}) |
@@ -98,8 +96,10 @@ Exact command (reruns resume from `--out`):
 Linear probe (logistic regression on standardised patch tokens, class-balanced, 30% of patches
 held out) predicting the majority label (water vs dry land) of each 8x8 patch of the post-event
 view, against a randomly initialised encoder of the same size. Synthetic rows: held-out scenes
-(seeds never seen in pretraining, in and ood domains; permanent and flood water both count as water); OMBRIA rows: 40 chips of the OMBRIA test
-split (never seen in pretraining), centre 128 px.
+(seeds never seen in pretraining, in and ood domains; permanent and flood water both count as
+water). Real rows: 40 OMBRIA test chips (VV) and 40 ETCI chips that hold water (VV+VH), centre
+128 px; their images were in the pretraining pool, their labels never, and the probe is scored on
+patches it was not fitted on. `tests/test_embedded.py` recomputes the real rows.
 
 | encoder | accuracy % | balanced accuracy % | majority-class chance % | patches train / test |
 |---|---:|---:|---:|---|
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--crop", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--synthetic", type=int, default=384)
+    parser.add_argument("--synthetic", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-real", action="store_true", help="synthetic scenes only")
     parser.add_argument("--probe-scenes", type=int, default=24)

@@ -29,8 +29,24 @@ def test_embedded_encoder_loads_and_runs() -> None:
     assert torch.isfinite(out).all()
 
 
-def test_model_card_reports_probe_against_random_init() -> None:
-    card = (embedded_weights_path().parent / "MODEL_CARD.md").read_text()
-    rows = dict(re.findall(r"^\| (pretrained|random init) \| ([0-9.]+) \|", card, flags=re.M))
-    assert set(rows) == {"pretrained", "random init"}
-    assert float(rows["pretrained"]) > 50.0
+def test_water_land_probe_beats_random_init_on_real_chips(real_data) -> None:
+    """The embedded encoder's tokens separate water from land on real Sentinel-1 chips.
+
+    Computed here, not read from the model card: a logistic-regression probe on patch tokens of the
+    post-event view, scored on patches it was not fitted on (balanced accuracy), against a randomly
+    initialised encoder of the same size. Real images were in the pretraining pool, labels never.
+    """
+    from floodlora.analysis.embeddings import linear_probe, patch_embeddings, real_probe_chips
+
+    gains = {}
+    for label, chips, bands in real_probe_chips(real_data, n=24):
+        scores = {}
+        for name in ("embedded", "random:floodlora-mini"):
+            encoder = load_encoder(name).eval()
+            feats, labels, _ = patch_embeddings(encoder, chips, bands=bands, view="post", crop=128)
+            scores[name] = linear_probe(feats, labels, seed=0)["balanced_accuracy"]
+        gains[label] = scores["embedded"] - scores["random:floodlora-mini"]
+    assert set(gains) == {"OMBRIA test", "ETCI"}
+    # measured at the rebuild (MODEL_CARD.md): +9.1 points on OMBRIA, +3.5 on ETCI
+    assert gains["OMBRIA test"] >= 0.05, gains
+    assert gains["ETCI"] >= 0.02, gains

@@ -25,7 +25,15 @@ if TYPE_CHECKING:
 
     from floodlora.data.sar import NormalizationPreset
 
-__all__ = ["format_embed", "linear_probe", "patch_embeddings", "run_embed", "tsne_coordinates", "tsne_figure"]
+__all__ = [
+    "format_embed",
+    "linear_probe",
+    "patch_embeddings",
+    "real_probe_chips",
+    "run_embed",
+    "tsne_coordinates",
+    "tsne_figure",
+]
 
 
 def _encoder_call(
@@ -113,6 +121,33 @@ def patch_embeddings(
     if not events:
         raise DataError("every patch contains nodata; nothing to embed")
     return np.concatenate(feats).astype(np.float32), np.concatenate(labels), events
+
+
+def real_probe_chips(real_root: str | Path, n: int = 40) -> list[tuple[str, list[Sample], tuple[str, ...]]]:
+    """The real chips the embedded encoder's water/land probe is measured on, per source.
+
+    40 OMBRIA test chips (VV) and 40 ETCI chips that hold water, both events (VV+VH), chosen by
+    sorted chip id so that the model card's rows and the test that recomputes them agree.
+    """
+    from floodlora.data.sources import discover, read_sample
+
+    root = Path(real_root)
+    out: list[tuple[str, list[Sample], tuple[str, ...]]] = []
+    ombria = root / "ombria" / "OmbriaS1" / "test"
+    if ombria.is_dir():
+        refs = sorted(discover([ombria]), key=lambda r: r.chip_id)[:n]
+        out.append(("OMBRIA test", [read_sample(r) for r in refs], ("vv",)))
+    etci = root / "etci2021"
+    if etci.is_dir():
+        chips: list[Sample] = []
+        for ref in sorted(discover([etci]), key=lambda r: (r.chip_id, r.event)):
+            sample = read_sample(ref)
+            if sample.mask is not None and 0.05 < float((sample.mask == 1).mean()) < 0.95:
+                chips.append(sample)
+            if len(chips) >= n:
+                break
+        out.append(("ETCI", chips, ("vv", "vh")))
+    return out
 
 
 def linear_probe(
