@@ -165,6 +165,7 @@ def _prepare(work: Path, size: int, checkpoint: str, tile: int) -> tuple[Path, P
     cfg.model.checkpoint = checkpoint
     cfg.model.strategy = "lora"
     cfg.model.lora_rank = 8
+    cfg.model.decoder = "paper"  # the decoder its committed results were measured with
     cfg.data.crop_size = tile
     model = build_segmentor(cfg.model, ["pre", "post"], ["vv", "vh"])
     with torch.no_grad():  # non-zero LoRA B so that merging changes the weights

@@ -149,6 +149,7 @@ def _build(suite: dict[str, Any], spec: dict[str, Any], device: str = "cpu") -> 
         strategy=spec["strategy"],
         lora_rank=spec["rank"],
         gradient_checkpointing=spec["checkpointing"],
+        decoder="paper",  # the reference method's cost; its committed results use this decoder
     )
     model = build_segmentor(cfg, suite["views"], ["vv", "vh"], suite["size"])
     if spec.get("compile"):

@@ -48,6 +48,6 @@ def test_two_process_ddp_run(tmp_path: Path) -> None:
     assert len(logged) == 1
     assert logged[0] == pytest.approx(metrics["val"]["f1"], abs=1e-6)
     # And a single-process evaluation of the saved run reproduces the distributed one.
-    single = evaluate_run(run, split="val")
+    single = evaluate_run(run, split="val", threshold=0.5)
     assert single["f1"] == pytest.approx(metrics["val"]["f1"], abs=1e-6)
     assert single["counts"] == metrics["val"]["counts"]

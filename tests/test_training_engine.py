@@ -79,11 +79,21 @@ def test_cli_train_then_evaluate(tiny_data: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["evaluate", str(run), "--json", str(out_json)])
     assert result.exit_code == 0, result.output
     report = json.loads(out_json.read_text())
-    assert set(METRIC_KEYS) <= set(report) and report["threshold"] == 0.5
+    # the run's val-optimal threshold is the default; 0.5 is reported next to it
+    assert set(METRIC_KEYS) <= set(report) and report["threshold"] == metrics["best_threshold"]
+    assert report["threshold_source"] == "val-optimal (run)"
     assert all(0.0 <= report[k] <= 1.0 for k in METRIC_KEYS)
     assert list(report["per_event"]) == ["synthetic-in"] and len(report["per_chip"]) == 2
-    assert report["f1"] == pytest.approx(metrics["test"]["f1"])  # same weights, same chips
-    assert report["best_threshold"] == metrics["best_threshold"]
+    assert report["f1"] == pytest.approx(metrics["test"]["at_best_threshold"]["f1"])  # same weights, chips
+    if report["threshold"] != 0.5:
+        assert report["at_threshold_0.5"]["f1"] == pytest.approx(metrics["test"]["f1"])
+    assert json.loads((run / "normalization.json").read_text())  # the presets travel with the run
+    forced = json.loads(
+        CliRunner().invoke(app, ["evaluate", str(run), "--threshold", "0.5", "--json", str(out_json)]).output
+        and out_json.read_text()
+    )
+    assert forced["threshold"] == 0.5 and forced["threshold_source"] == "--threshold"
+    assert forced["f1"] == pytest.approx(metrics["test"]["f1"])
 
 
 def test_cli_user_errors_are_one_line(tiny_data: Path, tmp_path: Path, monkeypatch, capsys) -> None:

@@ -153,14 +153,19 @@ def evaluate(
     format: Annotated[str | None, typer.Option(help="Force a data format instead of auto-detection.")] = None,
     split: Annotated[str, typer.Option(help="train | val | test | ood | all.")] = "test",
     json_out: Annotated[str | None, typer.Option("--json", help="Write the metrics JSON here.")] = None,
-    threshold: Annotated[float, typer.Option(help="Probability threshold for flood.")] = 0.5,
+    threshold: Annotated[
+        float | None, typer.Option(help="Probability threshold for flood (default: the run's val-optimal).")
+    ] = None,
     checkpoint: Annotated[str | None, typer.Option(help="Where the run's base checkpoint now lives.")] = None,
     views: Annotated[str | None, typer.Option(help="Only these views, e.g. post (others missing).")] = None,
+    stats_from_data: Annotated[
+        bool, typer.Option(help="8-bit chips of a source the run never saw: normalise with their own stats.")
+    ] = False,
 ) -> None:
     """Table-2 metrics (accuracy, precision, recall, F1, IoU, Dice) of a run on a data split."""
     from floodlora.training.commands import run_evaluate
 
-    run_evaluate(run_dir, data, format, split, json_out, threshold, checkpoint, views)
+    run_evaluate(run_dir, data, format, split, json_out, threshold, checkpoint, views, stats_from_data)
 
 
 @app.command()
@@ -203,7 +208,9 @@ def predict(
     tile: Annotated[int | None, typer.Option(help="Tile size (default: the run's crop size).")] = None,
     overlap: Annotated[int | None, typer.Option(help="Tile overlap in pixels (default: tile / 4).")] = None,
     batch_size: Annotated[int, typer.Option(help="Tiles per forward pass.")] = 4,
-    threshold: Annotated[float, typer.Option(help="Probability threshold for flood.")] = 0.5,
+    threshold: Annotated[
+        float | None, typer.Option(help="Probability threshold for flood (default: the run's val-optimal).")
+    ] = None,
     tta: Annotated[bool, typer.Option(help="Average over 4 flips (test-time augmentation).")] = False,
     mc_dropout: Annotated[int, typer.Option(help="N LoRA-dropout samples for the uncertainty layer.")] = 0,
     date: Annotated[str | None, typer.Option(help="Post-event date (ISO) for the time code.")] = None,

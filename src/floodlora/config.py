@@ -36,6 +36,17 @@ class DataConfig:
     test_fraction: float = 0.1
     holdout_events: list[str] = field(default_factory=list)
     limit_train: int | None = None
+    # Training draws: the share of chips that hold flood (0: uniform; most ETCI tiles are dry), and
+    # whether each source gets a share that grows with the square root of its size, not its size.
+    flood_sampling: float = 0.0
+    balance_sources: bool = False
+    # 8-bit sources without training chips: normalise with statistics of the chips being scored.
+    stats_from_data: bool = False
+    # Training only: a random per-band offset (up to this many standard deviations) and gain
+    # (1 +- half of it) on the normalised values, so that a model leans on contrast, not on one
+    # scene's calibration (8-bit sources and events differ in absolute level). 0: off.
+    intensity_jitter: float = 0.0
+    cache_chips: bool = False  # keep decoded chips in memory across epochs (about 0.5 MB per 256 px chip)
     seed: int = 0
 
 
@@ -49,6 +60,7 @@ class ModelConfig:
     lora_alpha: float | None = None  # None: 2 * rank (the reference method)
     lora_dropout: float = 0.1
     lora_targets: list[str] = field(default_factory=lambda: ["to_qkv", "to_out"])
+    decoder: str = "hires"  # hires: + full-resolution pixel path | paper: the reference decoder
     decoder_channels: list[int] | None = None  # None: sized from the encoder width
     share_decoder: bool = False
     view_dropout: float = 0.0

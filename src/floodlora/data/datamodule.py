@@ -12,13 +12,14 @@ import datetime as dt
 import fnmatch
 import hashlib
 import math
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from floodlora.config import DataConfig
 from floodlora.data.sample import MASK_NODATA, VIEWS, Sample
@@ -101,19 +102,129 @@ def assign_splits(refs: Sequence[ChipRef], config: DataConfig) -> dict[str, list
 
 
 def resolve_presets(
-    normalization: str, refs: Sequence[ChipRef], train_refs: Sequence[ChipRef]
+    normalization: str,
+    refs: Sequence[ChipRef],
+    train_refs: Sequence[ChipRef],
+    base: str = "clay-v1.5",
+    fixed: Mapping[str, NormalizationPreset] | None = None,
+    stats_from_data: bool = False,
 ) -> dict[str, NormalizationPreset]:
-    """One preset per source format. ``auto`` + scaled-uint8: statistics of that source's training chips."""
+    """One preset per source format.
+
+    * `fixed` (a trained run's presets) wins for every format it covers: a run is scored with the
+      numbers it was trained with. Calibrated data of a format the run never saw takes the run's
+      calibrated preset (or `base`).
+    * ``auto`` + calibrated data: `base`, the encoder's pretraining preset.
+    * ``auto`` + scaled-uint8: statistics of that source's training chips. A source with no training
+      chips is an error unless `stats_from_data` allows statistics of the chips being scored.
+    """
     presets: dict[str, NormalizationPreset] = {}
+    fixed = dict(fixed or {})
+    calibrated = next((p for p in fixed.values() if p.units in ("db", "linear")), None)
     for fmt in sorted({r.format for r in refs}):
         units = next(r.units for r in refs if r.format == fmt)
+        if fmt in fixed:
+            presets[fmt] = fixed[fmt]
+            continue
+        if fixed and units in ("db", "linear"):
+            if calibrated is None:
+                warnings.warn(
+                    f"{fmt}: the run was trained on 8-bit rescaled sources only; normalising these "
+                    f"{units} chips with the encoder's {base} preset",
+                    stacklevel=2,
+                )
+            presets[fmt] = calibrated or get_preset("auto", units, None, base)
+            continue
         stats = None
         if normalization == "auto" and units == "scaled-uint8":
-            pool = [r for r in train_refs if r.format == fmt] or [r for r in refs if r.format == fmt]
+            pool = [] if fixed else [r for r in train_refs if r.format == fmt]
+            if not pool:
+                if not stats_from_data:
+                    raise ConfigError(
+                        f"{fmt}: 8-bit rescaled chips of a source the run never trained on, so there are "
+                        "no training statistics for them; pass --stats-from-data (data.stats_from_data) "
+                        "to normalise them with statistics of these chips, or a stats YAML from "
+                        "`floodlora stats`"
+                    )
+                warnings.warn(
+                    f"{fmt}: no training chips of this source; normalising with statistics of the "
+                    "chips being scored (data.stats_from_data)",
+                    stacklevel=2,
+                )
+                pool = [r for r in refs if r.format == fmt]
             pool = sorted(pool, key=lambda r: _unit_hash("stats", r.chip_id))
             stats = compute_stats(pool, max_chips=STATS_MAX_CHIPS)
-        presets[fmt] = get_preset(normalization, units, stats)
+        presets[fmt] = get_preset(normalization, units, stats, base)
     return presets
+
+
+def sampling_weights(
+    formats: Sequence[str], has_flood: Sequence[bool], flood_share: float, balance_sources: bool
+) -> np.ndarray:
+    """Per-chip draw probabilities for training (they sum to 1).
+
+    Each source gets a share proportional to its chip count, or to its square root with
+    `balance_sources`; inside a source, chips that hold flood get `flood_share` of it when the source
+    has both kinds (0: no preference). Uniform when neither option is set.
+    """
+    formats = list(formats)
+    flood = np.asarray(has_flood, dtype=bool)
+    if not 0.0 <= flood_share < 1.0:
+        raise ConfigError(f"data.flood_sampling must be in [0, 1), got {flood_share}")
+    weights = np.zeros(len(formats), dtype=np.float64)
+    for fmt in sorted(set(formats)):
+        idx = np.array([i for i, f in enumerate(formats) if f == fmt])
+        mass = float(np.sqrt(len(idx))) if balance_sources else float(len(idx))
+        wet = flood[idx]
+        if flood_share > 0 and wet.any() and (~wet).any():
+            weights[idx[wet]] = mass * flood_share / wet.sum()
+            weights[idx[~wet]] = mass * (1 - flood_share) / (~wet).sum()
+        else:
+            weights[idx] = mass / len(idx)
+    total = weights.sum()
+    return weights / total if total > 0 else np.full(len(formats), 1.0 / max(1, len(formats)))
+
+
+class GroupedBatchSampler(Sampler[list[int]]):
+    """Weighted draws with replacement, batched so that a batch never mixes view sets.
+
+    A batch of OMBRIA (pre + post) and ETCI (post only) chips would otherwise lose its pre view for
+    every item (the collate keeps only views present in all items). Each epoch draws `num_samples`
+    chips by `weights`, groups them by their view signature and cuts the groups into batches, in a
+    shuffled order; seeded per epoch, so runs repeat.
+    """
+
+    def __init__(
+        self, weights: np.ndarray, groups: Sequence[str], batch_size: int, num_samples: int, seed: int = 0
+    ) -> None:
+        self.weights = torch.as_tensor(np.asarray(weights), dtype=torch.float64)
+        self.groups = list(groups)
+        self.batch_size = batch_size
+        self.num_samples = num_samples
+        self.seed = seed
+        self.epoch = 0
+
+    def _batches(self) -> list[list[int]]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        draws = torch.multinomial(self.weights, self.num_samples, replacement=True, generator=g).tolist()
+        by_group: dict[str, list[int]] = {}
+        for i in draws:
+            by_group.setdefault(self.groups[i], []).append(i)
+        batches = [
+            members[k : k + self.batch_size]
+            for members in by_group.values()
+            for k in range(0, len(members), self.batch_size)
+        ]
+        order = torch.randperm(len(batches), generator=g).tolist()
+        return [batches[i] for i in order]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = self._batches()
+        self.epoch += 1
+        return iter(batches)
+
+    def __len__(self) -> int:
+        return len(self._batches())
 
 
 def _crop_window(h: int, w: int, size: int, rng: np.random.Generator | None) -> tuple[int, int]:
@@ -156,6 +267,8 @@ class FloodDataset(Dataset):
         augment: bool = False,
         seed: int = 0,
         speckle_filter: str | None = None,
+        intensity_jitter: float = 0.0,
+        cache_chips: bool = False,
     ) -> None:
         if crop_size is not None and (crop_size <= 0 or crop_size % 8):
             raise ConfigError(f"data.crop_size must be a positive multiple of 8, got {crop_size}")
@@ -173,16 +286,36 @@ class FloodDataset(Dataset):
         self.augment = augment and train
         self.seed = seed
         self.speckle_filter = speckle_filter
+        if intensity_jitter < 0:
+            raise ConfigError(f"data.intensity_jitter must be >= 0, got {intensity_jitter}")
+        self.intensity_jitter = intensity_jitter if train else 0.0
+        self.cache_chips = cache_chips
+        self._cache: dict[int, Sample] = {}
         self._generator = WorkerRng(seed)
 
     def __len__(self) -> int:
         return len(self.refs)
 
     def load(self, index: int) -> Sample:
+        """The chip's sample (speckle-filtered when asked); kept in memory with `cache_chips`."""
+        if index in self._cache:
+            return self._cache[index]
         sample = read_sample(self.refs[index])
         if self.speckle_filter:
             sample = despeckle_sample(sample, self.speckle_filter)
+        if self.cache_chips:
+            self._cache[index] = sample
         return sample
+
+    def _jitter(
+        self, arrays: dict[str, np.ndarray], valid: np.ndarray, rng: np.random.Generator
+    ) -> dict[str, np.ndarray]:
+        """One random offset and gain per band, shared by the views (a calibration change)."""
+        a = self.intensity_jitter
+        n = len(self.bands)
+        offset = rng.uniform(-a, a, size=(n, 1, 1)).astype(np.float32)
+        gain = rng.uniform(1 - a / 2, 1 + a / 2, size=(n, 1, 1)).astype(np.float32)
+        return {v: np.where(valid[None], x * gain + offset, x) for v, x in arrays.items()}
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         ref = self.refs[index]
@@ -217,6 +350,8 @@ class FloodDataset(Dataset):
                 y0, x0 = (h - th) // 2, (w - tw) // 2
             arrays = {v: a[:, y0 : y0 + th, x0 : x0 + tw] for v, a in arrays.items()}
             mask, valid = mask[y0 : y0 + th, x0 : x0 + tw], valid[y0 : y0 + th, x0 : x0 + tw]
+        if self.intensity_jitter > 0 and rng is not None:
+            arrays = self._jitter(arrays, valid, rng)
         if self.augment and rng is not None:
             k = int(rng.integers(0, 4))
             flip = bool(rng.integers(0, 2))
@@ -280,13 +415,24 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
 class FloodDataModule(L.LightningDataModule):
     """Discovers chips under ``config.roots``, splits them, and serves train/val/test/ood loaders."""
 
-    def __init__(self, config: DataConfig, speckle_filter: str | None = None) -> None:
+    def __init__(
+        self,
+        config: DataConfig,
+        speckle_filter: str | None = None,
+        base_normalization: str = "clay-v1.5",
+        presets: Mapping[str, NormalizationPreset] | None = None,
+    ) -> None:
+        """`base_normalization`: the encoder's pretraining preset (``auto`` for calibrated data);
+        `presets`: a trained run's per-source presets, used as they are (evaluation)."""
         super().__init__()
         self.config = config
         self.speckle_filter = speckle_filter or config.speckle_filter
+        self.base_normalization = base_normalization
+        self.fixed_presets = dict(presets or {})
         self.splits: dict[str, list[ChipRef]] = {}
         self.presets: dict[str, NormalizationPreset] = {}
         self.skipped: dict[str, list[str]] = {}
+        self.chip_info: dict[tuple[str, str], tuple[bool, str]] = {}  # (format, id) -> (has flood, views)
         self._datasets: dict[str, FloodDataset] = {}
 
     def setup(self, stage: str | None = None) -> None:
@@ -300,7 +446,10 @@ class FloodDataModule(L.LightningDataModule):
         if not any(splits[s] for s in ("train", "val", "test", "ood")):
             raise DataError(f"{', '.join(cfg.roots)}: empty dataset, no labelled chips")
         labelled = [r for r in refs if r.labelled]
-        self.presets = resolve_presets(cfg.normalization, labelled, splits["train"])
+        self.presets = resolve_presets(
+            cfg.normalization, labelled, splits["train"], self.base_normalization,
+            self.fixed_presets, cfg.stats_from_data,
+        )  # fmt: skip
         for name in splits:
             splits[name], self.skipped[name] = self._filter_nodata(splits[name])
         self.splits = splits
@@ -316,21 +465,45 @@ class FloodDataModule(L.LightningDataModule):
                 augment=cfg.augment,
                 seed=cfg.seed,
                 speckle_filter=self.speckle_filter,
+                intensity_jitter=cfg.intensity_jitter,
+                cache_chips=cfg.cache_chips,
             )
 
+    def _needs_chip_info(self) -> bool:
+        cfg = self.config
+        return cfg.flood_sampling > 0 or cfg.balance_sources
+
     def _filter_nodata(self, refs: list[ChipRef]) -> tuple[list[ChipRef], list[str]]:
-        """Drop chips whose unusable fraction exceeds ``max_nodata_fraction`` (read once at setup)."""
-        if self.config.max_nodata_fraction >= 1.0:  # nothing to skip: spare the read of every chip
-            return list(refs), []
+        """Drop chips whose unusable fraction exceeds ``max_nodata_fraction`` (read once at setup).
+
+        The same read records, per chip, whether it holds flood and which views it has (for the
+        training sampler).
+        """
+        if self.config.max_nodata_fraction >= 1.0 and not self._needs_chip_info():
+            return list(refs), []  # nothing to skip: spare the read of every chip
         keep, skipped = [], []
         for ref in refs:
             s = read_sample(ref)
-            (
+            if s.nodata_fraction() > self.config.max_nodata_fraction:
                 skipped.append(ref.chip_id)
-                if s.nodata_fraction() > self.config.max_nodata_fraction
-                else keep.append(ref)
-            )
+                continue
+            keep.append(ref)
+            has_flood = s.mask is not None and bool((s.mask == 1).any())
+            views = "+".join(v for v in self.config.views if v in s.views)
+            self.chip_info[(ref.format, ref.chip_id)] = (has_flood, views)
         return keep, skipped
+
+    def train_batch_sampler(self) -> GroupedBatchSampler | None:
+        """Flood- and source-aware batches for training, or None for plain shuffling."""
+        self.setup()
+        cfg = self.config
+        refs = self.splits["train"]
+        if not self._needs_chip_info() or not refs:
+            return None
+        info = [self.chip_info[(r.format, r.chip_id)] for r in refs]
+        weights = sampling_weights([r.format for r in refs], [i[0] for i in info], cfg.flood_sampling,
+                                   cfg.balance_sources)  # fmt: skip
+        return GroupedBatchSampler(weights, [i[1] for i in info], cfg.batch_size, len(refs), cfg.seed)
 
     def dataset(self, split: str) -> FloodDataset:
         self.setup()
@@ -341,6 +514,12 @@ class FloodDataModule(L.LightningDataModule):
         if len(ds) == 0:
             raise DataError(f"{', '.join(self.config.roots)}: the {split} split is empty")
         workers = self.config.num_workers
+        batch_sampler = self.train_batch_sampler() if split == "train" else None
+        if batch_sampler is not None:
+            return DataLoader(
+                ds, batch_sampler=batch_sampler, num_workers=workers, collate_fn=collate,
+                persistent_workers=workers > 0,
+            )  # fmt: skip
         return DataLoader(
             ds,
             batch_size=self.config.batch_size,

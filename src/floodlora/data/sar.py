@@ -76,6 +76,19 @@ class NormalizationPreset:
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "units": self.units, "mean": dict(self.mean), "std": dict(self.std)}
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "normalisation") -> NormalizationPreset:
+        """Inverse of :meth:`to_dict` (how a run directory stores the presets it was trained with)."""
+        try:
+            return cls(
+                str(data["name"]),
+                str(data["units"]),
+                {str(b): float(v) for b, v in data["mean"].items()},
+                {str(b): float(v) for b, v in data["std"].items()},
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise ConfigError(f"{where}: not a normalisation preset (bad or missing {err})") from None
+
 
 # Clay v1.5 metadata.yaml, sentinel-1-rtc (dB) and Clay v1.0 metadata.yaml, sentinel-1-rtc (linear power);
 # see ../shared/reference/clay-facts.md.
@@ -127,17 +140,24 @@ def save_stats(stats: dict[str, Any], path: str | Path) -> None:
 
 
 def get_preset(
-    name_or_stats_path: str, units: str, stats: dict[str, Any] | None = None
+    name_or_stats_path: str,
+    units: str,
+    stats: dict[str, Any] | None = None,
+    base: str = "clay-v1.5",
 ) -> NormalizationPreset:
     """Resolve ``auto`` / ``clay-v1.5`` / ``clay-v1`` / a stats YAML for data in `units`.
 
-    ``auto``: ``db`` -> clay-v1.5; ``linear`` -> converted to dB, then clay-v1.5; ``scaled-uint8`` ->
-    the per-source `stats` computed on the training chips (required: the 8-bit scaling is unknown).
+    ``auto``: calibrated data (``db`` or ``linear``) -> `base`, the preset the encoder was pretrained
+    with (clay-v1: linear power, clay-v1.5 and the embedded encoder: dB; values are converted to the
+    preset's units); ``scaled-uint8`` -> the per-source `stats` computed on the training chips
+    (required: the 8-bit scaling is unknown).
     """
     name = name_or_stats_path
     if name == "auto":
         if units in ("db", "linear"):
-            return PRESETS["clay-v1.5"]
+            if base not in PRESETS:
+                raise ConfigError(f"normalization auto: unknown base preset {base!r} ({', '.join(PRESETS)})")
+            return PRESETS[base]
         if units == "scaled-uint8":
             if stats is None:
                 raise ConfigError(

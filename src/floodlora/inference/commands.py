@@ -35,7 +35,7 @@ def run_predict(
     tile: int | None = None,
     overlap: int | None = None,
     batch_size: int = 4,
-    threshold: float = 0.5,
+    threshold: float | None = None,
     tta: bool = False,
     mc_dropout: int = 0,
     date: str | None = None,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import time
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,9 +86,20 @@ def adapter_state(model: nn.Module) -> dict[str, Tensor]:
 
 
 def save_adapter(
-    path: str | Path, model: nn.Module, config: Any, base: dict[str, Any], name: str | None = None
+    path: str | Path,
+    model: nn.Module,
+    config: Any,
+    base: dict[str, Any],
+    name: str | None = None,
+    presets: Mapping[str, Any] | None = None,
+    threshold: float | None = None,
 ) -> Path:
-    """Write an adapter-only safetensors file (atomically) that any copy of the base checkpoint can load."""
+    """Write an adapter-only safetensors file (atomically) that any copy of the base checkpoint can load.
+
+    The run's normalisation presets and threshold travel in the metadata, so a loaded adapter
+    predicts exactly as its run does.
+    """
+    presets = dict(presets or {})
     import yaml
     from safetensors.torch import save_file
 
@@ -102,6 +114,7 @@ def save_adapter(
         "strategy": model.strategy,
         "base_checkpoint": str(base.get("checkpoint", config.model.checkpoint)),
         "base_sha256": str(base["sha256"]),
+        "decoder": model.decoder_kind,
         "views": json.dumps(list(model.views)),
         "bands": json.dumps(list(model.bands)),
         "encoder": json.dumps(model.clay_encoder.config.to_dict()),
@@ -116,6 +129,8 @@ def save_adapter(
             else None
         ),
         "config": yaml.safe_dump(config.to_dict(), sort_keys=False),
+        "normalization": json.dumps({f: p.to_dict() for f, p in sorted(presets.items())}),
+        "threshold": json.dumps(threshold),
     }
     with atomic_path(path) as tmp:
         save_file(adapter_state(model), str(tmp), metadata=meta)
@@ -148,14 +163,16 @@ def load_adapter(path: str | Path, checkpoint: str | None = None) -> Any:
     from safetensors.torch import load_file
 
     from floodlora.config import RunConfig, from_dict
+    from floodlora.data.sar import NormalizationPreset
     from floodlora.models.factory import build_segmentor
-    from floodlora.training.rundir import LoadedRun, base_fingerprint
+    from floodlora.training.rundir import DEFAULT_THRESHOLD, LoadedRun, base_fingerprint
 
     path = Path(path)
     meta = read_adapter_metadata(path)
     config = from_dict(RunConfig, yaml.safe_load(meta["config"]) or {}, f"{path}:config")
     config.model.checkpoint = checkpoint or meta["base_checkpoint"]
     config.model.strategy = meta["strategy"]
+    config.model.decoder = meta.get("decoder", "paper")
     found = base_fingerprint(config.model.checkpoint)
     if found != meta["base_sha256"]:
         raise CheckpointError(
@@ -183,8 +200,14 @@ def load_adapter(path: str | Path, checkpoint: str | None = None) -> Any:
         "views": views,
         "bands": bands,
         "adapter": meta["name"],
+        "decoder": model.decoder_kind,
     }
-    return LoadedRun(path, config, model, base)
+    presets = {
+        f: NormalizationPreset.from_dict(d, f"{path} [{f}]")
+        for f, d in json.loads(meta.get("normalization", "{}")).items()
+    }
+    threshold = json.loads(meta.get("threshold", "null"))
+    return LoadedRun(path, config, model, base, presets, float(threshold or DEFAULT_THRESHOLD))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -209,7 +232,7 @@ class ExportableSegmentor(nn.Module):
     def forward(self, *inputs: Tensor) -> Tensor:
         *views, time_, latlon = inputs
         named = dict(zip(self.view_names, views, strict=True))
-        return self.model.decode(self.model.encode(named, time_, latlon))
+        return self.model.decode(self.model.encode(named, time_, latlon), named)
 
 
 def _example(model: nn.Module, tile: int) -> tuple[Tensor, ...]:
@@ -323,7 +346,10 @@ def export_run(
     report = ExportReport(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if adapter:
-        path = save_adapter(out_dir / f"{adapter}.safetensors", model, config, loaded.base, name=adapter)
+        path = save_adapter(
+            out_dir / f"{adapter}.safetensors", model, config, loaded.base, name=adapter,
+            presets=loaded.presets, threshold=loaded.threshold,
+        )  # fmt: skip
         report.written.append(path)
     if not (merge or torch_export or onnx):
         return report
@@ -355,7 +381,9 @@ def export_run(
     if merge:
         cfg = copy.deepcopy(config)
         cfg.model.strategy = "full"
-        save_run(out_dir, cfg, merged)
+        save_run(out_dir, cfg, merged, loaded.presets)
+        threshold = {"best_threshold": loaded.threshold, "source_run": str(run_dir)}
+        atomic_write_json(out_dir / "metrics.json", threshold)
         report.written += [out_dir / "config.yaml", out_dir / "weights.safetensors", out_dir / "base.json"]
     if torch_export:
         report.torch_export_max_abs_diff = export_torch(merged, out_dir / "model.pt2", tile)

@@ -40,7 +40,7 @@ class PredictOptions:
     tile: int | None = None  # None: the run's training crop size
     overlap: int | None = None  # None: tile // 4
     batch_size: int = 4
-    threshold: float = 0.5
+    threshold: float | None = None  # None: the run's val-optimal threshold (0.5 for a bare model)
     tta: bool = False  # average over the 4 flips
     mc_samples: int = 0  # > 0: LoRA-dropout samples (uncertainty from the model's own dropout)
     units: str = "db"
@@ -571,6 +571,8 @@ def predict_scene(
     opts = options or PredictOptions()
     if opts.units not in UNITS:
         raise ConfigError(f"--units must be one of {', '.join(UNITS)}, got {opts.units!r}")
+    if opts.threshold is None:
+        opts.threshold = 0.5
     if not 0.0 < opts.threshold < 1.0:
         raise ConfigError(f"threshold must be in (0, 1), got {opts.threshold}")
     if opts.batch_size < 1 or opts.mc_samples < 0:
@@ -822,16 +824,40 @@ def _progress(enabled: bool, total: int) -> Iterator[Callable[[int], None]]:
 # --------------------------------------------------------------------------------------------------
 
 
-def resolve_preset(config: Any, units: str, run_dir: Path | None = None) -> Any:
-    """The run's normalisation preset for input scenes in `units` (a stats path may be run-relative)."""
+def resolve_preset(
+    config: Any,
+    units: str,
+    run_dir: Path | None = None,
+    presets: Mapping[str, Any] | None = None,
+    base: str = "clay-v1.5",
+) -> Any:
+    """The run's normalisation preset for input scenes in `units` (db or linear).
+
+    A run that stored its presets uses its calibrated (dB / linear) one. A run trained on 8-bit
+    rescaled sources only has none: the encoder's own preset is used, with a warning, since the
+    model never saw calibrated backscatter. Older runs resolve their config (a stats path may be
+    run-relative).
+    """
+    import warnings
+
     from floodlora.data.sar import get_preset
 
+    if presets:
+        calibrated = [p for p in presets.values() if p.units in ("db", "linear")]
+        if calibrated:
+            return calibrated[0]
+        warnings.warn(
+            f"the run was trained on 8-bit rescaled sources only ({', '.join(sorted(presets))}); "
+            f"normalising these {units} scenes with the encoder's {base} preset: expect a domain shift",
+            stacklevel=2,
+        )
+        return get_preset("auto", units, None, base)
     name = config.data.normalization
     if name not in ("auto", "clay-v1.5", "clay-v1") and run_dir is not None and not Path(name).is_file():
         local = run_dir / name
         if local.is_file():
             name = str(local)
-    return get_preset(name, units)
+    return get_preset(name, units, None, base)
 
 
 def resolve_adapter(run_dir: Path, adapter: str) -> Path:
@@ -874,9 +900,14 @@ def predict_run(
         loaded = load_adapter(resolve_adapter(run_dir, adapter), checkpoint=base_ckpt)
     else:
         loaded = load_run(run_dir, checkpoint=checkpoint)
+    from floodlora.models.registry import checkpoint_normalization
+
     if opts.tile is None:
         opts.tile = int(loaded.config.data.crop_size)
-    preset = resolve_preset(loaded.config, opts.units, run_dir)
+    if opts.threshold is None:
+        opts.threshold = loaded.threshold
+    base_norm = checkpoint_normalization(str(loaded.base.get("checkpoint", loaded.config.model.checkpoint)))
+    preset = resolve_preset(loaded.config, opts.units, run_dir, loaded.presets, base_norm)
     tags = {"run": str(run_dir.resolve()), "base_checkpoint": str(loaded.base.get("checkpoint", ""))}
     if adapter is not None:
         tags["adapter"] = str(adapter)

@@ -1,4 +1,11 @@
-"""The reference per-view deconvolution decoder: token grid (H/p) -> full-resolution features."""
+"""Decoders: the reference per-view deconvolution decoder, and a high-resolution pixel path.
+
+The reference decoder sees only the H/p x W/p token grid, upsampled: a water edge or a river
+narrower than a patch (8 px = 80 m) can only be guessed. The ``hires`` option adds a shallow
+convolution stem on each input view at full resolution, fused with the upsampled token features
+before the last layers, so per-pixel backscatter (what a threshold uses) and the encoder's context
+reach the logits together.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +13,10 @@ import itertools
 import math
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor, nn
+
+DECODERS: tuple[str, ...] = ("paper", "hires")
 
 
 def default_decoder_channels(encoder_dim: int) -> tuple[int, int, int, int, int]:
@@ -60,3 +70,43 @@ class FusionHead(nn.Module):
 
     def forward(self, features: Tensor) -> Tensor:
         return self.conv(features)
+
+
+class PixelStem(nn.Module):
+    """Two 3x3 convolutions on one normalised input view at full resolution (no downsampling).
+
+    The stem sees each band twice: as normalised, and minus its mean over the tile. The second copy
+    is what a per-chip threshold uses (darker than the rest of this chip -> water); it makes the
+    pixel path indifferent to one scene's calibration offset (8-bit sources and events differ in
+    absolute level). Computed inside the model, so training, evaluation, whole-scene tiles and
+    exported graphs all do the same.
+    """
+
+    def __init__(self, in_channels: int, channels: int = 16) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(2 * in_channels, channels, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(channels, channels, 3, padding=1),
+            nn.ReLU(inplace=True),
+        )
+        self.out_channels = channels
+
+    def forward(self, pixels: Tensor) -> Tensor:
+        centred = pixels - pixels.mean(dim=(2, 3), keepdim=True)
+        return self.net(torch.cat([pixels, centred], dim=1))
+
+
+class HiResFusionHead(nn.Module):
+    """Token-decoder features and pixel-stem features of every view -> 3x3 conv -> 1x1 logits."""
+
+    def __init__(self, n_views: int, decoder_channels: int, stem_channels: int, hidden: int = 32) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(n_views * (decoder_channels + stem_channels), hidden, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, 1, 1),
+        )
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.net(features)

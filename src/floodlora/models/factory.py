@@ -32,6 +32,7 @@ def build_segmentor(
         decoder_channels=cfg.decoder_channels,
         share_decoder=cfg.share_decoder,
         view_dropout=cfg.view_dropout,
+        decoder=cfg.decoder,
     )
     checkpointing = cfg.gradient_checkpointing
     if checkpointing is None:

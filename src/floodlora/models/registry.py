@@ -23,6 +23,7 @@ class CheckpointSpec:
     filename: str | None = None
     revision: str | None = None
     preset: str | None = None
+    normalization: str = "clay-v1.5"  # the preset its pretraining used (floodlora.data.sar.PRESETS)
 
 
 EMBEDDED_FILE = "floodlora-mini.safetensors"
@@ -41,6 +42,7 @@ CHECKPOINTS: dict[str, CheckpointSpec] = {
         filename="v1/clay-v1-base.ckpt",
         revision="5bfb3c778cf1b51f0ecb6b92395ebdebae893e24",
         preset="clay-v1-base",
+        normalization="clay-v1",  # Clay v1.0 was pretrained on linear-power Sentinel-1 RTC
     ),
     "clay-v1.5": CheckpointSpec(
         "clay-v1.5",
@@ -52,6 +54,18 @@ CHECKPOINTS: dict[str, CheckpointSpec] = {
 }
 
 RANDOM_PREFIX = "random:"
+DEFAULT_NORMALIZATION = "clay-v1.5"
+
+
+def checkpoint_normalization(name_or_path: str) -> str:
+    """The normalisation preset an encoder was pretrained with, which ``auto`` resolves to.
+
+    Named checkpoints declare theirs (clay-v1-base: Clay v1.0 linear-power statistics; clay-v1.5
+    and the embedded encoder: Clay v1.5 dB statistics). A file path or a random encoder gets the
+    dB preset; pass data.normalization explicitly for a checkpoint pretrained otherwise.
+    """
+    spec = CHECKPOINTS.get(name_or_path)
+    return spec.normalization if spec else DEFAULT_NORMALIZATION
 
 
 def embedded_weights_path() -> Path:

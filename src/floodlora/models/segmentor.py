@@ -15,7 +15,14 @@ import torch
 from torch import Tensor, nn
 
 from floodlora.models.clay import SENTINEL1_GSD, ClayEncoder, band_wavelengths
-from floodlora.models.decoder import FusionHead, ViewDecoder, default_decoder_channels
+from floodlora.models.decoder import (
+    DECODERS,
+    FusionHead,
+    HiResFusionHead,
+    PixelStem,
+    ViewDecoder,
+    default_decoder_channels,
+)
 
 VIEW_NAMES = ("pre", "post", "pre_asc", "pre_desc", "post_asc", "post_desc")
 BAND_NAMES = ("vv", "vh")
@@ -35,6 +42,7 @@ class FloodSegmentor(nn.Module):
         share_decoder: bool = False,
         view_dropout: float = 0.0,
         gsd: float = SENTINEL1_GSD,
+        decoder: str = "paper",
     ) -> None:
         super().__init__()
         unknown = [v for v in views if v not in VIEW_NAMES]
@@ -43,6 +51,8 @@ class FloodSegmentor(nn.Module):
         bad_bands = [b for b in bands if b not in BAND_NAMES]
         if bad_bands or not bands:
             raise ValueError(f"unknown band(s) {bad_bands}; bands are any of {', '.join(BAND_NAMES)}")
+        if decoder not in DECODERS:
+            raise ValueError(f"unknown decoder {decoder!r}; choose one of {', '.join(DECODERS)}")
         if not 0.0 <= view_dropout < 1.0:
             raise ValueError(f"view_dropout must be in [0, 1), got {view_dropout}")
         self.encoder = encoder
@@ -57,7 +67,15 @@ class FloodSegmentor(nn.Module):
         self.share_decoder = share_decoder
         n_decoders = 1 if share_decoder else len(self.views)
         self.decoders = nn.ModuleList(ViewDecoder(dim, channels, patch) for _ in range(n_decoders))
-        self.head = FusionHead(len(self.views), channels[-1])
+        self.decoder_kind = decoder
+        self.stems = nn.ModuleList(
+            PixelStem(len(self.bands)) for _ in range(n_decoders if decoder == "hires" else 0)
+        )
+        self.head: nn.Module = (
+            HiResFusionHead(len(self.views), channels[-1], self.stems[0].out_channels)
+            if decoder == "hires"
+            else FusionHead(len(self.views), channels[-1])
+        )
         self.register_buffer("waves", band_wavelengths(self.bands), persistent=False)
         self.last_missing_views: tuple[str, ...] = ()
         self._warned_missing: set[tuple[str, ...]] = set()
@@ -136,21 +154,31 @@ class FloodSegmentor(nn.Module):
         grid = tokens[:, 1:].transpose(1, 2).reshape(len(present) * b, -1, h // p, w // p)
         return dict(zip(present, grid.chunk(len(present), dim=0), strict=True))
 
-    def decode(self, features: Mapping[str, Tensor]) -> Tensor:
-        """Per-view decoders + fusion from token grids; absent views contribute zeros."""
+    def decode(self, features: Mapping[str, Tensor], pixels: Mapping[str, Tensor] | None = None) -> Tensor:
+        """Per-view decoders + fusion from token grids; absent views contribute zeros.
+
+        The ``hires`` decoder also needs the normalised input `pixels` of the present views.
+        """
         ref = next(iter(features.values()))
         b, _, gh, gw = ref.shape
         p = self.patch_size
+        if self.decoder_kind == "hires" and (pixels is None or any(v not in pixels for v in features)):
+            raise ValueError("the hires decoder needs the input pixels of every present view")
         drop = self._sample_view_dropout(list(features), b, ref)
         outputs = []
         for i, view in enumerate(self.views):
-            decoder = self.decoders[0 if self.share_decoder else i]
+            k = 0 if self.share_decoder else i
+            decoder = self.decoders[k]
+            parts = [decoder.out_channels] + ([self.stems[k].out_channels] if self.stems else [])
             if view in features:
                 out = decoder(features[view])
+                if self.stems:
+                    assert pixels is not None
+                    out = torch.cat([out, self.stems[k](pixels[view].to(out.dtype))], dim=1)
                 if drop is not None:
                     out = out * drop[view].view(b, 1, 1, 1)
             else:
-                out = ref.new_zeros(b, decoder.out_channels, gh * p, gw * p)
+                out = ref.new_zeros(b, sum(parts), gh * p, gw * p)
             outputs.append(out)
         return self.head(torch.cat(outputs, dim=1))
 
@@ -176,7 +204,7 @@ class FloodSegmentor(nn.Module):
             warnings.warn(
                 f"view(s) {list(missing)} missing: predicting from {list(features)} only", stacklevel=2
             )
-        return self.decode(features)
+        return self.decode(features, views)
 
     def decoder_parameters(self) -> list[nn.Parameter]:
-        return [*self.decoders.parameters(), *self.head.parameters()]
+        return [*self.decoders.parameters(), *self.stems.parameters(), *self.head.parameters()]

@@ -96,16 +96,18 @@ def run_evaluate(
     format: str | None,
     split: str,
     json_out: str | None,
-    threshold: float = 0.5,
+    threshold: float | None = None,
     checkpoint: str | None = None,
     views: str | None = None,
+    stats_from_data: bool = False,
 ) -> None:
     from floodlora.training.engine import evaluate_run, format_table2
 
     keep = [v.strip() for v in views.split(",") if v.strip()] if views else None
     report = evaluate_run(
-        run_dir, data, format, split, threshold, checkpoint, progress=False, json_out=json_out, views=keep
-    )
+        run_dir, data, format, split, threshold, checkpoint, progress=False, json_out=json_out, views=keep,
+        stats_from_data=stats_from_data,
+    )  # fmt: skip
     _echo(f"{split} of {', '.join(report['data']['roots'])}: {report['n_chips']} chips")
     _echo(format_table2(report))
     if len(report["per_event"]) > 1:

@@ -179,6 +179,7 @@ def train_run(
     from floodlora.config import save_config
     from floodlora.data.datamodule import FloodDataModule
     from floodlora.models.factory import build_segmentor
+    from floodlora.models.registry import checkpoint_normalization
     from floodlora.training.rundir import save_run
     from floodlora.training.task import FloodSegmentationTask
 
@@ -190,7 +191,9 @@ def train_run(
     tcfg = config.train
     check_feature_cache_config(config)
     seed_everything(tcfg.seed, workers=True, verbose=False)
-    datamodule = FloodDataModule(config.data)
+    datamodule = FloodDataModule(
+        config.data, base_normalization=checkpoint_normalization(config.model.checkpoint)
+    )
     datamodule.setup("fit")
     model = build_segmentor(config.model, config.data.views, config.data.bands, config.data.crop_size)
     fit_data: Any = datamodule
@@ -266,7 +269,7 @@ def train_run(
     if tcfg.feature_cache:
         summary["feature_cache"] = fit_data.describe()
     if trainer.is_global_zero:
-        save_run(run_dir, config, model)
+        save_run(run_dir, config, model, datamodule.presets)
         atomic_write_json(run_dir / METRICS_FILE, metrics)
         atomic_write_json(run_dir / ACCOUNTING_FILE, summary)
     return TrainResult(run_dir, metrics, summary, config, trainer.is_global_zero)
@@ -299,14 +302,18 @@ def _restore_best(task: Any, best_path: str) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def _eval_loader(data: DataConfig, split: str) -> Any:
+def _eval_loader(
+    data: DataConfig, split: str, presets: dict[str, Any] | None = None, base_normalization: str = "clay-v1.5"
+) -> Any:
     from torch.utils.data import DataLoader
 
     from floodlora.data.datamodule import FloodDataModule, FloodDataset, collate
 
     if split not in EVAL_SPLITS:
         raise ConfigError(f"unknown split {split!r}; choose one of {', '.join(EVAL_SPLITS)}")
-    dm = FloodDataModule(data)
+    data = copy.deepcopy(data)
+    data.flood_sampling, data.balance_sources = 0.0, False  # scoring reads every chip once
+    dm = FloodDataModule(data, presets=presets, base_normalization=base_normalization)
     dm.setup("test")
     if split == "all":
         refs = [r for name in ("train", "val", "test", "ood") for r in dm.splits[name]]
@@ -328,23 +335,26 @@ def evaluate_run(
     roots: list[str] | None = None,
     format: str | None = None,
     split: str = "test",
-    threshold: float = 0.5,
+    threshold: float | None = None,
     checkpoint: str | None = None,
     progress: bool = False,
     json_out: str | Path | None = None,
     views: Sequence[str] | None = None,
+    stats_from_data: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a trained run on a split of its own data or of other data (`roots`, `format`).
 
     `views` restricts which of the run's views are read (e.g. ``["post"]``): the others are then
     missing for the model, which measures its robustness to an absent pre-event or orbit view.
+    The chips are normalised with the run's stored per-source presets; 8-bit chips of a source the
+    run never saw need `stats_from_data` (statistics of the chips being scored).
 
     Returns (and optionally writes) accuracy, precision, recall, f1, iou, dice as fractions at
-    `threshold`, the per-event and per-chip breakdowns, and the same at the run's val-F1-optimal
-    threshold. Views the run was trained on but the data lacks are listed in `missing_views`.
+    `threshold` (default: the run's val-F1-optimal threshold), the per-event and per-chip
+    breakdowns, and the same at the other of {0.5, val-optimal}. Views the run was trained on but
+    the data lacks are listed in `missing_views`.
     """
-    import json
-
+    from floodlora.models.registry import checkpoint_normalization
     from floodlora.training.rundir import load_run
     from floodlora.training.task import FloodSegmentationTask
 
@@ -360,19 +370,23 @@ def evaluate_run(
         if unknown or not views:
             raise ConfigError(f"--views {','.join(views)}: the run has views {','.join(data.views)}")
         data.views = [v for v in data.views if v in views]
-    loader = _eval_loader(data, split)
-    best = None
-    metrics_file = Path(run_dir) / METRICS_FILE
-    if metrics_file.is_file():
-        best = json.loads(metrics_file.read_text()).get("best_threshold")
+    data.stats_from_data = stats_from_data
+    base_norm = checkpoint_normalization(loaded.base.get("checkpoint", loaded.config.model.checkpoint))
+    loader = _eval_loader(data, split, loaded.presets or None, base_norm)
+    best = loaded.threshold if (Path(run_dir) / METRICS_FILE).is_file() else None
+    chosen = threshold if threshold is not None else (best if best is not None else 0.5)
     task = FloodSegmentationTask(loaded.model, loaded.config.train)
     tcfg = copy.deepcopy(loaded.config.train)
     tcfg.devices, tcfg.num_nodes = 1, 1
     trainer = _trainer(tcfg, None, [], progress, fit=False)
     t0 = time.perf_counter()
     chips = _test(trainer, task, loader)
-    report = split_report(chips, threshold, best)
+    report = split_report(chips, chosen, best)
+    if chosen != 0.5:
+        at_half = chips.report(0.5, per_chip=False)
+        report["at_threshold_0.5"] = {k: v for k, v in at_half.items() if k not in ("n_chips", "n_pixels")}
     report.update(
+        threshold_source="--threshold" if threshold is not None else loaded.threshold_source,
         run_dir=str(run_dir),
         split=split,
         data={"roots": data.roots, "format": data.format},
@@ -397,9 +411,13 @@ TABLE2_HEADER = (
 
 def format_table2(report: dict[str, Any]) -> str:
     """The evaluate command's printout: one row at 0.5, one at the val-optimal threshold."""
-    lines = [TABLE2_HEADER, table2_row(report, f"{report['threshold']:.2f}")]
-    if "at_best_threshold" in report:
+    source = report.get("threshold_source", "")
+    label = f"{report['threshold']:.2f}" + (f" ({source})" if source else "")
+    lines = [TABLE2_HEADER, table2_row(report, label)]
+    if "at_best_threshold" in report and report["best_threshold"] != report["threshold"]:
         lines.append(table2_row(report["at_best_threshold"], f"{report['best_threshold']:.2f} (val-optimal)"))
+    if "at_threshold_0.5" in report:
+        lines.append(table2_row(report["at_threshold_0.5"], "0.50"))
     if report.get("missing_views"):
         lines.append(f"\nmissing views (predicted without them): {', '.join(report['missing_views'])}")
     return "\n".join(lines)

@@ -46,11 +46,12 @@ from floodlora.config import RunConfig
 from floodlora.data.datamodule import WorkerRng
 from floodlora.errors import ConfigError, DataError
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 INDEX_FILE = "index.json"
 FEATURES_FILE = "features.f32"
 MASK_FILE = "mask.u8"
 VALID_FILE = "valid.u8"
+PIXELS_FILE = "pixels.f32"  # the normalised input views, for decoders with a pixel path
 MASK_NODATA = 255
 
 
@@ -105,13 +106,14 @@ def augment_grid(a: np.ndarray, k: int, flip: bool) -> np.ndarray:
 
 @dataclass(frozen=True)
 class CachedChip:
-    """One chip's cached token grids (view -> [D, h, w]), mask and valid map ([H, W])."""
+    """One chip's cached token grids (view -> [D, h, w]), input pixels (view -> [C, H, W]), mask, valid."""
 
     chip_id: str
     event: str
     features: dict[str, np.ndarray]
     mask: np.ndarray
     valid: np.ndarray
+    pixels: dict[str, np.ndarray]
 
 
 class FeatureCache:
@@ -127,13 +129,14 @@ class FeatureCache:
         self.dim = int(self.index["dim"])
         self.patch = int(self.index["patch"])
         self.key = str(self.index["key"])
-        self._arrays: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self.channels = int(self.index.get("channels", 0))
+        self._arrays: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
         self._pid: int | None = None
 
     def __len__(self) -> int:
         return len(self.chips)
 
-    def _maps(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _maps(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Open the memmaps lazily, once per process (DataLoader workers re-open after fork)."""
         if self._arrays is None or self._pid != os.getpid():
             d = self.directory
@@ -141,30 +144,36 @@ class FeatureCache:
                 np.memmap(d / FEATURES_FILE, dtype=np.float32, mode="r"),
                 np.memmap(d / MASK_FILE, dtype=np.uint8, mode="r"),
                 np.memmap(d / VALID_FILE, dtype=np.uint8, mode="r"),
+                np.memmap(d / PIXELS_FILE, dtype=np.float32, mode="r"),
             )
             self._pid = os.getpid()
         return self._arrays
 
     def __getitem__(self, index: int) -> CachedChip:
         meta = self.chips[index]
-        feats, masks, valids = self._maps()
+        feats, masks, valids, pixels = self._maps()
         views: list[str] = meta["views"]
         gh, gw = meta["grid"]
         n = len(views) * self.dim * gh * gw
         block = feats[meta["offset"] : meta["offset"] + n].reshape(len(views), self.dim, gh, gw)
         h, w = gh * self.patch, gw * self.patch
         px = slice(meta["pixel_offset"], meta["pixel_offset"] + h * w)
+        c = self.channels
+        start = meta["image_offset"]
+        image = pixels[start : start + len(views) * c * h * w].reshape(len(views), c, h, w)
         return CachedChip(
             chip_id=meta["chip_id"],
             event=meta["event"],
             features={v: block[i] for i, v in enumerate(views)},
             mask=masks[px].reshape(h, w),
             valid=valids[px].reshape(h, w).astype(bool),
+            pixels={v: image[i] for i, v in enumerate(views)},
         )
 
     @property
     def nbytes(self) -> int:
-        return sum((self.directory / f).stat().st_size for f in (FEATURES_FILE, MASK_FILE, VALID_FILE))
+        files = (FEATURES_FILE, MASK_FILE, VALID_FILE, PIXELS_FILE)
+        return sum((self.directory / f).stat().st_size for f in files)
 
 
 def cache_key(parts: Mapping[str, Any]) -> str:
@@ -213,12 +222,13 @@ def build_feature_cache(
     waves = model.waves
     model.waves = waves.to(device)
     chips: list[dict[str, Any]] = []
-    offset = pixel_offset = 0
+    offset = pixel_offset = image_offset = channels = 0
     try:
         with (
             open(tmp / FEATURES_FILE, "wb") as f_feat,
             open(tmp / MASK_FILE, "wb") as f_mask,
             open(tmp / VALID_FILE, "wb") as f_valid,
+            open(tmp / PIXELS_FILE, "wb") as f_pix,
             torch.inference_mode(),
         ):
             for i in range(len(dataset)):  # type: ignore[arg-type]
@@ -235,6 +245,9 @@ def build_feature_cache(
                 f_feat.write(np.ascontiguousarray(block, dtype=np.float32).tobytes())
                 f_mask.write(np.ascontiguousarray(item["mask"].numpy(), dtype=np.uint8).tobytes())
                 f_valid.write(np.ascontiguousarray(item["valid"].numpy(), dtype=np.uint8).tobytes())
+                image = torch.stack([item["views"][v] for v in present]).numpy()  # [V, C, H, W]
+                channels = int(image.shape[1])
+                f_pix.write(np.ascontiguousarray(image, dtype=np.float32).tobytes())
                 chips.append({
                     "chip_id": item["chip_id"],
                     "event": item["event"],
@@ -242,11 +255,14 @@ def build_feature_cache(
                     "grid": list(block.shape[-2:]),
                     "offset": offset,
                     "pixel_offset": pixel_offset,
+                    "image_offset": image_offset,
                 })  # fmt: skip
                 offset += block.size
                 pixel_offset += int(item["mask"].numel())
+                image_offset += int(image.size)
         index = {"key": key, "version": CACHE_VERSION, "dim": int(model.encoder_dim),
-                 "patch": int(model.patch_size), "dtype": "float32", "chips": chips}  # fmt: skip
+                 "patch": int(model.patch_size), "channels": channels, "dtype": "float32",
+                 "chips": chips}  # fmt: skip
         (tmp / INDEX_FILE).write_text(json.dumps(index) + "\n")
         os.replace(tmp, directory)
     finally:
@@ -266,7 +282,7 @@ def build_feature_cache(
 
 
 class CachedFeatureDataset(Dataset):
-    """Items ``{"features": {view: [D, c/p, c/p]}, "mask", "valid", "chip_id", "event"}`` from a cache.
+    """Items ``{"features": {view: [D, c/p, c/p]}, "views": {view: [C, c, c]}, "mask", "valid", ...}``.
 
     Training: a random token-aligned crop of `crop_size` px, then rot90 / flip applied identically to
     the token grids and the mask / valid map. Evaluation (`train=False`): the whole cached chip.
@@ -295,7 +311,7 @@ class CachedFeatureDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         chip = self.cache[index]
         p = self.cache.patch
-        feats, mask, valid = chip.features, chip.mask, chip.valid
+        feats, mask, valid, pixels = chip.features, chip.mask, chip.valid, chip.pixels
         rng = self._generator() if self.train else None
         gh, gw = mask.shape[0] // p, mask.shape[1] // p
         if self.crop_size is not None and self.crop_size // p < max(gh, gw):
@@ -306,14 +322,17 @@ class CachedFeatureDataset(Dataset):
                 ty, tx = int(rng.integers(0, gh - c + 1)), int(rng.integers(0, gw - c + 1))
             feats = {v: f[:, ty : ty + c, tx : tx + c] for v, f in feats.items()}
             mask = mask[ty * p : (ty + c) * p, tx * p : (tx + c) * p]
+            pixels = {v: a[:, ty * p : (ty + c) * p, tx * p : (tx + c) * p] for v, a in pixels.items()}
             valid = valid[ty * p : (ty + c) * p, tx * p : (tx + c) * p]
         if self.augment and rng is not None:
             k, flip = int(rng.integers(0, 4)), bool(rng.integers(0, 2))
             feats = {v: augment_grid(f, k, flip) for v, f in feats.items()}
             mask, valid = augment_grid(mask, k, flip), augment_grid(valid, k, flip)
+            pixels = {v: augment_grid(a, k, flip) for v, a in pixels.items()}
         return {
             # copies: the cache is a read-only memory map
             "features": {v: torch.from_numpy(np.array(f, order="C")) for v, f in feats.items()},
+            "views": {v: torch.from_numpy(np.array(a, order="C")) for v, a in pixels.items()},
             "mask": torch.from_numpy(np.array(mask, order="C")),
             "valid": torch.from_numpy(np.array(valid, order="C")),
             "chip_id": chip.chip_id,
@@ -346,6 +365,7 @@ def collate_features(items: list[dict[str, Any]]) -> dict[str, Any]:
     gh, gw = h // patch, w // patch
     return {
         "features": {v: torch.stack([pad(it["features"][v], gh, gw, 0.0) for it in items]) for v in common},
+        "views": {v: torch.stack([pad(it["views"][v], h, w, 0.0) for it in items]) for v in common},
         "mask": torch.stack([pad(it["mask"], h, w, MASK_NODATA) for it in items]),
         "valid": torch.stack([pad(it["valid"], h, w, False) for it in items]),
         "chip_id": [it["chip_id"] for it in items],
@@ -365,8 +385,11 @@ class CachedFeatureDataModule(L.LightningDataModule):
         augment: bool = True,
         seed: int = 0,
         num_workers: int = 0,
+        batch_sampler: Any = None,
     ) -> None:
+        """`batch_sampler`: the live DataModule's flood/source-aware sampler (same chip order)."""
         super().__init__()
+        self.batch_sampler = batch_sampler
         self.train_set = CachedFeatureDataset(train, crop_size, train=True, augment=augment, seed=seed)
         self.val_set = CachedFeatureDataset(val, None) if val is not None and len(val) else None
         self.batch_size = batch_size
@@ -396,6 +419,11 @@ class CachedFeatureDataModule(L.LightningDataModule):
         }
 
     def train_dataloader(self) -> DataLoader:
+        if self.batch_sampler is not None:
+            return DataLoader(
+                self.train_set, batch_sampler=self.batch_sampler, num_workers=self.num_workers,
+                collate_fn=collate_features, persistent_workers=self.num_workers > 0,
+            )  # fmt: skip
         return self._loader(self.train_set, shuffle=True)
 
     def val_dataloader(self) -> DataLoader | list:
@@ -464,6 +492,7 @@ def prepare_feature_cache(
         data.augment,
         data.seed,
         data.num_workers,
+        batch_sampler=datamodule.train_batch_sampler(),
     )
     dm.build_seconds = time.perf_counter() - t0
     return dm

@@ -2,20 +2,24 @@
 
 A run directory holds `config.yaml` (resolved), `weights.safetensors` (decoder + LoRA adapter for
 frozen/LoRA runs, the whole model for full fine-tuning), `base.json` (base checkpoint name, sha256,
-strategy, views, bands), and later `metrics.json` / `accounting.json`. Frozen and LoRA runs do
-not copy the base encoder: loading checks the base checkpoint's sha256 instead.
+strategy, views, bands), `normalization.json` (the per-source presets it was trained with: every
+later command normalises with these, never with statistics of the data it is given), and later
+`metrics.json` (with the val-optimal threshold that `evaluate` and `predict` use by default) /
+`accounting.json`. Frozen and LoRA runs do not copy the base encoder: loading checks the base
+checkpoint's sha256 instead.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from floodlora.config import RunConfig, load_config, save_config
+from floodlora.data.sar import NormalizationPreset
 from floodlora.errors import CheckpointError
 from floodlora.io import atomic_path, atomic_write_json
 from floodlora.models.clay import checkpoint_sha256
@@ -26,6 +30,9 @@ from floodlora.models.segmentor import FloodSegmentor
 CONFIG_FILE = "config.yaml"
 WEIGHTS_FILE = "weights.safetensors"
 BASE_FILE = "base.json"
+NORMALIZATION_FILE = "normalization.json"
+METRICS_FILE = "metrics.json"
+DEFAULT_THRESHOLD = 0.5
 
 
 @dataclass
@@ -34,6 +41,12 @@ class LoadedRun:
     config: RunConfig
     model: FloodSegmentor
     base: dict[str, Any]
+    presets: dict[str, NormalizationPreset] = field(default_factory=dict)  # source format -> preset
+    threshold: float = DEFAULT_THRESHOLD  # val-optimal when the run recorded one
+
+    @property
+    def threshold_source(self) -> str:
+        return "val-optimal (run)" if (self.run_dir / METRICS_FILE).is_file() else "default"
 
 
 def base_fingerprint(checkpoint: str) -> str:
@@ -52,8 +65,13 @@ def trainable_state(model: FloodSegmentor) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in keep.items()}
 
 
-def save_run(run_dir: str | Path, config: RunConfig, model: FloodSegmentor) -> None:
-    """Write config, weights and base fingerprint atomically."""
+def save_run(
+    run_dir: str | Path,
+    config: RunConfig,
+    model: FloodSegmentor,
+    presets: dict[str, NormalizationPreset] | None = None,
+) -> None:
+    """Write config, weights, base fingerprint and normalisation presets atomically."""
     from safetensors.torch import save_file
 
     run_dir = Path(run_dir)
@@ -67,9 +85,38 @@ def save_run(run_dir: str | Path, config: RunConfig, model: FloodSegmentor) -> N
         "strategy": model.strategy,
         "views": list(model.views),
         "bands": list(model.bands),
+        "decoder": model.decoder_kind,
         "encoder": model.clay_encoder.config.to_dict(),
     }
     atomic_write_json(run_dir / BASE_FILE, base)
+    if presets is not None:
+        atomic_write_json(run_dir / NORMALIZATION_FILE, {f: p.to_dict() for f, p in sorted(presets.items())})
+
+
+def load_presets(run_dir: str | Path) -> dict[str, NormalizationPreset]:
+    """The per-source presets a run was trained with ({} for runs written before they were stored)."""
+    path = Path(run_dir) / NORMALIZATION_FILE
+    if not path.is_file():
+        return {}
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: unreadable ({err.__class__.__name__})") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: expected a mapping of source format -> preset")
+    return {fmt: NormalizationPreset.from_dict(d, f"{path} [{fmt}]") for fmt, d in raw.items()}
+
+
+def load_threshold(run_dir: str | Path) -> float:
+    """The run's val-F1-optimal threshold (metrics.json), or 0.5 when it has none."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return DEFAULT_THRESHOLD
+    try:
+        value = json.loads(path.read_text()).get("best_threshold")
+    except (OSError, ValueError, AttributeError):
+        return DEFAULT_THRESHOLD
+    return float(value) if isinstance(value, int | float) and 0 < value < 1 else DEFAULT_THRESHOLD
 
 
 def load_run(
@@ -100,6 +147,7 @@ def load_run(
     if base["strategy"] == "full":
         config.model.checkpoint = f"random:{_preset_for(base)}"
     config.model.strategy = base["strategy"]
+    config.model.decoder = base.get("decoder", "paper")  # runs from before the decoder option
     model = build_segmentor(config.model, base["views"], base["bands"])
     try:
         state = load_file(str(weights_path))
@@ -117,7 +165,7 @@ def load_run(
     if stored_missing:
         raise CheckpointError(f"{weights_path}: weights are missing {', '.join(stored_missing[:4])}")
     model.eval()
-    return LoadedRun(run_dir, config, model, base)
+    return LoadedRun(run_dir, config, model, base, load_presets(run_dir), load_threshold(run_dir))
 
 
 def _preset_for(base: dict[str, Any]) -> str:

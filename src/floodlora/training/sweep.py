@@ -123,7 +123,7 @@ def sweep(
             train_wall_seconds=acc["wall_seconds"],
         )
         for es in eval_sets or []:
-            rep = evaluate_run(run_dir, es.roots, es.format, es.split)
+            rep = evaluate_run(run_dir, es.roots, es.format, es.split, threshold=0.5)  # as the test columns
             atomic_write_json(run_dir / f"eval-{es.name}.json", rep)
             row[f"{es.name}_f1"] = rep["f1"]
             row[f"{es.name}_iou"] = rep["iou"]

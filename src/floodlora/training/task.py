@@ -46,7 +46,7 @@ class FloodSegmentationTask(pl.LightningModule):
 
     def forward(self, batch: Mapping[str, Any]) -> Tensor:
         if "features" in batch:  # feature-cache batches (frozen encoder): the decoder only
-            return self.model.decode(batch["features"])
+            return self.model.decode(batch["features"], batch.get("views"))
         views, time, latlon = model_inputs(self.model, batch)
         return self.model(views, time, latlon)
 
