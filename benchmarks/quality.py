@@ -1,0 +1,640 @@
+"""Real-data flood-map quality, leave one event group out, against classical baselines.
+
+    python benchmarks/quality.py                 # documented budget (see BUDGET), ~1 h on 2 cores
+    python benchmarks/quality.py --tiny          # seconds: the test suite's mode
+    python benchmarks/quality.py --from-json     # regenerate docs/quality.md from the JSON only
+
+For every labelled event group under ``../shared/data/real`` (OMBRIA test, OMBRIA FRANCE 2021, ETCI
+Nebraska, ETCI North Alabama, C2S-MS + Sen1Floods11) each model row trains on all the *other*
+groups' chips (the OMBRIA test split is never trained on: it is the dataset's own test split) and
+scores the held-out group at the run's own threshold (val-optimal on the training events' val
+split) and at 0.5. Classical rows score the same chips: Otsu per chip, Otsu per event, a threshold
+fitted on the training chips of the same source (the 8-bit scalings differ between sources, so a
+threshold does not transfer across them), and change detection where a pre-event view exists.
+
+Each model row runs in its own process, so its peak RSS is its own. Results go to
+``benchmarks/results/quality.json``; the section of ``docs/quality.md`` between the markers is
+generated from that JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+REAL = REPO.parent / "shared" / "data" / "real"
+SECTION_BEGIN = "<!-- benchmarks/quality.py: begin -->"
+SECTION_END = "<!-- benchmarks/quality.py: end -->"
+README_BEGIN = "<!-- benchmarks/quality.py readme: begin -->"
+README_END = "<!-- benchmarks/quality.py readme: end -->"
+
+
+@dataclass(frozen=True)
+class Group:
+    """One held-out event group: the events it holds (fnmatch patterns) and its source format."""
+
+    name: str
+    label: str
+    events: tuple[str, ...]
+    formats: tuple[str, ...]
+    native_test: bool = False  # OMBRIA test: the dataset's own test split, not an event
+
+
+GROUPS: tuple[Group, ...] = (
+    Group("ombria-test", "OMBRIA test", ("ombria-OmbriaS1",), ("ombria",), native_test=True),
+    Group("ombria-france", "OMBRIA FRANCE 2021", ("ombria-FRANCE",), ("ombria",)),
+    Group("etci-nebraska", "ETCI Nebraska", ("etci2021-nebraska",), ("etci2021",)),
+    Group("etci-northal", "ETCI North Alabama", ("etci2021-northal",), ("etci2021",)),
+    Group("c2s-s1f11", "C2S-MS + Sen1Floods11", ("c2s-*", "sen1floods11-*"), ("c2s", "sen1floods11")),
+)
+
+
+@dataclass(frozen=True)
+class ModelRow:
+    """A model row: a label and the config overrides on top of the recommended recipe."""
+
+    name: str
+    label: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+RECIPE = "cpu-small"  # the packaged config that is the recommended recipe
+MODEL_ROWS: tuple[ModelRow, ...] = (
+    ModelRow("recipe", "Recommended recipe (cpu-small: LoRA r-8, hires decoder)"),
+    ModelRow("lora-paper", "LoRA r-8, paper decoder", {"model.decoder": "paper"}),
+    ModelRow(
+        "frozen", "Frozen encoder, hires decoder", {"model.strategy": "frozen", "train.feature_cache": True}
+    ),
+    ModelRow("full", "Full fine-tuning, hires decoder", {"model.strategy": "full"}),
+)
+#: The documented budget, the same for every model row: half the recipe's epochs and fewer batches,
+#: so that 5 groups x 4 model rows fit in about an hour on 2 cores.
+BUDGET: dict[str, Any] = {
+    "train.max_epochs": 4,
+    "train.limit_train_batches": 20,
+    "train.limit_val_batches": 6,
+}
+TINY_BUDGET: dict[str, Any] = {
+    "train.max_epochs": 1,
+    "train.limit_train_batches": 2,
+    "train.limit_val_batches": 1,
+    "data.batch_size": 2,
+    "data.crop_size": 32,
+    "data.limit_train": 12,
+    "model.checkpoint": "random:test-micro",
+}
+
+
+def _chip_key(name: str) -> str:
+    """A file's chip key: its name without role prefixes / band suffixes and extension."""
+    import re
+
+    stem = name.rsplit(".", 1)[0]
+    return re.sub(r"^(S1_after_|S1_before_|S1_mask_|imafter_|imbefore_|gt_)|_(vv|vh)$", "", stem)
+
+
+def mini_tree(real: Path, dest: Path, per_folder: int = 8) -> Path:
+    """A symlinked copy of `real` with `per_folder` whole chips of every chip folder (tiny mode).
+
+    The readers pair a chip's files across sibling folders (BEFORE / AFTER / MASK, vv / vh / label)
+    by a shared key in their names; the first keys common to all siblings are kept. Folders of a
+    few files (one C2S or Sen1Floods11 chip) are linked whole.
+    """
+    folders = sorted(p for p in real.rglob("*") if p.is_dir())
+    by_parent: dict[Path, list[Path]] = {}
+    for folder in folders:
+        by_parent.setdefault(folder.parent, []).append(folder)
+    for folder in folders:
+        files = sorted(f for f in folder.iterdir() if f.is_file())
+        if not files:
+            continue
+        target = dest / folder.relative_to(real)
+        target.mkdir(parents=True, exist_ok=True)
+        if len(files) > 4:
+            siblings = [d for d in by_parent[folder.parent] if sum(1 for f in d.iterdir() if f.is_file()) > 4]
+            common = set.intersection(
+                *({_chip_key(f.name) for f in d.iterdir() if f.is_file()} for d in siblings)
+            )
+            keep = set(sorted(common)[:per_folder])
+            files = [f for f in files if _chip_key(f.name) in keep]
+        for f in files:
+            (target / f.name).symlink_to(f.resolve())
+    return dest
+
+
+def _peak_rss_gb() -> float:
+    """This process's peak resident set (VmHWM), in GB."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1e6
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+
+
+def run_config(real: Path, group: Group, row: ModelRow, budget: dict[str, Any]) -> Any:
+    """The RunConfig of one model row with `group` held out."""
+    from floodlora.config import load_config
+
+    overrides: dict[str, Any] = {
+        "data.roots": [str(real)],
+        "data.test_fraction": 0.0,  # every chip is train / val, except OMBRIA's native test split
+        "data.holdout_events": [] if group.native_test else list(group.events),
+        **budget,
+        **row.overrides,
+    }
+    return load_config(RECIPE, overrides)
+
+
+def _score(report: dict[str, Any]) -> dict[str, Any]:
+    keys = ("f1", "iou", "precision", "recall", "accuracy")
+    return {k: report[k] for k in keys} | {"n_chips": report.get("n_chips")}
+
+
+def worker(real: Path, group_name: str, row_name: str, budget: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Train one model row with one group held out; score that group. Runs in its own process."""
+    from floodlora.training.engine import train_run
+
+    group = next(g for g in GROUPS if g.name == group_name)
+    row = next(r for r in MODEL_ROWS if r.name == row_name)
+    config = run_config(real, group, row, budget)
+    t0 = time.perf_counter()
+    result = train_run(config, out)
+    wall = time.perf_counter() - t0
+    held = result.metrics["test" if group.native_test else "ood"]
+    if group.native_test:  # the test split holds OMBRIA's chips only (test_fraction 0)
+        assert set(held["per_event"]) <= set(group.events), held["per_event"].keys()
+    acc = result.accounting
+    return {
+        "group": group.name,
+        "row": row.name,
+        "threshold": result.metrics["best_threshold"],
+        "at_run_threshold": _score({**held["at_best_threshold"], "n_chips": held["n_chips"]}),
+        "at_0.5": _score(held),
+        "val_f1_at_run_threshold": result.metrics["val"]["at_best_threshold"]["f1"],
+        "wall_seconds": wall,
+        "peak_rss_gb": _peak_rss_gb(),
+        "trainable_params": acc.get("trainable_params"),
+        "epochs": acc.get("epochs"),
+        "train_chips": acc["data"]["splits"]["train"],
+        "precision_used": acc.get("precision"),
+    }
+
+
+def _run_worker(
+    real: Path, group: Group, row: ModelRow, budget: dict[str, Any], work: Path
+) -> dict[str, Any]:
+    out = work / group.name / row.name
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        group.name,
+        row.name,
+        "--real",
+        str(real),
+        "--budget",
+        json.dumps(budget),
+        "--out-dir",
+        str(out),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        return {"group": group.name, "row": row.name, "error": " | ".join(tail)[-400:]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def baseline_rows(real: Path, group: Group, limit: int | None = None) -> list[dict[str, Any]]:
+    """Otsu per chip / per event, a threshold fitted on the same source's training chips, change."""
+    from floodlora.analysis.baselines import run_baseline
+    from floodlora.config import DataConfig
+    from floodlora.data.datamodule import assign_splits
+    from floodlora.data.sources import discover
+
+    cfg = DataConfig(
+        roots=[str(real)], test_fraction=0.0, holdout_events=[] if group.native_test else list(group.events)
+    )
+    splits = assign_splits(discover([real]), cfg)
+    held = [r for r in splits["test" if group.native_test else "ood"] if r.format in group.formats]
+    train = [r for r in splits["train"] if r.format in group.formats]
+    if limit is not None:
+        held, train = held[:limit], train[:limit]
+    rows: list[tuple[str, str, dict[str, Any]]] = [
+        ("otsu-chip", "Otsu VV+VH per chip", {"method": "otsu", "mode": "chip"}),
+        ("otsu-event", "Otsu VV+VH per event", {"method": "otsu", "mode": "event"}),
+    ]
+    if train:
+        rows.append(
+            (
+                "fitted",
+                "Threshold fitted on the same source's training chips",
+                {"method": "otsu", "mode": "fitted"},
+            )
+        )
+    if group.formats == ("ombria",):
+        rows.append(
+            ("change-chip", "Change (post - pre), per-chip Otsu", {"method": "change", "mode": "chip"})
+        )
+        if train:
+            rows.append(
+                ("change-fitted", "Change (post - pre), fitted", {"method": "change", "mode": "fitted"})
+            )
+    out = []
+    for name, label, kw in rows:
+        t0 = time.perf_counter()
+        rep = run_baseline(
+            kw["method"],
+            held,
+            "both",
+            kw["mode"],
+            train=train if kw["mode"] == "fitted" else None,
+            per_chip=False,
+        )
+        out.append(
+            {
+                "group": group.name,
+                "row": name,
+                "label": label,
+                "at_run_threshold": _score(rep),
+                "wall_seconds": time.perf_counter() - t0,
+                "threshold": rep["baseline"].get("threshold_value"),
+            }
+        )
+    return out
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "load_average": os.getloadavg(),
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# Markdown
+# --------------------------------------------------------------------------------------------------
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f}"
+
+
+def summarise(result: dict[str, Any]) -> dict[str, Any]:
+    """Per row: mean F1 / IoU over groups, and which targets are met."""
+    groups = [g["name"] for g in result["groups"]]
+    rows: dict[str, dict[str, Any]] = {}
+    for r in result["rows"]:
+        if "error" in r:
+            continue
+        rows.setdefault(r["row"], {})[r["group"]] = r
+    means: dict[str, dict[str, float | None]] = {}
+    for name, per in rows.items():
+        complete = all(g in per for g in groups)
+        means[name] = {
+            "f1": sum(per[g]["at_run_threshold"]["f1"] for g in groups) / len(groups) if complete else None,
+            "iou": sum(per[g]["at_run_threshold"]["iou"] for g in groups) / len(groups) if complete else None,
+        }
+    classical = [n for n in means if n not in {m.name for m in MODEL_ROWS} and means[n]["f1"] is not None]
+    best_classical = max(classical, key=lambda n: means[n]["f1"] or 0.0) if classical else None
+    recipe = means.get("recipe", {}).get("f1")
+    targets = {}
+    if recipe is not None and best_classical is not None:
+        targets["mean_f1_5_points_above_best_classical"] = {
+            "recipe": recipe,
+            "best_classical": best_classical,
+            "best_classical_f1": means[best_classical]["f1"],
+            "met": recipe >= (means[best_classical]["f1"] or 0.0) + 0.05,
+        }
+    for g in ("etci-nebraska", "etci-northal"):
+        fit = rows.get("fitted", {}).get(g)
+        rec = rows.get("recipe", {}).get(g)
+        if fit and rec:
+            targets[f"{g}_at_least_fitted"] = {
+                "recipe": rec["at_run_threshold"]["f1"],
+                "fitted": fit["at_run_threshold"]["f1"],
+                "met": rec["at_run_threshold"]["f1"] >= fit["at_run_threshold"]["f1"],
+            }
+    rec = rows.get("recipe", {}).get("ombria-test")
+    if rec:
+        f1 = rec["at_run_threshold"]["f1"]
+        targets["ombria_test_f1_75"] = {"recipe": f1, "met": f1 >= 0.75}
+    return {"means": means, "best_classical": best_classical, "targets": targets}
+
+
+def markdown(result: dict[str, Any]) -> str:
+    groups = result["groups"]
+    summary = summarise(result)
+    labels = {r.name: r.label for r in MODEL_ROWS}
+    for r in result["rows"]:
+        labels.setdefault(r["row"], r.get("label", r["row"]))
+    by: dict[tuple[str, str], dict[str, Any]] = {(r["row"], r["group"]): r for r in result["rows"]}
+    order = [m.name for m in MODEL_ROWS] + [
+        n
+        for n in dict.fromkeys(r["row"] for r in result["rows"])
+        if n not in labels or n not in {m.name for m in MODEL_ROWS}
+    ]
+    order = list(dict.fromkeys(order))
+    head = "| Method | " + " | ".join(f"{g['label']} F1 / IoU" for g in groups) + " | Mean F1 | Mean IoU |"
+    lines = [
+        SECTION_BEGIN,
+        "",
+        f"Command: `{result['command']}` ({result['created']}, {result['machine']['cpus']} CPUs, "
+        f"torch {result['machine']['torch']}, {result['wall_seconds'] / 60:.0f} min in all).",
+        "",
+        f"Budget per model row: {result['budget_text']}.",
+        "",
+        "F1 / IoU in % on each held-out group, at each row's own threshold (models: val-optimal on the "
+        "training events; classical rows: their own rule):",
+        "",
+        head,
+        "|---" * (len(groups) + 3) + "|",
+    ]
+    for name in order:
+        if not any((name, g["name"]) in by for g in groups):
+            continue
+        cells = []
+        for g in groups:
+            r = by.get((name, g["name"]))
+            if r is None:
+                cells.append("n/a")
+            elif "error" in r:
+                cells.append("error")
+            else:
+                cells.append(f"{_pct(r['at_run_threshold']['f1'])} / {_pct(r['at_run_threshold']['iou'])}")
+        m = summary["means"].get(name, {})
+        lines.append(
+            f"| {labels.get(name, name)} | "
+            + " | ".join(cells)
+            + f" | {_pct(m.get('f1'))} | {_pct(m.get('iou'))} |"
+        )
+    lines += ["", "Precision / recall in % (same thresholds), and the models' F1 at threshold 0.5:", ""]
+    lines += [
+        "| Method | " + " | ".join(f"{g['label']} P / R" for g in groups) + " | F1 at 0.5 per group |",
+        "|---" * (len(groups) + 2) + "|",
+    ]
+    for name in order:
+        if not any((name, g["name"]) in by for g in groups):
+            continue
+        cells, half = [], []
+        for g in groups:
+            r = by.get((name, g["name"]))
+            if r is None or "error" in r:
+                cells.append("n/a")
+                continue
+            s = r["at_run_threshold"]
+            cells.append(f"{_pct(s['precision'])} / {_pct(s['recall'])}")
+            if "at_0.5" in r:
+                half.append(_pct(r["at_0.5"]["f1"]))
+        lines.append(f"| {labels.get(name, name)} | " + " | ".join(cells) + f" | {', '.join(half) or '–'} |")
+    lines += [
+        "",
+        "Wall time (s) and peak RSS (GB) per model row and held-out group:",
+        "",
+        "| Method | " + " | ".join(g["label"] for g in groups) + " |",
+        "|---" * (len(groups) + 1) + "|",
+    ]
+    for m in MODEL_ROWS:
+        cells = []
+        for g in groups:
+            r = by.get((m.name, g["name"]))
+            cells.append(
+                "n/a"
+                if r is None or "error" in r
+                else f"{r['wall_seconds']:.0f} s, {r['peak_rss_gb']:.2f} GB"
+            )
+        if any(c != "n/a" for c in cells):
+            lines.append(f"| {m.label} | " + " | ".join(cells) + " |")
+    errors = [r for r in result["rows"] if "error" in r]
+    if errors:
+        lines += [
+            "",
+            "Rows that failed: " + "; ".join(f"{r['row']} / {r['group']}: {r['error']}" for r in errors),
+        ]
+    lines += ["", "Targets:", ""]
+    t = summary["targets"]
+    if "mean_f1_5_points_above_best_classical" in t:
+        x = t["mean_f1_5_points_above_best_classical"]
+        lines.append(
+            f"* Mean F1 of the recipe {_pct(x['recipe'])} vs the best classical mean "
+            f"({labels.get(x['best_classical'])}) {_pct(x['best_classical_f1'])} + 5: "
+            f"**{'met' if x['met'] else 'not met'}**."
+        )
+    for g in ("etci-nebraska", "etci-northal"):
+        x = t.get(f"{g}_at_least_fitted")
+        if x:
+            lines.append(
+                f"* {g}: recipe F1 {_pct(x['recipe'])} vs fitted threshold {_pct(x['fitted'])}: "
+                f"**{'met' if x['met'] else 'not met'}**."
+            )
+    if "ombria_test_f1_75" in t:
+        x = t["ombria_test_f1_75"]
+        lines.append(f"* OMBRIA test F1 {_pct(x['recipe'])} >= 75: **{'met' if x['met'] else 'not met'}**.")
+    lines += ["", f"Raw numbers: `benchmarks/results/{Path(result['json']).name}`."]
+    json_path = Path(result["json"])
+    lines += explorations_markdown(
+        (json_path if json_path.is_absolute() else REPO / json_path).with_name(EXPLORATIONS)
+    )
+    lines += ["", SECTION_END]
+    return "\n".join(lines)
+
+
+EXPLORATIONS = "quality-explorations.json"
+
+
+def explorations_markdown(path: Path) -> list[str]:
+    """The exploratory runs made while choosing the recipe (held-out group, what changed, F1)."""
+    if not path.is_file():
+        return []
+    data = json.loads(path.read_text())
+    lines = [
+        "",
+        "### Runs made while choosing the recipe",
+        "",
+        data.get("note", "") + ". F1 in % at the run's own threshold (and at 0.5 where kept):",
+        "",
+        "| Run | Held out | What | Held-out F1 | OMBRIA test F1 | Wall (s) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in data["runs"]:
+        held = r.get("nebraska_at_run_threshold") if r["held_out"] == "etci-nebraska" else None
+        held_txt = "–"
+        if held is not None:
+            held_txt = f"{_pct(held['f1'])} ({_pct(r['nebraska_at_0.5']['f1'])} at 0.5)"
+        omb = r.get("ombria_test_at_run_threshold", {}).get("f1")
+        omb_half = r.get("ombria_test_at_0.5", {}).get("f1")
+        omb_txt = _pct(omb) + (f" ({_pct(omb_half)} at 0.5)" if omb_half is not None else "")
+        cells = [f"`{r['name']}`", r["held_out"], r["what"], held_txt, omb_txt, f"{r['wall_seconds']:.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", f"Commands and raw numbers: `benchmarks/results/{path.name}`."]
+    return lines
+
+
+def readme_markdown(result: dict[str, Any]) -> str:
+    """The README's short version: mean F1 / IoU over the held-out groups per row, and the targets."""
+    summary = summarise(result)
+    labels = {r.name: r.label for r in MODEL_ROWS}
+    for r in result["rows"]:
+        labels.setdefault(r["row"], r.get("label", r["row"]))
+    means = summary["means"]
+    order = sorted((n for n in means if means[n]["f1"] is not None), key=lambda n: -(means[n]["f1"] or 0))
+    lines = [
+        README_BEGIN,
+        f"Leave one event group out over {len(result['groups'])} groups of real chips "
+        f"({', '.join(g['label'] for g in result['groups'])}); mean over the held-out groups, in %, "
+        f"from `{result['command']}` ({result['created']}; `docs/quality.md` has every group):",
+        "",
+        "| Method | Mean F1 | Mean IoU |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {labels.get(n, n)} | {_pct(means[n]['f1'])} | {_pct(means[n]['iou'])} |" for n in order]
+    met = [k for k, v in summary["targets"].items() if v["met"]]
+    missed = [k for k, v in summary["targets"].items() if not v["met"]]
+    lines += [
+        "",
+        f"Targets met: {', '.join(met) or 'none'}; not met: {', '.join(missed) or 'none'}.",
+        README_END,
+    ]
+    return "\n".join(lines)
+
+
+def update_doc(path: Path, result: dict[str, Any]) -> None:
+    from floodlora.io import replace_marked_section
+
+    replace_marked_section(
+        path, SECTION_BEGIN, SECTION_END, markdown(result), title="# Quality on real data\n"
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# main
+# --------------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any] | None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--real", default=str(REAL), help="the real chips (default ../shared/data/real)")
+    p.add_argument("--tiny", action="store_true", help="seconds: random micro encoder, a few chips per group")
+    p.add_argument("--groups", default=None, help="comma-separated group names (default: all)")
+    p.add_argument("--rows", default=None, help="comma-separated model rows (default: all)")
+    p.add_argument("--set", action="append", default=[], help="extra budget override KEY=YAML (repeatable)")
+    p.add_argument("--json", default=None, help="result JSON (default benchmarks/results/quality.json)")
+    p.add_argument("--markdown", default=None, help="doc to update (default docs/quality.md)")
+    p.add_argument("--readme", default=None, help="README to update (default: README.md, unless --markdown)")
+    p.add_argument("--workdir", default=None, help="keep the runs here (default: a temporary folder)")
+    p.add_argument("--from-json", action="store_true", help="only regenerate the doc from the JSON")
+    p.add_argument("--worker", nargs=2, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--budget", default="{}", help=argparse.SUPPRESS)
+    p.add_argument("--out-dir", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    real = Path(args.real)
+    tiny_ctx = None
+    if args.tiny and not args.worker and not args.from_json:
+        tiny_ctx = tempfile.TemporaryDirectory(prefix="quality-tiny-")
+        real = mini_tree(real, Path(tiny_ctx.name) / "real")
+    if args.worker:
+        res = worker(real, args.worker[0], args.worker[1], json.loads(args.budget), Path(args.out_dir))
+        print(json.dumps(res, default=float))
+        return None
+    json_path = Path(args.json) if args.json else REPO / "benchmarks" / "results" / "quality.json"
+    doc = Path(args.markdown) if args.markdown else REPO / "docs" / "quality.md"
+    readme = (
+        Path(args.readme) if args.readme else (None if args.markdown or args.tiny else REPO / "README.md")
+    )
+
+    def write_docs(result: dict[str, Any]) -> None:
+        update_doc(doc, result)
+        if readme is not None:
+            from floodlora.io import replace_marked_section
+
+            replace_marked_section(readme, README_BEGIN, README_END, readme_markdown(result))
+
+    if args.from_json:
+        result = json.loads(json_path.read_text())
+        write_docs(result)
+        return result
+    if not Path(args.real).is_dir():
+        raise SystemExit(f"{args.real}: real data folder not found (pass --real)")
+    import yaml
+
+    budget = copy.deepcopy(TINY_BUDGET if args.tiny else BUDGET)
+    for item in args.set:
+        key, _, value = item.partition("=")
+        budget[key] = yaml.safe_load(value)
+    groups = [g for g in GROUPS if not args.groups or g.name in args.groups.split(",")]
+    rows = [r for r in MODEL_ROWS if not args.rows or r.name in args.rows.split(",")]
+    t0 = time.perf_counter()
+    work_ctx = tempfile.TemporaryDirectory(prefix="quality-") if args.workdir is None else None
+    work = Path(args.workdir) if args.workdir else Path(work_ctx.name)  # type: ignore[union-attr]
+    results: list[dict[str, Any]] = []
+    try:
+        for group in groups:
+            for b in baseline_rows(real, group, limit=6 if args.tiny else None):
+                results.append(b)
+                print(f"{group.name:15s} {b['row']:14s} F1 {_pct(b['at_run_threshold']['f1'])}", flush=True)
+            for row in rows:
+                r = _run_worker(real, group, row, budget, work)
+                r["label"] = row.label
+                results.append(r)
+                msg = r.get("error") or f"F1 {_pct(r['at_run_threshold']['f1'])} ({r['wall_seconds']:.0f} s)"
+                print(f"{group.name:15s} {row.name:14s} {msg}", flush=True)
+    finally:
+        if work_ctx is not None:
+            work_ctx.cleanup()
+        if tiny_ctx is not None:
+            tiny_ctx.cleanup()
+    from floodlora.config import load_config
+
+    recipe = load_config(RECIPE, budget)
+    t = recipe.train
+    budget_text = (
+        f"`--config {RECIPE}`"
+        + (f" with {', '.join(f'{k}={v}' for k, v in budget.items())}" if budget else "")
+        + f": at most {t.max_epochs} epochs x {t.limit_train_batches} batches of {recipe.data.batch_size} "
+        f"crops of {recipe.data.crop_size} px, lr {t.lr:g}, "
+        f"early stopping patience {t.early_stopping_patience}, encoder `{recipe.model.checkpoint}`, "
+        f"views {'+'.join(recipe.data.views)}, bands {'+'.join(recipe.data.bands)}"
+    )
+    result = {
+        "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "command": " ".join(["python benchmarks/quality.py", *(argv if argv is not None else sys.argv[1:])]),
+        "machine": machine(),
+        "tiny": args.tiny,
+        "budget": budget,
+        "budget_text": budget_text,
+        "groups": [{"name": g.name, "label": g.label, "events": list(g.events)} for g in groups],
+        "rows": results,
+        "wall_seconds": time.perf_counter() - t0,
+        "json": str(json_path.relative_to(REPO))
+        if json_path.resolve().is_relative_to(REPO)
+        else str(json_path),
+    }
+    result["summary"] = summarise(result)
+    from floodlora.io import atomic_write_json
+
+    atomic_write_json(json_path, result)
+    write_docs(result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
