@@ -485,6 +485,31 @@ def explorations_markdown(path: Path) -> list[str]:
         omb_txt = _pct(omb) + (f" ({_pct(omb_half)} at 0.5)" if omb_half is not None else "")
         cells = [f"`{r['name']}`", r["held_out"], r["what"], held_txt, omb_txt, f"{r['wall_seconds']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
+    transfer = data.get("etci_transfer", [])
+    if transfer:
+        lines += [
+            "",
+            "### One ETCI event to the other (`cpu-small`, its own budget)",
+            "",
+            "`cpu-small` trained on one ETCI event only (its train split, the recipe's own 8 x 30 batches), "
+            "scored on every chip of the other, against global (per-event) Otsu on that event. "
+            "F1 / precision / recall in %:",
+            "",
+            "| Trained on | Scored on | Model at its threshold | Model at 0.5 "
+            "| Otsu VH per event | Otsu VV | Otsu VV+VH |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in transfer:
+            m, h = r["model_at_run_threshold"], r["model_at_0.5"]
+            o = r["otsu_per_event"]
+            cells = [
+                r["trained_on"],
+                r["scored_on"],
+                f"{_pct(m['f1'])} / {_pct(m['precision'])} / {_pct(m['recall'])} (t {r['threshold']:.2f})",
+                f"{_pct(h['f1'])}",
+                *(f"{_pct(o[b]['f1'])}" for b in ("vh", "vv", "both")),
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"Commands and raw numbers: `benchmarks/results/{path.name}`."]
     return lines
 
