@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -22,20 +21,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _common import peak_rss_kib
+
 REPO = Path(__file__).resolve().parents[1]
 SECTION_BEGIN = "<!-- benchmarks/predict.py: begin -->"
 SECTION_END = "<!-- benchmarks/predict.py: end -->"
 
 
 def _peak_rss_mb() -> float:
-    """This process's peak RSS. Linux: VmHWM (reset by exec; ru_maxrss would carry the parent's peak)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    """This process's peak RSS in MiB (VmHWM)."""
+    return peak_rss_kib() / 1024.0
 
 
 # --------------------------------------------------------------------------------------------------

@@ -24,7 +24,6 @@ import copy
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from _common import peak_rss_kib
 
 REPO = Path(__file__).resolve().parents[1]
 REAL = REPO.parent / "shared" / "data" / "real"
@@ -135,14 +136,8 @@ def mini_tree(real: Path, dest: Path, per_folder: int = 8) -> Path:
 
 
 def _peak_rss_gb() -> float:
-    """This process's peak resident set (VmHWM), in GB."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1e6
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    """This process's peak resident set (VmHWM), in GB (10^6 kB, as the committed results record it)."""
+    return peak_rss_kib() / 1e6
 
 
 def run_config(real: Path, group: Group, row: ModelRow, budget: dict[str, Any]) -> Any:

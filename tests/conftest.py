@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -11,6 +14,19 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FLOODLORA_SHARED", REPO.parent / "shared"))
 CLAY_FIXTURES = SHARED / "fixtures" / "clay"
 REAL_DATA = SHARED / "data" / "real"
+BENCHMARKS = REPO / "benchmarks"
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """Import `benchmarks/<name>.py` as a module (with its sibling helpers importable)."""
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location(f"floodlora_bench_{name}", BENCHMARKS / f"{name}.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

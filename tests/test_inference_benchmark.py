@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import load_benchmark
 
 
 def test_predict_benchmark_tiny(tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location("bench_predict", REPO / "benchmarks" / "predict.py")
-    assert spec and spec.loader
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("predict")
     md = tmp_path / "performance.md"
     md.write_text("# Performance\n\n## Strategies\n\nother section\n")
     bench.main(

@@ -25,6 +25,7 @@ from floodlora.config import DataConfig
 from floodlora.data.sample import MASK_NODATA, VIEWS, Sample
 from floodlora.data.sar import (
     NormalizationPreset,
+    calibrated_run_preset,
     compute_stats,
     despeckle_sample,
     get_preset,
@@ -120,20 +121,13 @@ def resolve_presets(
     """
     presets: dict[str, NormalizationPreset] = {}
     fixed = dict(fixed or {})
-    calibrated = next((p for p in fixed.values() if p.units in ("db", "linear")), None)
     for fmt in sorted({r.format for r in refs}):
         units = next(r.units for r in refs if r.format == fmt)
         if fmt in fixed:
             presets[fmt] = fixed[fmt]
             continue
         if fixed and units in ("db", "linear"):
-            if calibrated is None:
-                warnings.warn(
-                    f"{fmt}: the run was trained on 8-bit rescaled sources only; normalising these "
-                    f"{units} chips with the encoder's {base} preset",
-                    stacklevel=2,
-                )
-            presets[fmt] = calibrated or get_preset("auto", units, None, base)
+            presets[fmt] = calibrated_run_preset(fixed, units, base, f"{fmt} chips")
             continue
         stats = None
         if normalization == "auto" and units == "scaled-uint8":
@@ -203,8 +197,12 @@ class GroupedBatchSampler(Sampler[list[int]]):
         self.num_samples = num_samples
         self.seed = seed
         self.epoch = 0
+        self._drawn: tuple[int, list[list[int]]] | None = None
 
     def _batches(self) -> list[list[int]]:
+        """This epoch's batches, drawn once (len() and iteration see the same ones)."""
+        if self._drawn is not None and self._drawn[0] == self.epoch:
+            return self._drawn[1]
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         draws = torch.multinomial(self.weights, self.num_samples, replacement=True, generator=g).tolist()
         by_group: dict[str, list[int]] = {}
@@ -216,7 +214,8 @@ class GroupedBatchSampler(Sampler[list[int]]):
             for k in range(0, len(members), self.batch_size)
         ]
         order = torch.randperm(len(batches), generator=g).tolist()
-        return [batches[i] for i in order]
+        self._drawn = (self.epoch, [batches[i] for i in order])
+        return self._drawn[1]
 
     def __iter__(self) -> Iterator[list[int]]:
         batches = self._batches()

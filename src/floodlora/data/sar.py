@@ -7,7 +7,7 @@ mean) there so that the network never sees a NaN. See docs/data.md for the ``aut
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -173,6 +173,27 @@ def get_preset(
             "use normalization: auto or a stats YAML computed on this source"
         )
     return preset
+
+
+def calibrated_run_preset(
+    run_presets: Mapping[str, NormalizationPreset], units: str, base: str, what: str = "data"
+) -> NormalizationPreset:
+    """A trained run's preset for calibrated (`db` / `linear`) `what`.
+
+    The run's own calibrated preset when it has one; a run trained on 8-bit rescaled sources only
+    gets the encoder's `base` preset, with a warning: the model never saw calibrated backscatter.
+    """
+    import warnings
+
+    calibrated = [p for p in run_presets.values() if p.units in ("db", "linear")]
+    if calibrated:
+        return calibrated[0]
+    warnings.warn(
+        f"the run was trained on 8-bit rescaled sources only ({', '.join(sorted(run_presets))}); "
+        f"normalising these {units} {what} with the encoder's {base} preset: expect a domain shift",
+        stacklevel=3,
+    )
+    return get_preset("auto", units, None, base)
 
 
 def normalize_sample(

@@ -165,7 +165,7 @@ def load_adapter(path: str | Path, checkpoint: str | None = None) -> Any:
     from floodlora.config import RunConfig, from_dict
     from floodlora.data.sar import NormalizationPreset
     from floodlora.models.factory import build_segmentor
-    from floodlora.training.rundir import DEFAULT_THRESHOLD, LoadedRun, base_fingerprint
+    from floodlora.training.rundir import LoadedRun, base_fingerprint
 
     path = Path(path)
     meta = read_adapter_metadata(path)
@@ -207,7 +207,7 @@ def load_adapter(path: str | Path, checkpoint: str | None = None) -> Any:
         for f, d in json.loads(meta.get("normalization", "{}")).items()
     }
     threshold = json.loads(meta.get("threshold", "null"))
-    return LoadedRun(path, config, model, base, presets, float(threshold or DEFAULT_THRESHOLD))
+    return LoadedRun(path, config, model, base, presets, None if threshold is None else float(threshold))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -348,7 +348,7 @@ def export_run(
     if adapter:
         path = save_adapter(
             out_dir / f"{adapter}.safetensors", model, config, loaded.base, name=adapter,
-            presets=loaded.presets, threshold=loaded.threshold,
+            presets=loaded.presets, threshold=loaded.best_threshold,
         )  # fmt: skip
         report.written.append(path)
     if not (merge or torch_export or onnx):
@@ -382,7 +382,7 @@ def export_run(
         cfg = copy.deepcopy(config)
         cfg.model.strategy = "full"
         save_run(out_dir, cfg, merged, loaded.presets)
-        threshold = {"best_threshold": loaded.threshold, "source_run": str(run_dir)}
+        threshold = {"best_threshold": loaded.best_threshold, "source_run": str(run_dir)}
         atomic_write_json(out_dir / "metrics.json", threshold)
         report.written += [out_dir / "config.yaml", out_dir / "weights.safetensors", out_dir / "base.json"]
     if torch_export:

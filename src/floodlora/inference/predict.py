@@ -838,20 +838,10 @@ def resolve_preset(
     model never saw calibrated backscatter. Older runs resolve their config (a stats path may be
     run-relative).
     """
-    import warnings
-
-    from floodlora.data.sar import get_preset
+    from floodlora.data.sar import calibrated_run_preset, get_preset
 
     if presets:
-        calibrated = [p for p in presets.values() if p.units in ("db", "linear")]
-        if calibrated:
-            return calibrated[0]
-        warnings.warn(
-            f"the run was trained on 8-bit rescaled sources only ({', '.join(sorted(presets))}); "
-            f"normalising these {units} scenes with the encoder's {base} preset: expect a domain shift",
-            stacklevel=2,
-        )
-        return get_preset("auto", units, None, base)
+        return calibrated_run_preset(presets, units, base, "scenes")
     name = config.data.normalization
     if name not in ("auto", "clay-v1.5", "clay-v1") and run_dir is not None and not Path(name).is_file():
         local = run_dir / name

@@ -312,7 +312,7 @@ def _eval_loader(
     if split not in EVAL_SPLITS:
         raise ConfigError(f"unknown split {split!r}; choose one of {', '.join(EVAL_SPLITS)}")
     data = copy.deepcopy(data)
-    data.flood_sampling, data.balance_sources = 0.0, False  # scoring reads every chip once
+    data.flood_sampling, data.balance_sources = 0.0, False  # score every chip once, not weighted draws
     dm = FloodDataModule(data, presets=presets, base_normalization=base_normalization)
     dm.setup("test")
     if split == "all":
@@ -373,8 +373,8 @@ def evaluate_run(
     data.stats_from_data = stats_from_data
     base_norm = checkpoint_normalization(loaded.base.get("checkpoint", loaded.config.model.checkpoint))
     loader = _eval_loader(data, split, loaded.presets or None, base_norm)
-    best = loaded.threshold if (Path(run_dir) / METRICS_FILE).is_file() else None
-    chosen = threshold if threshold is not None else (best if best is not None else 0.5)
+    best = loaded.best_threshold
+    chosen = threshold if threshold is not None else loaded.threshold
     task = FloodSegmentationTask(loaded.model, loaded.config.train)
     tcfg = copy.deepcopy(loaded.config.train)
     tcfg.devices, tcfg.num_nodes = 1, 1

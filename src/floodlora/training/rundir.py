@@ -42,11 +42,16 @@ class LoadedRun:
     model: FloodSegmentor
     base: dict[str, Any]
     presets: dict[str, NormalizationPreset] = field(default_factory=dict)  # source format -> preset
-    threshold: float = DEFAULT_THRESHOLD  # val-optimal when the run recorded one
+    best_threshold: float | None = None  # val-F1-optimal, when the run recorded one
+
+    @property
+    def threshold(self) -> float:
+        """What evaluate / predict use by default: the val-optimal threshold, else 0.5."""
+        return DEFAULT_THRESHOLD if self.best_threshold is None else self.best_threshold
 
     @property
     def threshold_source(self) -> str:
-        return "val-optimal (run)" if (self.run_dir / METRICS_FILE).is_file() else "default"
+        return "default" if self.best_threshold is None else "val-optimal (run)"
 
 
 def base_fingerprint(checkpoint: str) -> str:
@@ -107,16 +112,16 @@ def load_presets(run_dir: str | Path) -> dict[str, NormalizationPreset]:
     return {fmt: NormalizationPreset.from_dict(d, f"{path} [{fmt}]") for fmt, d in raw.items()}
 
 
-def load_threshold(run_dir: str | Path) -> float:
-    """The run's val-F1-optimal threshold (metrics.json), or 0.5 when it has none."""
+def load_threshold(run_dir: str | Path) -> float | None:
+    """The run's val-F1-optimal threshold (metrics.json), or None when it has none."""
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
-        return DEFAULT_THRESHOLD
+        return None
     try:
         value = json.loads(path.read_text()).get("best_threshold")
     except (OSError, ValueError, AttributeError):
-        return DEFAULT_THRESHOLD
-    return float(value) if isinstance(value, int | float) and 0 < value < 1 else DEFAULT_THRESHOLD
+        return None
+    return float(value) if isinstance(value, int | float) and 0 < value < 1 else None
 
 
 def load_run(
