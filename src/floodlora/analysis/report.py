@@ -385,7 +385,7 @@ def _embedding_figures(
     """t-SNE of the base encoder and of the best adapted (LoRA / full) one + a probe for every encoder."""
     from floodlora.analysis.baselines import read_samples, select_refs, subsample
     from floodlora.analysis.embeddings import linear_probe, patch_embeddings, tsne_figure
-    from floodlora.data.datamodule import resolve_presets
+    from floodlora.data.datamodule import preset_for, resolve_presets
     from floodlora.models.registry import load_encoder
     from floodlora.training.rundir import load_run
 
@@ -401,7 +401,7 @@ def _embedding_figures(
         train = select_refs(data.roots, data.format, "train", data)
     except FloodLoraError:
         train = []
-    preset = resolve_presets(data.normalization, test_refs, train)[fmt]
+    preset = preset_for(resolve_presets(data.normalization, test_refs, train), test_refs[0])
     figures: dict[str, Path] = {}
     probes: dict[str, dict[str, Any]] = {}
     best_adapted = _best_run([r for r in runs if r.strategy != "frozen"])

@@ -24,12 +24,14 @@ from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 from floodlora.config import DataConfig
 from floodlora.data.sample import MASK_NODATA, VIEWS, Sample
 from floodlora.data.sar import (
+    PER_SCENE,
     NormalizationPreset,
     calibrated_run_preset,
     compute_stats,
     despeckle_sample,
     get_preset,
     normalize_sample,
+    scene_preset,
 )
 from floodlora.data.sources import ChipRef, discover, read_sample
 from floodlora.errors import ConfigError, DataError
@@ -121,6 +123,8 @@ def resolve_presets(
     """
     presets: dict[str, NormalizationPreset] = {}
     fixed = dict(fixed or {})
+    if normalization == PER_SCENE:
+        return scene_presets(refs, fixed)
     for fmt in sorted({r.format for r in refs}):
         units = next(r.units for r in refs if r.format == fmt)
         if fmt in fixed:
@@ -150,6 +154,35 @@ def resolve_presets(
             stats = compute_stats(pool, max_chips=STATS_MAX_CHIPS)
         presets[fmt] = get_preset(normalization, units, stats, base)
     return presets
+
+
+def scene_key(ref: ChipRef) -> str:
+    """The key of a chip's :data:`PER_SCENE` preset: its event (one scene, or one acquisition set)."""
+    return f"event:{ref.event}"
+
+
+def scene_presets(
+    refs: Sequence[ChipRef], fixed: Mapping[str, NormalizationPreset] | None = None
+) -> dict[str, NormalizationPreset]:
+    """One :data:`PER_SCENE` preset per event, from the event's own pixels (labels unused).
+
+    A trained run's presets (`fixed`) are kept for the events it trained on, so that a run is scored
+    with the numbers it was trained with; any other event is standardised with its own statistics.
+    """
+    fixed = dict(fixed or {})
+    presets: dict[str, NormalizationPreset] = {}
+    for key in sorted({scene_key(r) for r in refs}):
+        if key in fixed:
+            presets[key] = fixed[key]
+            continue
+        pool = sorted((r for r in refs if scene_key(r) == key), key=lambda r: _unit_hash("stats", r.chip_id))
+        presets[key] = scene_preset((read_sample(r) for r in pool[:STATS_MAX_CHIPS]), key)
+    return presets
+
+
+def preset_for(presets: Mapping[str, NormalizationPreset], ref: ChipRef) -> NormalizationPreset:
+    """A chip's preset: its scene's (per-scene normalisation) or its source format's."""
+    return presets.get(scene_key(ref)) or presets[ref.format]
 
 
 def sampling_weights(
@@ -319,7 +352,7 @@ class FloodDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         ref = self.refs[index]
         sample = self.load(index)
-        normed = normalize_sample(sample, self.bands, self.presets[ref.format])
+        normed = normalize_sample(sample, self.bands, preset_for(self.presets, ref))
         arrays = {v: normed[v] for v in self.views if v in normed}
         if sample.mask is None:
             raise DataError(

@@ -7,7 +7,7 @@ mean) there so that the network never sees a NaN. See docs/data.md for the ``aut
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -173,6 +173,63 @@ def get_preset(
             "use normalization: auto or a stats YAML computed on this source"
         )
     return preset
+
+
+#: ``data.normalization: per-scene``: every scene (event) is standardised with robust statistics of
+#: its own pixels, so that 8-bit rescaled and calibrated sources, and scenes calibrated differently,
+#: look alike to the model. No labels are used; a whole scene given to ``predict`` is its own event.
+PER_SCENE = "per-scene"
+#: Pixels sampled per chip (a regular stride) for per-scene statistics: enough for a median.
+_SCENE_STRIDE = 4
+
+
+def robust_band_stats(arrays: Iterable[tuple[str, np.ndarray, np.ndarray]]) -> dict[str, tuple[float, float]]:
+    """Per band (median, robust std) over (band, values, valid) triples; std = (p84 - p16) / 2.
+
+    Robust statistics, not mean/std: the water fraction and the -40 dB noise floor of a scene move a
+    mean/std far more than its land backscatter, which is what the standardisation should align.
+    """
+    pooled: dict[str, list[np.ndarray]] = {}
+    for band, values, valid in arrays:
+        v = values[::_SCENE_STRIDE, ::_SCENE_STRIDE][valid[::_SCENE_STRIDE, ::_SCENE_STRIDE]]
+        v = v[np.isfinite(v)]
+        if v.size:
+            pooled.setdefault(band, []).append(v.astype(np.float32))
+    out: dict[str, tuple[float, float]] = {}
+    for band, parts in pooled.items():
+        x = np.concatenate(parts)
+        p16, p50, p84 = np.percentile(x, [16, 50, 84])
+        out[band] = (float(p50), max(float(p84 - p16) / 2, 1e-3))
+    return out
+
+
+def scene_preset(samples: Iterable[Sample], name: str) -> NormalizationPreset:
+    """A :data:`PER_SCENE` preset from the samples of one scene: every view's valid pixels pooled per
+    band (pre and post together, so a change between them stays visible); linear becomes dB."""
+    units: str | None = None
+
+    def triples() -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+        nonlocal units
+        for s in samples:
+            u = "db" if s.meta.units in ("db", "linear") else s.meta.units
+            if units is None:
+                units = u
+            elif u != units:
+                raise DataError(f"{s.meta.chip_id}: units {s.meta.units} differ from {units} within {name}")
+            for band_arrays in s.views.values():
+                for band, arr in band_arrays.items():
+                    x = to_db(arr) if s.meta.units == "linear" else arr
+                    yield band, x, s.valid
+
+    stats = robust_band_stats(triples())
+    if not stats or units is None:
+        raise DataError(f"{name}: no valid pixels to standardise the scene with")
+    return NormalizationPreset(
+        f"{PER_SCENE}:{name}",
+        units,
+        {b: m for b, (m, _) in stats.items()},
+        {b: s for b, (_, s) in stats.items()},
+    )
 
 
 def calibrated_run_preset(

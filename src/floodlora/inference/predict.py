@@ -142,6 +142,31 @@ class ViewReader:
             data = full
         return {b: data[i] for i, b in enumerate(self.bands)}
 
+    def overview(self, max_side: int = 1024) -> dict[str, np.ndarray]:
+        """The whole view decimated to at most `max_side` px a side, for scene statistics."""
+        ds = self.dataset
+        step = max(1, math.ceil(max(ds.height, ds.width) / max_side))
+        shape = (len(self.bands), max(1, ds.height // step), max(1, ds.width // step))
+        data = ds.read(list(self.bands.values()), out_shape=shape, out_dtype="float32")
+        if self.nodata is not None and not math.isnan(self.nodata):
+            data[data == np.float32(self.nodata)] = np.nan
+        return {b: data[i] for i, b in enumerate(self.bands)}
+
+
+def scene_statistics(readers: Mapping[str, ViewReader], bands: Sequence[str], units: str) -> Any:
+    """The per-scene normalisation preset of a scene: robust statistics of every view's pixels."""
+    from floodlora.data.sample import Sample, SampleMeta
+    from floodlora.data.sar import scene_preset
+
+    views: dict[str, dict[str, np.ndarray]] = {}
+    for name, reader in readers.items():
+        views[name] = {}
+        for b, a in reader.overview().items():
+            if b in bands:
+                views[name][b] = np.where(a > 0, a, np.nan).astype(np.float32) if units == "linear" else a
+    meta = SampleMeta(chip_id="scene", event="predict", source="scene", units=units)
+    return scene_preset([Sample(views=views, mask=None, meta=meta)], "scene")
+
 
 @dataclass
 class Grid:
@@ -636,6 +661,12 @@ def _run_scene(
             messages.append(
                 f"view {name}: band(s) {', '.join(absent)} not in {reader.path.name}; using the band mean"
             )
+    from floodlora.data.sar import PER_SCENE
+
+    if isinstance(preset, str) and preset == PER_SCENE:
+        preset = scene_statistics(readers, bands, opts.units)
+        spread = ", ".join(f"{b} {preset.mean[b]:.3g} ± {preset.std[b]:.3g}" for b in preset.mean)
+        messages.append(f"per-scene normalisation from this scene's pixels: {spread} ({preset.units})")
     missing = [v for v in model_views if v not in readers]
     if missing:
         messages.append(f"view(s) {', '.join(missing)} not given: predicting from {', '.join(readers)} only")
@@ -838,8 +869,10 @@ def resolve_preset(
     model never saw calibrated backscatter. Older runs resolve their config (a stats path may be
     run-relative).
     """
-    from floodlora.data.sar import calibrated_run_preset, get_preset
+    from floodlora.data.sar import PER_SCENE, calibrated_run_preset, get_preset
 
+    if config.data.normalization == PER_SCENE:
+        return PER_SCENE  # resolved from the scene's own pixels once its views are open
     if presets:
         return calibrated_run_preset(presets, units, base, "scenes")
     name = config.data.normalization
