@@ -201,7 +201,15 @@ def predict(
     out: Annotated[str, typer.Option(help="Flood mask COG to write (uint8: 0 dry, 1 flood, 255 nodata).")],
     probabilities: Annotated[str | None, typer.Option(help="Also write float32 probabilities here.")] = None,
     uncertainty: Annotated[str | None, typer.Option(help="Also write the probability spread here.")] = None,
-    polygons: Annotated[str | None, typer.Option(help="Flood polygons, area_km2 (.gpkg, .geojson).")] = None,
+    polygons: Annotated[
+        str | None, typer.Option(help="Flood polygons with area_km2 (.gpkg, .geojson, .fgb, .shp).")
+    ] = None,
+    simplify: Annotated[
+        float | None, typer.Option(metavar="METRES", help="Simplify polygons with this tolerance.")
+    ] = None,
+    min_area: Annotated[
+        float | None, typer.Option(metavar="M2", help="Leave out flood polygons smaller than this.")
+    ] = None,
     adapter: Annotated[str | None, typer.Option(help="Adapter file or RUN_DIR/adapters/NAME.")] = None,
     checkpoint: Annotated[str | None, typer.Option(help="Where the base checkpoint lives now.")] = None,
     units: Annotated[str, typer.Option(help="Input units: db | linear.")] = "db",
@@ -225,7 +233,7 @@ def predict(
         run_dir, view, out, probabilities=probabilities, uncertainty=uncertainty, polygons=polygons,
         adapter=adapter, checkpoint=checkpoint, units=units, tile=tile, overlap=overlap,
         batch_size=batch_size, threshold=threshold, tta=tta, mc_dropout=mc_dropout, date=date,
-        align=align, cog=cog, progress=progress,
+        align=align, cog=cog, progress=progress, simplify=simplify, min_area=min_area,
     )  # fmt: skip
     typer.echo(summary)
 
