@@ -66,6 +66,33 @@ def stats(
     typer.echo(run_stats(data, format, out, max_chips))
 
 
+@app.command()
+def fetch(
+    bbox: Annotated[str, typer.Option(help="Area W,S,E,N in degrees (WGS 84).")],
+    date: Annotated[str, typer.Option(help="Flood date YYYY-MM-DD: post-event = first pass on/after it.")],
+    out: Annotated[str, typer.Option(help="Output folder: pre.tif, post.tif (VV/VH dB), fetch.json.")],
+    pre_days: Annotated[int, typer.Option(help="Look this many days back for the pre-event pass.")] = 60,
+    catalog: Annotated[
+        str, typer.Option(help="STAC API URL or static catalog path (default: Planetary Computer).")
+    ] = "https://planetarycomputer.microsoft.com/api/stac/v1",
+    collection: Annotated[str, typer.Option(help="STAC collection of Sentinel-1 scenes.")] = "sentinel-1-rtc",
+    assets: Annotated[str, typer.Option(help="Asset names of VV and VH, e.g. vv,vh.")] = "vv,vh",
+    asset_units: Annotated[str, typer.Option(help="Units of the assets: linear (power) or db.")] = "linear",
+    resolution: Annotated[float, typer.Option(help="Output pixel size in metres (UTM).")] = 10.0,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Sentinel-1 pre/post-event scenes for an area and a date from a STAC catalog (bbox reads only)."""
+    from floodlora.data.fetch import format_fetch, run_fetch
+
+    typer.echo(
+        format_fetch(
+            run_fetch(
+                bbox, date, out, pre_days, catalog, collection, assets, asset_units, resolution, progress
+            )
+        )
+    )
+
+
 # --------------------------------------------------------------------------------------------------
 # models
 # --------------------------------------------------------------------------------------------------
