@@ -265,6 +265,33 @@ def predict(
     typer.echo(summary)
 
 
+@app.command(name="map")
+def map_(
+    bbox: Annotated[str, typer.Option(help="Area W,S,E,N in degrees (WGS 84).")],
+    date: Annotated[str, typer.Option(help="Flood date YYYY-MM-DD.")],
+    out: Annotated[str, typer.Option(help="Output folder: scenes, mask, polygons, quicklook, summary.")],
+    model: Annotated[str | None, typer.Option(help="Run directory (train or export --merge).")] = None,
+    catalog: Annotated[str | None, typer.Option(help="STAC API URL or static catalog path.")] = None,
+    collection: Annotated[str | None, typer.Option(help="STAC collection of Sentinel-1 scenes.")] = None,
+    pre_days: Annotated[int, typer.Option(help="Look this many days back for the pre-event pass.")] = 60,
+    threshold: Annotated[float | None, typer.Option(help="Flood threshold (default: the run's).")] = None,
+    polygons: Annotated[str, typer.Option(help="Polygon file name in OUT (.gpkg, .geojson, .fgb, .shp).")] = (
+        "flood.gpkg"
+    ),
+    simplify: Annotated[float | None, typer.Option(metavar="METRES", help="Simplify polygons.")] = None,
+    min_area: Annotated[float | None, typer.Option(metavar="M2", help="Leave out smaller polygons.")] = None,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Flood map of an area on a date: fetch + predict + polygons + quicklook PNG + summary.json."""
+    from floodlora.inference.mapping import format_map, run_map
+
+    result = run_map(
+        bbox, date, out, model, catalog=catalog, collection=collection, pre_days=pre_days,
+        threshold=threshold, polygons=polygons, simplify=simplify, min_area=min_area, progress=progress,
+    )  # fmt: skip
+    typer.echo(format_map(result))
+
+
 @app.command()
 def export(
     run_dir: Annotated[str, typer.Argument(help="A run directory written by `floodlora train`.")],
