@@ -21,7 +21,6 @@ from floodlora.inference.predict import (
     tile_latlon,
 )
 from floodlora.inference.tiling import plan_tiles, tile_weights
-from floodlora.inference.vector import read_gpkg
 
 PRESET = PRESETS["clay-v1.5"]
 H, W = 75, 90  # not a multiple of the tile (32) nor of the patch (8)
@@ -215,8 +214,8 @@ def test_unknown_view_and_bad_outputs_are_clear_errors(
         predict_run(run_dir, {"post_asc": scene["post"]}, tmp_path / "m.tif")
     with pytest.raises(ConfigError, match="overwrite an input"):
         predict_run(run_dir, scene, scene["post"])
-    with pytest.raises(DataError, match=r"\.gpkg or \.geojson"):
-        predict_run(run_dir, scene, tmp_path / "m.tif", polygons=tmp_path / "p.shp")
+    with pytest.raises(DataError, match=r"\.gpkg, \.geojson, \.fgb or \.shp"):
+        predict_run(run_dir, scene, tmp_path / "m.tif", polygons=tmp_path / "p.kml")
 
 
 def test_tta_uncertainty_layer(run_dir: Path, scene: dict[str, Path], tmp_path: Path) -> None:
@@ -257,18 +256,19 @@ def test_polygon_area_equals_mask_area_projected(tmp_path: Path) -> None:
                         options=opts)  # fmt: skip
     mask, _ = _read(tmp_path / "m.tif")
     flooded_km2 = (mask == 1).sum() * 100.0 / 1e6
-    polys = read_gpkg(tmp_path / "f.gpkg")
-    assert len(polys) == res.polygon_count == 2
-    assert sum(a for _, a in polys) == pytest.approx(flooded_km2, rel=1e-9)
-    assert res.polygon_km2 == pytest.approx(flooded_km2, rel=1e-9)
-    assert res.flooded_km2 == pytest.approx(flooded_km2, rel=1e-9)
-    assert any(len(g["coordinates"][0]) == 2 for g, _ in polys)  # the ring keeps its hole
-    import sqlite3
+    import pyogrio
+    import shapely
+    from pyproj import CRS
 
-    con = sqlite3.connect(tmp_path / "f.gpkg")
-    assert con.execute("PRAGMA application_id").fetchone()[0] == 0x47504B47
-    assert con.execute("SELECT srs_id FROM gpkg_geometry_columns").fetchone()[0] == 32633
-    con.close()
+    _, _, wkb, fields = pyogrio.raw.read(gpkg)
+    info = pyogrio.read_info(gpkg)
+    assert len(wkb) == res.polygon_count == 2 and info["layer_name"] == "flood"
+    assert CRS.from_user_input(info["crs"]).to_epsg() == 32633
+    # ellipsoidal area vs planar UTM pixel area (scale factor 0.9996 at the central meridian)
+    assert fields[0].sum() == pytest.approx(flooded_km2, rel=5e-3)
+    assert res.polygon_km2 == pytest.approx(fields[0].sum(), rel=1e-9)
+    assert res.flooded_km2 == pytest.approx(flooded_km2, rel=1e-9)
+    assert sum(len(g.interiors) for g in shapely.from_wkb(wkb)) == 1  # the ring keeps its hole
 
 
 def test_polygon_area_geographic_crs_geojson(tmp_path: Path) -> None:

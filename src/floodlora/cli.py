@@ -66,6 +66,33 @@ def stats(
     typer.echo(run_stats(data, format, out, max_chips))
 
 
+@app.command()
+def fetch(
+    bbox: Annotated[str, typer.Option(help="Area W,S,E,N in degrees (WGS 84).")],
+    date: Annotated[str, typer.Option(help="Flood date YYYY-MM-DD: post-event = first pass on/after it.")],
+    out: Annotated[str, typer.Option(help="Output folder: pre.tif, post.tif (VV/VH dB), fetch.json.")],
+    pre_days: Annotated[int, typer.Option(help="Look this many days back for the pre-event pass.")] = 60,
+    catalog: Annotated[
+        str, typer.Option(help="STAC API URL or static catalog path (default: Planetary Computer).")
+    ] = "https://planetarycomputer.microsoft.com/api/stac/v1",
+    collection: Annotated[str, typer.Option(help="STAC collection of Sentinel-1 scenes.")] = "sentinel-1-rtc",
+    assets: Annotated[str, typer.Option(help="Asset names of VV and VH, e.g. vv,vh.")] = "vv,vh",
+    asset_units: Annotated[str, typer.Option(help="Units of the assets: linear (power) or db.")] = "linear",
+    resolution: Annotated[float, typer.Option(help="Output pixel size in metres (UTM).")] = 10.0,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Sentinel-1 pre/post-event scenes for an area and a date from a STAC catalog (bbox reads only)."""
+    from floodlora.data.fetch import format_fetch, run_fetch
+
+    typer.echo(
+        format_fetch(
+            run_fetch(
+                bbox, date, out, pre_days, catalog, collection, assets, asset_units, resolution, progress
+            )
+        )
+    )
+
+
 # --------------------------------------------------------------------------------------------------
 # models
 # --------------------------------------------------------------------------------------------------
@@ -201,7 +228,15 @@ def predict(
     out: Annotated[str, typer.Option(help="Flood mask COG to write (uint8: 0 dry, 1 flood, 255 nodata).")],
     probabilities: Annotated[str | None, typer.Option(help="Also write float32 probabilities here.")] = None,
     uncertainty: Annotated[str | None, typer.Option(help="Also write the probability spread here.")] = None,
-    polygons: Annotated[str | None, typer.Option(help="Flood polygons, area_km2 (.gpkg, .geojson).")] = None,
+    polygons: Annotated[
+        str | None, typer.Option(help="Flood polygons with area_km2 (.gpkg, .geojson, .fgb, .shp).")
+    ] = None,
+    simplify: Annotated[
+        float | None, typer.Option(metavar="METRES", help="Simplify polygons with this tolerance.")
+    ] = None,
+    min_area: Annotated[
+        float | None, typer.Option(metavar="M2", help="Leave out flood polygons smaller than this.")
+    ] = None,
     adapter: Annotated[str | None, typer.Option(help="Adapter file or RUN_DIR/adapters/NAME.")] = None,
     checkpoint: Annotated[str | None, typer.Option(help="Where the base checkpoint lives now.")] = None,
     units: Annotated[str, typer.Option(help="Input units: db | linear.")] = "db",
@@ -225,9 +260,36 @@ def predict(
         run_dir, view, out, probabilities=probabilities, uncertainty=uncertainty, polygons=polygons,
         adapter=adapter, checkpoint=checkpoint, units=units, tile=tile, overlap=overlap,
         batch_size=batch_size, threshold=threshold, tta=tta, mc_dropout=mc_dropout, date=date,
-        align=align, cog=cog, progress=progress,
+        align=align, cog=cog, progress=progress, simplify=simplify, min_area=min_area,
     )  # fmt: skip
     typer.echo(summary)
+
+
+@app.command(name="map")
+def map_(
+    bbox: Annotated[str, typer.Option(help="Area W,S,E,N in degrees (WGS 84).")],
+    date: Annotated[str, typer.Option(help="Flood date YYYY-MM-DD.")],
+    out: Annotated[str, typer.Option(help="Output folder: scenes, mask, polygons, quicklook, summary.")],
+    model: Annotated[str | None, typer.Option(help="Run directory (train or export --merge).")] = None,
+    catalog: Annotated[str | None, typer.Option(help="STAC API URL or static catalog path.")] = None,
+    collection: Annotated[str | None, typer.Option(help="STAC collection of Sentinel-1 scenes.")] = None,
+    pre_days: Annotated[int, typer.Option(help="Look this many days back for the pre-event pass.")] = 60,
+    threshold: Annotated[float | None, typer.Option(help="Flood threshold (default: the run's).")] = None,
+    polygons: Annotated[str, typer.Option(help="Polygon file name in OUT (.gpkg, .geojson, .fgb, .shp).")] = (
+        "flood.gpkg"
+    ),
+    simplify: Annotated[float | None, typer.Option(metavar="METRES", help="Simplify polygons.")] = None,
+    min_area: Annotated[float | None, typer.Option(metavar="M2", help="Leave out smaller polygons.")] = None,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Flood map of an area on a date: fetch + predict + polygons + quicklook PNG + summary.json."""
+    from floodlora.inference.mapping import format_map, run_map
+
+    result = run_map(
+        bbox, date, out, model, catalog=catalog, collection=collection, pre_days=pre_days,
+        threshold=threshold, polygons=polygons, simplify=simplify, min_area=min_area, progress=progress,
+    )  # fmt: skip
+    typer.echo(format_map(result))
 
 
 @app.command()

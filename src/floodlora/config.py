@@ -67,6 +67,9 @@ class ModelConfig:
     gradient_checkpointing: bool | None = None  # None: on for `full` at >= 512 px
 
 
+LOGGERS: tuple[str, ...] = ("csv", "tensorboard", "mlflow")
+
+
 @dataclass
 class TrainConfig:
     """Optimisation recipe; the defaults are the reference method's."""
@@ -89,6 +92,13 @@ class TrainConfig:
     memory_cap_gb: float | None = None  # simulate a smaller accelerator: above it a run is OOM
     compile: bool = False
     feature_cache: bool = False  # frozen strategy only: cache encoder tokens on disk
+    logger: str = "csv"  # csv | tensorboard | mlflow; logs/metrics.csv is written in every case
+    tracking_uri: str | None = None  # mlflow: None = a local file store in RUN_DIR/mlruns
+    experiment: str = "floodlora"  # mlflow experiment name
+
+    def __post_init__(self) -> None:
+        if self.logger not in LOGGERS:
+            raise ConfigError(f"train.logger: {self.logger!r} is not one of {', '.join(LOGGERS)}")
 
 
 @dataclass

@@ -42,6 +42,8 @@ def run_predict(
     align: bool = True,
     cog: bool = True,
     progress: bool = True,
+    simplify: float | None = None,
+    min_area: float | None = None,
 ) -> str:
     """Run :func:`floodlora.inference.predict.predict_run` and describe what was written."""
     from floodlora.inference.predict import PredictOptions, predict_run
@@ -49,6 +51,7 @@ def run_predict(
     opts = PredictOptions(
         tile=tile, overlap=overlap, batch_size=batch_size, threshold=threshold, tta=tta,
         mc_samples=mc_dropout, units=units, align=align, cog=cog, date=date, progress=progress,
+        simplify_m=simplify, min_area_m2=min_area,
     )  # fmt: skip
     res = predict_run(
         run_dir, parse_views(view), out, probabilities=probabilities, uncertainty=uncertainty,

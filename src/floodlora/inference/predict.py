@@ -49,6 +49,8 @@ class PredictOptions:
     date: str | None = None  # post-event acquisition date (ISO) for Clay's time encoding
     seed: int = 0
     progress: bool = False
+    simplify_m: float | None = None  # polygon simplification tolerance in metres
+    min_area_m2: float | None = None  # drop flood polygons smaller than this
 
 
 @dataclass
@@ -602,6 +604,8 @@ def predict_scene(
         raise ConfigError(f"threshold must be in (0, 1), got {opts.threshold}")
     if opts.batch_size < 1 or opts.mc_samples < 0:
         raise ConfigError("batch size must be >= 1 and mc samples >= 0")
+    if (opts.simplify_m or 0) < 0 or (opts.min_area_m2 or 0) < 0:
+        raise ConfigError("polygon simplification (metres) and minimum area (m2) must be >= 0")
     out = Path(out)
     outputs = [Path(p) for p in (out, probabilities, uncertainty, polygons) if p is not None]
     inputs = {Path(p).resolve() for p in views.values()}
@@ -797,15 +801,23 @@ def _run_scene(
         timings["finalize"] = time.perf_counter() - t0
         poly_summary = None
         if polygons is not None:
-            from floodlora.io import atomic_path
+            from floodlora.inference.vector import atomic_vector_path
 
             t0 = time.perf_counter()
-            poly_tmp = outs.enter_context(atomic_path(Path(polygons)))
-            poly_summary = write_polygons(mask_layer.final_tmp, poly_tmp, target=Path(polygons))
+            poly_tmp = outs.enter_context(atomic_vector_path(Path(polygons)))
+            poly_summary = write_polygons(
+                mask_layer.final_tmp,
+                poly_tmp,
+                target=Path(polygons),
+                simplify_m=opts.simplify_m,
+                min_area_m2=opts.min_area_m2,
+            )
             timings["polygons"] = time.perf_counter() - t0
     t = grid.transform
     if poly_summary is not None and poly_summary.format == "geojson":
         messages.append(f"{polygons}: GeoJSON polygons in WGS 84 lon/lat (RFC 7946)")
+    if poly_summary is not None and poly_summary.dropped:
+        messages.append(f"{poly_summary.dropped} polygon(s) below the minimum area left out of {polygons}")
     return PredictResult(
         out=out,
         probabilities=Path(probabilities) if probabilities else None,

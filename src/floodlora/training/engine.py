@@ -8,7 +8,9 @@ this module only wires the recipe together and decides what is written where:
     RUN_DIR/metrics.json      val / test (/ ood) reports at threshold 0.5 and the val-F1-optimal one
     RUN_DIR/accounting.json   memory, parameters, throughput, time-to-best-F1, wall time
     RUN_DIR/checkpoints/      Lightning checkpoints: last.ckpt (for --resume), best.ckpt (lowest val loss)
-    RUN_DIR/logs/metrics.csv  per-step / per-epoch CSV log
+    RUN_DIR/logs/metrics.csv  per-step / per-epoch CSV log (always)
+    RUN_DIR/logs/tensorboard/ TensorBoard event files (train.logger: tensorboard)
+    RUN_DIR/mlruns/           MLflow file store unless train.tracking_uri names another (train.logger: mlflow)
 """
 
 from __future__ import annotations
@@ -94,9 +96,67 @@ def _quiet_lightning() -> None:
         warnings.filterwarnings("ignore", message=msg)
 
 
-def _trainer(cfg: TrainConfig, run_dir: Path | None, callbacks: list[Any], progress: bool, fit: bool) -> Any:
-    import lightning.pytorch as pl
+def make_loggers(cfg: TrainConfig, run_dir: Path) -> list[Any]:
+    """Lightning's CSV logger (the run directory's own record), plus the tracker `train.logger` names.
+
+    TensorBoard writes RUN_DIR/logs/tensorboard; MLflow logs to `train.tracking_uri`, by default a
+    file store in RUN_DIR/mlruns (MLflow >= 3 keeps that backend in maintenance mode and wants
+    MLFLOW_ALLOW_FILE_STORE set for it, which is done here for local paths only).
+    """
+    import os
+
     from lightning.pytorch.loggers import CSVLogger
+
+    loggers: list[Any] = [CSVLogger(str(run_dir), name="", version="logs")]
+    if cfg.logger == "csv":
+        return loggers
+    if cfg.logger == "tensorboard":
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            raise ConfigError(
+                "train.logger: tensorboard needs TensorBoard: pip install 'floodlora[tensorboard]'"
+            ) from None
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        loggers.append(TensorBoardLogger(str(run_dir / "logs"), name="", version="tensorboard"))
+        return loggers
+    if cfg.logger == "mlflow":
+        try:
+            import mlflow  # noqa: F401
+        except ImportError:
+            raise ConfigError("train.logger: mlflow needs MLflow: pip install 'floodlora[mlflow]'") from None
+        from lightning.pytorch.loggers import MLFlowLogger
+
+        uri = cfg.tracking_uri or (run_dir / "mlruns").resolve().as_uri()
+        local = "://" not in uri and not uri.startswith("databricks")
+        if local:
+            uri = Path(uri).resolve().as_uri()
+        if local or uri.startswith("file:"):
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        loggers.append(MLFlowLogger(experiment_name=cfg.experiment, run_name=run_dir.name, tracking_uri=uri))
+        return loggers
+    raise ConfigError(f"train.logger: {cfg.logger!r} is not one of csv, tensorboard, mlflow")
+
+
+def flat_params(config: RunConfig) -> dict[str, Any]:
+    """The resolved config as flat ``section.key`` hyperparameters for the experiment trackers."""
+    out: dict[str, Any] = {}
+    for section, values in config.to_dict().items():
+        for key, value in values.items():
+            out[f"{section}.{key}"] = value if isinstance(value, int | float | str | bool) else str(value)
+    return out
+
+
+def _trainer(
+    cfg: TrainConfig,
+    run_dir: Path | None,
+    callbacks: list[Any],
+    progress: bool,
+    fit: bool,
+    loggers: list[Any] | None = None,
+) -> Any:
+    import lightning.pytorch as pl
 
     _quiet_lightning()
     accelerator = resolve_accelerator(cfg)
@@ -108,7 +168,7 @@ def _trainer(cfg: TrainConfig, run_dir: Path | None, callbacks: list[Any], progr
     if fit:
         kwargs.update(
             max_epochs=cfg.max_epochs,
-            logger=CSVLogger(str(run_dir), name="", version="logs") if run_dir else False,
+            logger=(loggers or make_loggers(cfg, run_dir)) if run_dir else False,
             log_every_n_steps=1,
             limit_train_batches=cfg.limit_train_batches,
             limit_val_batches=cfg.limit_val_batches,
@@ -224,11 +284,15 @@ def train_run(
     latest = ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, enable_version_counter=False)
     early = EarlyStopping(monitor="val_loss", mode="min", patience=tcfg.early_stopping_patience)
     callbacks = [accounting, checkpoint, latest, early, LearningRateMonitor(logging_interval="epoch")]
-    trainer = _trainer(tcfg, run_dir, callbacks, progress, fit=True)
+    loggers = make_loggers(tcfg, run_dir)
+    trainer = _trainer(tcfg, run_dir, callbacks, progress, fit=True, loggers=loggers)
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / "config.yaml")
         _keep_previous_log(run_dir)
+        params = flat_params(config)
+        for logger in loggers:
+            logger.log_hyperparams(params)
     try:
         trainer.fit(
             task, datamodule=fit_data, ckpt_path=str(ckpt_path) if ckpt_path else None, weights_only=True
