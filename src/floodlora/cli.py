@@ -189,6 +189,39 @@ def sweep(
     run_sweep(data, format, strategies, checkpoint, config, out, set_, eval_)
 
 
+@app.command()
+def adapt(
+    from_: Annotated[
+        str, typer.Argument(metavar="FROM", help="Run dir, exported model, or encoder (embedded, PATH).")
+    ],
+    data: Annotated[list[str], typer.Option(help="Labelled chips (any supported format); repeat.")],
+    out: Annotated[str, typer.Option(help="Run directory to write (an ordinary run).")],
+    format: Annotated[str | None, typer.Option(help="Force a data format instead of auto-detection.")] = None,
+    checkpoint: Annotated[str | None, typer.Option(help="Where FROM's base checkpoint now lives.")] = None,
+    max_minutes: Annotated[float, typer.Option(help="Wall-clock cap on fine-tuning.")] = 4.0,
+    max_epochs: Annotated[int, typer.Option(help="At most this many epochs.")] = 20,
+    steps: Annotated[int, typer.Option(help="Batches per epoch (random crops, with replacement).")] = 4,
+    crop_size: Annotated[int | None, typer.Option(help="Crop size (default: FROM's).")] = None,
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-3,
+    rank: Annotated[int | None, typer.Option(help="LoRA rank when FROM is a bare encoder.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the held-back choice and the crops.")] = 0,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Fine-tune a model's LoRA + decoder on a few labelled chips of a new flood (minutes on a CPU)."""
+    from floodlora.training.adapt import AdaptOptions, format_summary
+    from floodlora.training.adapt import adapt as run_adapt
+
+    opts = AdaptOptions(
+        steps_per_epoch=steps, crop_size=crop_size, max_epochs=max_epochs, lr=lr, max_minutes=max_minutes,
+        seed=seed, lora_rank=rank,
+    )  # fmt: skip
+    result = run_adapt(
+        from_, data, out, format=format, options=opts, checkpoint=checkpoint, progress=progress
+    )
+    typer.echo(format_summary(result.summary))
+    typer.echo(f"run directory: {result.run_dir}")
+
+
 # --------------------------------------------------------------------------------------------------
 # inference and deployment
 # --------------------------------------------------------------------------------------------------
