@@ -54,6 +54,31 @@ def synth(
 
 
 @app.command()
+def labels(
+    scene: Annotated[str, typer.Option(help="Post-event Sentinel-1 GeoTIFF (VV/VH) the polygons label.")],
+    flood: Annotated[str, typer.Option(help="Flood polygons (.gpkg, .geojson, .shp, .fgb).")],
+    out: Annotated[str, typer.Option(help="Folder of labelled chips to write (ready for adapt).")],
+    dry: Annotated[str | None, typer.Option(help="Dry (not flooded) polygons.")] = None,
+    aoi: Annotated[str | None, typer.Option(help="Area checked by the labeller: dry outside flood.")] = None,
+    chip_size: Annotated[int, typer.Option(help="Chip size in pixels.")] = 256,
+    min_labelled: Annotated[
+        float, typer.Option(help="Keep chips with this share of labelled pixels.")
+    ] = 0.01,
+    units: Annotated[str, typer.Option(help="Scene units: db | linear.")] = "db",
+    event: Annotated[str | None, typer.Option(help="Event name (default: the scene's file name).")] = None,
+    date: Annotated[str | None, typer.Option(help="Post-event date (ISO) for the time code.")] = None,
+) -> None:
+    """Rasterise responders' polygons (flood 1, dry 0, else 255) onto a scene; write labelled chips."""
+    from floodlora.data.labels import format_labels, make_labels
+
+    result = make_labels(
+        scene, flood, out, dry=dry, aoi=aoi, chip_size=chip_size, min_labelled=min_labelled, units=units,
+        event=event, date=date,
+    )  # fmt: skip
+    typer.echo(format_labels(result))
+
+
+@app.command()
 def stats(
     data: Annotated[list[str], typer.Option(help="Dataset root(s); repeat to combine.")],
     out: Annotated[str, typer.Option(help="Stats YAML to write (use as data.normalization).")] = "stats.yaml",
@@ -198,7 +223,7 @@ def adapt(
     out: Annotated[str, typer.Option(help="Run directory to write (an ordinary run).")],
     format: Annotated[str | None, typer.Option(help="Force a data format instead of auto-detection.")] = None,
     checkpoint: Annotated[str | None, typer.Option(help="Where FROM's base checkpoint now lives.")] = None,
-    max_minutes: Annotated[float, typer.Option(help="Wall-clock cap on fine-tuning.")] = 4.0,
+    max_minutes: Annotated[float, typer.Option(help="Wall-clock cap on fine-tuning.")] = 3.5,
     max_epochs: Annotated[int, typer.Option(help="At most this many epochs.")] = 20,
     steps: Annotated[int, typer.Option(help="Batches per epoch (random crops, with replacement).")] = 4,
     crop_size: Annotated[int | None, typer.Option(help="Crop size (default: FROM's).")] = None,
@@ -261,6 +286,30 @@ def predict(
         align=align, cog=cog, progress=progress,
     )  # fmt: skip
     typer.echo(summary)
+
+
+@app.command()
+def suggest(
+    run_dir: Annotated[str, typer.Argument(help="Run directory (or `export --merge` directory).")],
+    view: Annotated[list[str], typer.Option(help="NAME=PATH GeoTIFF per view (post, pre, ...); repeat.")],
+    out: Annotated[str, typer.Option(help="Tile footprints to write (.gpkg, .geojson, .fgb).")],
+    n: Annotated[int, typer.Option(help="How many tiles.")] = 10,
+    size: Annotated[int, typer.Option(help="Tile size in pixels (as `labels --chip-size`).")] = 256,
+    mc_dropout: Annotated[int, typer.Option(help="N LoRA-dropout samples (0: spread over 4 flips).")] = 0,
+    min_valid: Annotated[float, typer.Option(help="Skip tiles with less valid data than this.")] = 0.5,
+    units: Annotated[str, typer.Option(help="Input units: db | linear.")] = "db",
+    checkpoint: Annotated[str | None, typer.Option(help="Where the base checkpoint lives now.")] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Footprints of the N tiles where the model is least certain: where labels help most."""
+    from floodlora.inference.commands import parse_views
+    from floodlora.inference.suggest import format_suggest, suggest_tiles
+
+    result = suggest_tiles(
+        run_dir, parse_views(view), out, n=n, size=size, mc_dropout=mc_dropout, min_valid=min_valid,
+        units=units, checkpoint=checkpoint, progress=progress,
+    )  # fmt: skip
+    typer.echo(format_suggest(result))
 
 
 @app.command()

@@ -53,7 +53,7 @@ class AdaptOptions:
     max_epochs: int = 20
     patience: int = 4  # epochs without improvement of the monitored loss
     lr: float = 1e-3
-    max_minutes: float = 4.0  # wall-clock cap on fitting
+    max_minutes: float = 3.5  # wall-clock cap on fitting (setup and scoring come on top)
     holdout_fraction: float = 0.25
     min_holdout_chips: int = 8  # below this many labelled chips nothing is held back
     flood_sampling: float = 0.7
