@@ -99,6 +99,20 @@ def test_adapt_holds_back_chips_from_a_merged_export(from_run: Path, tmp_path: P
     assert loaded.base["strategy"] == "full" and loaded.presets["folder"].mean["vh"] == -18.25
 
 
+def test_adapt_from_an_adapter_file(from_run: Path, tmp_path: Path) -> None:
+    from floodlora.inference.export import export_run
+
+    export_run(from_run, tmp_path / "exp", adapter="flood-a")
+    opts = AdaptOptions(steps_per_epoch=1, batch_size=2, crop_size=32, max_epochs=1)
+    # an export folder holding one adapter file is accepted as well as the file itself
+    result = adapt(tmp_path / "exp", _chips(tmp_path / "chips", 3), tmp_path / "run", options=opts)
+    src = result.summary["from"]
+    assert src["kind"] == "adapter" and src["path"].endswith("flood-a.safetensors")
+    assert src["sha256"] == checkpoint_sha256(tmp_path / "exp" / "flood-a.safetensors")
+    assert src["base_checkpoint"] == "random:test-micro"
+    assert json.loads((tmp_path / "run" / "normalization.json").read_text()) == FROM_NORM
+
+
 def test_choose_holdout_spreads_flood() -> None:
     refs = [ChipRef(f"c{i}", "e", "folder", None, {}, "db", True, {}) for i in range(12)]
     flood = [i < 3 for i in range(12)]
