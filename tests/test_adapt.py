@@ -113,6 +113,22 @@ def test_adapt_from_an_adapter_file(from_run: Path, tmp_path: Path) -> None:
     assert json.loads((tmp_path / "run" / "normalization.json").read_text()) == FROM_NORM
 
 
+def test_new_8bit_source_gets_statistics_of_the_adaptation_chips(tmp_path: Path) -> None:
+    import yaml
+
+    from floodlora.data.sar import NormalizationPreset
+    from floodlora.training.adapt import _presets_for
+
+    data = _chips(tmp_path / "chips", 2)
+    spec = yaml.safe_load((data / "dataset.yaml").read_text())
+    (data / "dataset.yaml").write_text(yaml.safe_dump({**spec, "units": "scaled-uint8"}))
+    fixed = {"ombria": NormalizationPreset("ombria-stats", "scaled-uint8", {"vv": 90.0}, {"vv": 30.0})}
+    presets = _presets_for([str(data)], None, fixed, "auto", "clay-v1.5")
+    assert presets["ombria"] is fixed["ombria"]  # FROM's own sources keep FROM's numbers
+    assert presets["folder"].units == "scaled-uint8" and -30 < presets["folder"].mean["vv"] < 0
+    assert _presets_for([str(data)], None, {}, "auto", "clay-v1.5") == {}  # bare encoder: auto, later
+
+
 def test_choose_holdout_spreads_flood() -> None:
     refs = [ChipRef(f"c{i}", "e", "folder", None, {}, "db", True, {}) for i in range(12)]
     flood = [i < 3 for i in range(12)]
