@@ -108,7 +108,7 @@ def test_cli_user_errors_are_one_line(tiny_data: Path, tmp_path: Path, monkeypat
                                       "--config", "no-such-config"])  # fmt: skip
     with pytest.raises(SystemExit):
         cli.main()
-    assert "packaged configs: cpu-small, paper" in capsys.readouterr().err
+    assert "packaged configs: cpu-small, generalist, paper" in capsys.readouterr().err
 
 
 def test_resume_continues_from_last_checkpoint(tiny_data: Path, tmp_path: Path) -> None:

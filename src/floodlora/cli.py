@@ -54,6 +54,31 @@ def synth(
 
 
 @app.command()
+def labels(
+    scene: Annotated[str, typer.Option(help="Post-event Sentinel-1 GeoTIFF (VV/VH) the polygons label.")],
+    flood: Annotated[str, typer.Option(help="Flood polygons (.gpkg, .geojson, .shp, .fgb).")],
+    out: Annotated[str, typer.Option(help="Folder of labelled chips to write (ready for adapt).")],
+    dry: Annotated[str | None, typer.Option(help="Dry (not flooded) polygons.")] = None,
+    aoi: Annotated[str | None, typer.Option(help="Area checked by the labeller: dry outside flood.")] = None,
+    chip_size: Annotated[int, typer.Option(help="Chip size in pixels.")] = 256,
+    min_labelled: Annotated[
+        float, typer.Option(help="Keep chips with this share of labelled pixels.")
+    ] = 0.01,
+    units: Annotated[str, typer.Option(help="Scene units: db | linear.")] = "db",
+    event: Annotated[str | None, typer.Option(help="Event name (default: the scene's file name).")] = None,
+    date: Annotated[str | None, typer.Option(help="Post-event date (ISO) for the time code.")] = None,
+) -> None:
+    """Rasterise responders' polygons (flood 1, dry 0, else 255) onto a scene; write labelled chips."""
+    from floodlora.data.labels import format_labels, make_labels
+
+    result = make_labels(
+        scene, flood, out, dry=dry, aoi=aoi, chip_size=chip_size, min_labelled=min_labelled, units=units,
+        event=event, date=date,
+    )  # fmt: skip
+    typer.echo(format_labels(result))
+
+
+@app.command()
 def stats(
     data: Annotated[list[str], typer.Option(help="Dataset root(s); repeat to combine.")],
     out: Annotated[str, typer.Option(help="Stats YAML to write (use as data.normalization).")] = "stats.yaml",
@@ -216,6 +241,39 @@ def sweep(
     run_sweep(data, format, strategies, checkpoint, config, out, set_, eval_)
 
 
+@app.command()
+def adapt(
+    from_: Annotated[
+        str, typer.Argument(metavar="FROM", help="Run dir, exported model, or encoder (embedded, PATH).")
+    ],
+    data: Annotated[list[str], typer.Option(help="Labelled chips (any supported format); repeat.")],
+    out: Annotated[str, typer.Option(help="Run directory to write (an ordinary run).")],
+    format: Annotated[str | None, typer.Option(help="Force a data format instead of auto-detection.")] = None,
+    checkpoint: Annotated[str | None, typer.Option(help="Where FROM's base checkpoint now lives.")] = None,
+    max_minutes: Annotated[float, typer.Option(help="Wall-clock cap on fine-tuning.")] = 3.5,
+    max_epochs: Annotated[int, typer.Option(help="At most this many epochs.")] = 20,
+    steps: Annotated[int, typer.Option(help="Batches per epoch (random crops, with replacement).")] = 4,
+    crop_size: Annotated[int | None, typer.Option(help="Crop size (default: FROM's).")] = None,
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-3,
+    rank: Annotated[int | None, typer.Option(help="LoRA rank when FROM is a bare encoder.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the held-back choice and the crops.")] = 0,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Fine-tune a model's LoRA + decoder on a few labelled chips of a new flood (minutes on a CPU)."""
+    from floodlora.training.adapt import AdaptOptions, format_summary
+    from floodlora.training.adapt import adapt as run_adapt
+
+    opts = AdaptOptions(
+        steps_per_epoch=steps, crop_size=crop_size, max_epochs=max_epochs, lr=lr, max_minutes=max_minutes,
+        seed=seed, lora_rank=rank,
+    )  # fmt: skip
+    result = run_adapt(
+        from_, data, out, format=format, options=opts, checkpoint=checkpoint, progress=progress
+    )
+    typer.echo(format_summary(result.summary))
+    typer.echo(f"run directory: {result.run_dir}")
+
+
 # --------------------------------------------------------------------------------------------------
 # inference and deployment
 # --------------------------------------------------------------------------------------------------
@@ -290,6 +348,30 @@ def map_(
         threshold=threshold, polygons=polygons, simplify=simplify, min_area=min_area, progress=progress,
     )  # fmt: skip
     typer.echo(format_map(result))
+
+
+@app.command()
+def suggest(
+    run_dir: Annotated[str, typer.Argument(help="Run directory (or `export --merge` directory).")],
+    view: Annotated[list[str], typer.Option(help="NAME=PATH GeoTIFF per view (post, pre, ...); repeat.")],
+    out: Annotated[str, typer.Option(help="Tile footprints to write (.gpkg, .geojson, .fgb).")],
+    n: Annotated[int, typer.Option(help="How many tiles.")] = 10,
+    size: Annotated[int, typer.Option(help="Tile size in pixels (as `labels --chip-size`).")] = 256,
+    mc_dropout: Annotated[int, typer.Option(help="N LoRA-dropout samples (0: spread over 4 flips).")] = 0,
+    min_valid: Annotated[float, typer.Option(help="Skip tiles with less valid data than this.")] = 0.5,
+    units: Annotated[str, typer.Option(help="Input units: db | linear.")] = "db",
+    checkpoint: Annotated[str | None, typer.Option(help="Where the base checkpoint lives now.")] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Footprints of the N tiles where the model is least certain: where labels help most."""
+    from floodlora.inference.commands import parse_views
+    from floodlora.inference.suggest import format_suggest, suggest_tiles
+
+    result = suggest_tiles(
+        run_dir, parse_views(view), out, n=n, size=size, mc_dropout=mc_dropout, min_valid=min_valid,
+        units=units, checkpoint=checkpoint, progress=progress,
+    )  # fmt: skip
+    typer.echo(format_suggest(result))
 
 
 @app.command()

@@ -89,6 +89,7 @@ class TrainConfig:
     seed: int = 0
     limit_train_batches: int | float | None = None  # int: batches, float: fraction
     limit_val_batches: int | float | None = None
+    max_minutes: float | None = None  # wall-clock cap on fitting (Lightning max_time); None: no cap
     memory_cap_gb: float | None = None  # simulate a smaller accelerator: above it a run is OOM
     compile: bool = False
     feature_cache: bool = False  # frozen strategy only: cache encoder tokens on disk

@@ -474,7 +474,7 @@ class FloodDataModule(L.LightningDataModule):
         if cfg.crop_size <= 0 or cfg.crop_size % 8:
             raise ConfigError(f"data.crop_size must be a positive multiple of 8, got {cfg.crop_size}")
         refs = discover(cfg.roots, cfg.format)
-        splits = assign_splits(refs, cfg)
+        splits = self.assign_splits(refs)
         if not any(splits[s] for s in ("train", "val", "test", "ood")):
             raise DataError(f"{', '.join(cfg.roots)}: empty dataset, no labelled chips")
         labelled = [r for r in refs if r.labelled]
@@ -500,6 +500,10 @@ class FloodDataModule(L.LightningDataModule):
                 intensity_jitter=cfg.intensity_jitter,
                 cache_chips=cfg.cache_chips,
             )
+
+    def assign_splits(self, refs: list[ChipRef]) -> dict[str, list[ChipRef]]:
+        """train/val/test/ood lists of the discovered chips; a subclass may choose them otherwise."""
+        return assign_splits(refs, self.config)
 
     def _needs_chip_info(self) -> bool:
         cfg = self.config

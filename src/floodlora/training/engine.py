@@ -16,6 +16,7 @@ this module only wires the recipe together and decides what is written where:
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import time
 import warnings
 from collections.abc import Sequence
@@ -173,6 +174,7 @@ def _trainer(
             limit_train_batches=cfg.limit_train_batches,
             limit_val_batches=cfg.limit_val_batches,
             num_sanity_val_steps=0,
+            max_time=dt.timedelta(minutes=cfg.max_minutes) if cfg.max_minutes else None,
         )
     else:
         kwargs.update(logger=False, enable_checkpointing=False)
@@ -226,9 +228,19 @@ def _check_out_dir(run_dir: Path, resume: bool) -> Path | None:
 
 
 def train_run(
-    config: RunConfig, out_dir: str | Path, resume: bool = False, progress: bool = False
+    config: RunConfig,
+    out_dir: str | Path,
+    resume: bool = False,
+    progress: bool = False,
+    *,
+    model: Any = None,
+    datamodule: Any = None,
 ) -> TrainResult:
     """Train `config` into `out_dir`, evaluate val / test (/ ood), write the run directory.
+
+    `model` (a ready FloodSegmentor, e.g. a loaded run to fine-tune further) and `datamodule` (a
+    FloodDataModule with its own splits or presets) replace the ones built from `config`;
+    `floodlora adapt` passes both.
 
     Raises :class:`OutOfMemoryError` when the run exceeds the accelerator's memory or
     `train.memory_cap_gb` (its `.accounting` holds what was measured before that).
@@ -251,11 +263,13 @@ def train_run(
     tcfg = config.train
     check_feature_cache_config(config)
     seed_everything(tcfg.seed, workers=True, verbose=False)
-    datamodule = FloodDataModule(
-        config.data, base_normalization=checkpoint_normalization(config.model.checkpoint)
-    )
+    if datamodule is None:
+        datamodule = FloodDataModule(
+            config.data, base_normalization=checkpoint_normalization(config.model.checkpoint)
+        )
     datamodule.setup("fit")
-    model = build_segmentor(config.model, config.data.views, config.data.bands, config.data.crop_size)
+    if model is None:
+        model = build_segmentor(config.model, config.data.views, config.data.bands, config.data.crop_size)
     fit_data: Any = datamodule
     if tcfg.feature_cache:  # frozen encoder: encode each chip once, train the decoder from disk
         accelerator = resolve_accelerator(tcfg)

@@ -1,0 +1,402 @@
+"""Few-label adaptation: `floodlora adapt FROM --data PATH --out RUN`.
+
+A responder has a handful of labelled chips of a new flood. `adapt` fine-tunes the LoRA adapters
+and the decoder of a starting model on them, with a budget sized for few labels, and writes an
+ordinary run directory (evaluate / predict / export accept it). It reuses `train_run` for the
+loops, checkpoints and the run directory, and changes only what few labels need:
+
+* **Where it starts.** FROM is a run directory, an exported model (a `export --merge` directory or
+  an adapter file from `export --adapter`), or an encoder (a registry name such as ``embedded``, or
+  a checkpoint file). A trained FROM keeps its normalisation presets (every source format it covers
+  is normalised with FROM's numbers) and its views, bands and decoder. A merged FROM gets fresh
+  LoRA adapters on its merged encoder and is merged again at the end (the result is standalone).
+* **Which chips stop it.** With at least `min_holdout_chips` labelled chips, a quarter (at least
+  2, flooded chips spread over both parts) is held back: early stopping and the val-optimal
+  threshold come from them. With fewer, every chip trains and early stopping follows the loss on
+  the training chips themselves (whole chips, no augmentation); the threshold stays at 0.5, since
+  no held-back label could choose another.
+* **How long.** Epochs of `steps_per_epoch` batches of random crops drawn with replacement
+  (flooded chips favoured), at most `max_epochs`, and a wall-clock cap (`max_minutes`).
+
+`RUN/adapt.json` records where it started (kind, path, sha256 of FROM's weights file or
+checkpoint, FROM's base checkpoint), which chips trained and which were held back, the budget and
+the wall time. The function :func:`adapt` is what a benchmark calls.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from floodlora.config import RunConfig
+from floodlora.data.datamodule import FloodDataModule, GroupedBatchSampler, _unit_hash, sampling_weights
+from floodlora.data.sources import ChipRef
+from floodlora.errors import CheckpointError, ConfigError, DataError
+from floodlora.io import atomic_write_json
+
+ADAPT_FILE = "adapt.json"
+DEFAULT_RECIPE = "cpu-small"  # the recipe a bare encoder starts from (LoRA r8, hires decoder, lr 1e-3)
+
+
+@dataclass
+class AdaptOptions:
+    """The few-label budget. The defaults finish in minutes on a 2-core CPU for ~10 chips of 256 px."""
+
+    steps_per_epoch: int = 4  # batches per epoch (crops drawn with replacement)
+    batch_size: int = 8
+    crop_size: int | None = None  # None: FROM's training crop size (128 for the CPU recipes)
+    max_epochs: int = 20
+    patience: int = 4  # epochs without improvement of the monitored loss
+    lr: float = 1e-3
+    max_minutes: float = 3.5  # wall-clock cap on fitting (setup and scoring come on top)
+    holdout_fraction: float = 0.25
+    min_holdout_chips: int = 8  # below this many labelled chips nothing is held back
+    flood_sampling: float = 0.7
+    seed: int = 0
+    recipe: str = DEFAULT_RECIPE  # config a bare encoder starts from (model + data settings)
+    lora_rank: int | None = None  # bare encoder only; None: the recipe's rank
+
+    def __post_init__(self) -> None:
+        if self.steps_per_epoch < 1 or self.batch_size < 1 or self.max_epochs < 1:
+            raise ConfigError("adapt: steps per epoch, batch size and max epochs must be >= 1")
+        if not 0.0 < self.holdout_fraction < 1.0:
+            raise ConfigError(f"adapt: holdout fraction must be in (0, 1), got {self.holdout_fraction}")
+        if self.max_minutes <= 0 or self.lr <= 0:
+            raise ConfigError("adapt: max minutes and lr must be > 0")
+
+
+@dataclass
+class Origin:
+    """What FROM turned out to be, and the fingerprint the adapted run records."""
+
+    kind: str  # run | merged | adapter | encoder
+    path: str
+    sha256: str
+    base_checkpoint: str
+    base_sha256: str
+    loaded: Any = None  # LoadedRun for trained starting points
+
+    def describe(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if k != "loaded"}
+
+
+@dataclass
+class AdaptResult:
+    run_dir: Path
+    summary: dict[str, Any]
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------------
+# FROM
+# --------------------------------------------------------------------------------------------------
+
+
+def resolve_origin(from_: str | Path, checkpoint: str | None = None) -> Origin:
+    """Load FROM: a run or merged-export directory, an adapter file (or a folder with one), or an encoder.
+
+    `checkpoint` relocates a trained FROM's base checkpoint, as in evaluate / predict.
+    """
+    from floodlora.inference.export import load_adapter, read_adapter_metadata
+    from floodlora.models.clay import checkpoint_sha256
+    from floodlora.training.rundir import BASE_FILE, CONFIG_FILE, WEIGHTS_FILE, base_fingerprint, load_run
+
+    path = Path(from_)
+    if path.is_dir():
+        if (path / CONFIG_FILE).is_file() or (path / BASE_FILE).is_file():
+            loaded = load_run(path, checkpoint=checkpoint)
+            kind = (
+                "merged" if loaded.base["strategy"] == "full" and (path / "export.json").is_file() else "run"
+            )
+            return Origin(
+                kind, str(path), checkpoint_sha256(path / WEIGHTS_FILE), str(loaded.base.get("checkpoint")),
+                str(loaded.base.get("sha256")), loaded,
+            )  # fmt: skip
+        adapters = sorted(path.glob("*.safetensors"))
+        if len(adapters) != 1:
+            found = ", ".join(p.name for p in adapters) or "none"
+            raise ConfigError(
+                f"{path}: not a run directory, and not an export folder with one adapter file ({found})"
+            )
+        path = adapters[0]
+    if path.is_file() and path.suffix == ".safetensors":
+        try:
+            read_adapter_metadata(path)
+        except CheckpointError:
+            pass  # an encoder checkpoint in safetensors form
+        else:
+            loaded = load_adapter(path, checkpoint=checkpoint)
+            return Origin(
+                "adapter", str(path), checkpoint_sha256(path), str(loaded.base["checkpoint"]),
+                str(loaded.base["sha256"]), loaded,
+            )  # fmt: skip
+    name = str(from_)
+    sha = base_fingerprint(name)  # a CheckpointError names the known encoders
+    return Origin("encoder", name, sha, name, sha)
+
+
+# --------------------------------------------------------------------------------------------------
+# chips: which train, which are held back
+# --------------------------------------------------------------------------------------------------
+
+
+def choose_holdout(
+    refs: Sequence[ChipRef], has_flood: Sequence[bool], fraction: float, minimum: int, seed: int = 0
+) -> list[ChipRef]:
+    """The held-back chips: none below `minimum` chips, else round(fraction * n) (at least 2).
+
+    Chips are taken in a seeded hash order, alternating flooded and dry ones, with at most half of
+    the flooded chips held back: the held-back part holds flood whenever at least two chips do.
+    """
+    n = len(refs)
+    if n < minimum:
+        return []
+    k = min(n - 1, max(2, round(fraction * n)))
+    order = sorted(range(n), key=lambda i: _unit_hash("holdout", seed, refs[i].format, refs[i].chip_id))
+    wet = [i for i in order if has_flood[i]]
+    dry = [i for i in order if not has_flood[i]]
+    wet_q = wet[: len(wet) // 2]  # the training part keeps at least half of the flooded chips
+    picked: list[int] = []
+    while len(picked) < k and (wet_q or dry):
+        for q in (wet_q, dry):
+            if q and len(picked) < k:
+                picked.append(q.pop(0))
+    rest = [i for i in order if i not in picked]
+    picked += rest[: k - len(picked)]
+    return [refs[i] for i in sorted(picked)]
+
+
+class FewShotDataModule(FloodDataModule):
+    """Every labelled chip is the budget: a held-back part (or none), and epochs of a fixed size."""
+
+    def __init__(self, config: Any, options: AdaptOptions, **kwargs: Any) -> None:
+        super().__init__(config, **kwargs)
+        self.options = options
+        self.holdout: list[ChipRef] = []
+
+    def assign_splits(self, refs: list[ChipRef]) -> dict[str, list[ChipRef]]:
+        from floodlora.data.sources import read_sample
+
+        labelled = [r for r in refs if r.labelled]
+        if not labelled:
+            raise DataError(f"{', '.join(self.config.roots)}: no labelled chips to adapt on")
+        flood = []
+        for ref in labelled:
+            mask = read_sample(ref).mask
+            flood.append(mask is not None and bool((mask == 1).any()))
+        if not any(flood):
+            raise DataError(
+                f"{', '.join(self.config.roots)}: none of the {len(labelled)} labelled chips holds flood "
+                "(mask value 1); label at least one flooded area"
+            )
+        opts = self.options
+        self.holdout = choose_holdout(
+            labelled, flood, opts.holdout_fraction, opts.min_holdout_chips, opts.seed
+        )
+        held = {(r.format, r.chip_id) for r in self.holdout}
+        train = [r for r in labelled if (r.format, r.chip_id) not in held]
+        # Too few to hold any back: the loss on the training chips (whole, unaugmented) stops it.
+        return {"train": train, "val": list(self.holdout) or list(train), "test": [], "ood": []}
+
+    def train_batch_sampler(self) -> GroupedBatchSampler | None:
+        """`steps_per_epoch` batches per epoch, drawn with replacement, flooded chips favoured."""
+        self.setup()
+        cfg, refs = self.config, self.splits["train"]
+        if not refs:
+            raise DataError(f"{', '.join(cfg.roots)}: no usable training chips (all mostly nodata?)")
+        info = [self.chip_info[(r.format, r.chip_id)] for r in refs]
+        weights = sampling_weights(
+            [r.format for r in refs], [i[0] for i in info], cfg.flood_sampling, cfg.balance_sources
+        )
+        n = self.options.steps_per_epoch * cfg.batch_size
+        return GroupedBatchSampler(weights, [i[1] for i in info], cfg.batch_size, n, cfg.seed)
+
+
+def _presets_for(
+    roots: list[str], format: str | None, fixed: dict[str, Any], normalization: str, base: str
+) -> dict[str, Any]:
+    """FROM's presets, plus statistics of the adaptation chips for 8-bit sources FROM never saw."""
+    from floodlora.data.datamodule import resolve_presets
+    from floodlora.data.sources import discover
+
+    if not fixed:
+        return {}
+    refs = [r for r in discover(roots, format) if r.labelled]
+    new = [r for r in refs if r.format not in fixed and r.units == "scaled-uint8"]
+    presets = dict(fixed)
+    if new:
+        presets.update(resolve_presets(normalization, new, new, base))
+    return presets
+
+
+# --------------------------------------------------------------------------------------------------
+# adapt
+# --------------------------------------------------------------------------------------------------
+
+
+def _data_views(roots: list[str], format: str | None) -> list[str]:
+    """The views the labelled chips hold (a bare encoder is built for what the data has)."""
+    from floodlora.data.sample import VIEWS
+    from floodlora.data.sources import discover, read_sample
+
+    refs = [r for r in discover(roots, format) if r.labelled]
+    if not refs:
+        raise DataError(f"{', '.join(roots)}: no labelled chips to adapt on")
+    present = set(read_sample(refs[0]).views)
+    return [v for v in VIEWS if v in present]
+
+
+def adapt_config(origin: Origin, roots: list[str], format: str | None, opts: AdaptOptions) -> RunConfig:
+    """The adapted run's config: FROM's model and data settings, the few-label training budget."""
+    from floodlora.config import load_config
+
+    if origin.loaded is not None:
+        cfg = copy.deepcopy(origin.loaded.config)
+        cfg.data.views = list(origin.loaded.base["views"])
+        cfg.data.bands = list(origin.loaded.base["bands"])
+        cfg.model.strategy = "lora"
+    else:
+        cfg = load_config(opts.recipe)
+        cfg.model.checkpoint = origin.path
+        cfg.data.views = _data_views(roots, format)
+        if opts.lora_rank is not None:
+            cfg.model.lora_rank = opts.lora_rank
+    d, t = cfg.data, cfg.train
+    d.roots, d.format = [str(r) for r in roots], format
+    d.holdout_events, d.limit_train, d.stats_from_data = [], None, False
+    d.batch_size = opts.batch_size
+    d.crop_size = opts.crop_size or d.crop_size
+    d.flood_sampling, d.cache_chips, d.augment = opts.flood_sampling, True, True
+    d.max_nodata_fraction = 0.999  # responders' chips are mostly unlabelled (255): keep any labelled one
+    d.seed = opts.seed
+    t.lr, t.max_epochs, t.max_minutes = opts.lr, opts.max_epochs, opts.max_minutes
+    t.early_stopping_patience = opts.patience
+    t.plateau_patience = max(1, opts.patience // 2)
+    t.limit_train_batches, t.limit_val_batches = None, None
+    t.devices, t.num_nodes, t.feature_cache, t.compile = 1, 1, False, False
+    t.seed = opts.seed
+    return cfg
+
+
+def _prepare_model(origin: Origin, cfg: RunConfig) -> Any:
+    """FROM's model ready to train LoRA + decoder (None: train_run builds one from the config)."""
+    from floodlora.models.factory import lora_settings
+    from floodlora.models.strategies import apply_strategy
+
+    if origin.loaded is None:
+        return None
+    model = origin.loaded.model
+    if model.strategy != "lora":
+        # merged / full / frozen: fresh adapters on its encoder (decoder weights kept)
+        apply_strategy(model, "lora", lora_settings(cfg.model))
+    model.train()
+    return model
+
+
+def adapt(
+    from_: str | Path,
+    data: str | Path | Sequence[str | Path],
+    out: str | Path,
+    *,
+    format: str | None = None,
+    options: AdaptOptions | None = None,
+    checkpoint: str | None = None,
+    progress: bool = False,
+) -> AdaptResult:
+    """Fine-tune FROM's LoRA + decoder on the labelled chips under `data`; write the run `out`.
+
+    Returns the run directory and a summary (chips, held-back chips, epochs, wall time, val or
+    training-chip F1, where it started); the same summary is `out/adapt.json`.
+
+    Raises:
+        ConfigError / CheckpointError: FROM is neither a run, an export nor an encoder.
+        DataError: no labelled chips, or none with flood.
+    """
+    from floodlora.models.registry import checkpoint_normalization
+    from floodlora.training.engine import train_run
+
+    t0 = time.perf_counter()
+    opts = options or AdaptOptions()
+    roots = [str(data)] if isinstance(data, str | Path) else [str(d) for d in data]
+    if not roots:
+        raise ConfigError("adapt: pass --data PATH (labelled chips)")
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"{out}: already exists and is not empty; choose another --out")
+    origin = resolve_origin(from_, checkpoint)
+    cfg = adapt_config(origin, roots, format, opts)
+    base_norm = checkpoint_normalization(origin.base_checkpoint)
+    fixed = dict(origin.loaded.presets) if origin.loaded is not None else {}
+    presets = _presets_for(roots, format, fixed, cfg.data.normalization, base_norm)
+    datamodule = FewShotDataModule(cfg.data, opts, base_normalization=base_norm, presets=presets or None)
+    datamodule.setup("fit")
+    model = _prepare_model(origin, cfg)
+    merged = origin.loaded is not None and origin.loaded.base["strategy"] == "full"
+    result = train_run(cfg, out, progress=progress, model=model, datamodule=datamodule)
+
+    metrics = dict(result.metrics)
+    held_back = bool(datamodule.holdout)
+    if not held_back:  # the "val" report is the training chips: no threshold is chosen on them
+        metrics = {"train_chips": metrics.pop("val"), "threshold_source": "default (no held-back chips)"}
+        atomic_write_json(out / "metrics.json", metrics)
+    if merged:
+        _save_merged(out, result.config, model, datamodule.presets)
+    summary = {
+        "from": origin.describe(),
+        "chips": {
+            "train": sorted(r.chip_id for r in datamodule.splits["train"]),
+            "held_back": sorted(r.chip_id for r in datamodule.holdout),
+        },
+        "early_stopping_on": "held-back chips' loss" if held_back else "training chips' loss",
+        "threshold": metrics.get("best_threshold", 0.5),
+        "f1": (metrics["val"]["at_best_threshold"]["f1"] if held_back else metrics["train_chips"]["f1"]),
+        "epochs": result.accounting.get("epochs"),
+        "early_stopped": result.accounting.get("early_stopped"),
+        "trainable_params": result.accounting.get("trainable_params"),
+        "budget": asdict(opts),
+        "normalization": sorted(datamodule.presets),
+        "wall_seconds": time.perf_counter() - t0,
+    }
+    atomic_write_json(out / ADAPT_FILE, summary)
+    return AdaptResult(out, summary, metrics)
+
+
+def _save_merged(out: Path, cfg: RunConfig, model: Any, presets: dict[str, Any]) -> None:
+    """A merged FROM stays standalone: fold the new adapters in and store every weight."""
+    from floodlora.inference.export import merge_lora
+    from floodlora.training.rundir import save_run
+
+    merge_lora(model)
+    cfg = copy.deepcopy(cfg)
+    cfg.model.strategy = "full"
+    save_run(out, cfg, model, presets)
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The lines `floodlora adapt` prints."""
+    src = summary["from"]
+    chips = summary["chips"]
+    held = len(chips["held_back"])
+    scored = f"the {held} held-back chips" if held else "the training chips (too few to hold any back)"
+    return "\n".join(
+        [
+            f"adapted from {src['kind']} {src['path']} (sha256 {src['sha256'][:16]})",
+            f"chips: {len(chips['train'])} trained, {held} held back; early stopping on {scored}",
+            f"F1 {100 * summary['f1']:.1f} on {scored} at threshold {summary['threshold']:.2f}",
+            f"{summary['epochs']} epochs{' (early stop)' if summary['early_stopped'] else ''}, "
+            f"{summary['trainable_params']:,} trainable params, wall {summary['wall_seconds']:.0f} s",
+        ]
+    )
+
+
+def read_adapt_summary(run_dir: str | Path) -> dict[str, Any]:
+    """`RUN/adapt.json` of an adapted run."""
+    path = Path(run_dir) / ADAPT_FILE
+    if not path.is_file():
+        raise DataError(f"{run_dir}: not an adapted run ({ADAPT_FILE} is missing)")
+    return json.loads(path.read_text())

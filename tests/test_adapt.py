@@ -1,0 +1,198 @@
+"""`floodlora adapt`: a few labelled chips -> an ordinary run that keeps FROM's normalisation."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from floodlora.cli import app
+from floodlora.data.sources._common import ChipRef
+from floodlora.models.clay import checkpoint_sha256
+from floodlora.training.adapt import AdaptOptions, adapt, choose_holdout
+from inference_helpers import db_scene, make_run, write_scene
+
+FAST = AdaptOptions(steps_per_epoch=2, batch_size=2, crop_size=32, max_epochs=2)
+FROM_NORM = {"folder": {"name": "from-run", "units": "db", "mean": {"vv": -11.5, "vh": -18.25},
+                        "std": {"vv": 3.5, "vh": 4.0}}}  # fmt: skip
+
+
+def _chips(root: Path, n: int, seed: int = 0) -> Path:
+    from floodlora.data.synthetic import write_folder_dataset
+
+    write_folder_dataset(root, n, 64, seed=seed, splits={"chips": 1.0})
+    return root
+
+
+@pytest.fixture(scope="module")
+def from_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = make_run(tmp_path_factory.mktemp("from") / "run", crop=32)
+    (run / "normalization.json").write_text(json.dumps(FROM_NORM))
+    return run
+
+
+def test_adapt_five_chips_gives_a_run_that_predict_uses(from_run: Path, tmp_path: Path) -> None:
+    from floodlora.inference.predict import PredictOptions, predict_run
+    from floodlora.training.rundir import load_run
+
+    data = _chips(tmp_path / "chips", 5)
+    out = tmp_path / "adapted"
+    result = adapt(from_run, data, out, options=FAST)
+    assert result.run_dir == out
+    s = json.loads((out / "adapt.json").read_text())
+    assert s == result.summary
+    assert s["from"]["kind"] == "run" and s["from"]["sha256"] == checkpoint_sha256(
+        from_run / "weights.safetensors"
+    )
+    assert len(s["chips"]["train"]) == 5 and s["chips"]["held_back"] == []
+    assert s["early_stopping_on"] == "training chips' loss" and s["threshold"] == 0.5
+    assert 1 <= s["epochs"] <= 2 and 0.0 <= s["f1"] <= 1.0
+    # FROM's normalisation travels unchanged; the threshold stays 0.5 (nothing held back to choose one)
+    assert json.loads((out / "normalization.json").read_text()) == FROM_NORM
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "best_threshold" not in metrics and metrics["train_chips"]["n_chips"] == 5
+
+    loaded = load_run(out)
+    assert loaded.threshold == 0.5 and loaded.presets["folder"].mean["vv"] == -11.5
+    assert loaded.base["strategy"] == "lora" and loaded.base["checkpoint"] == "random:test-micro"
+    before = load_run(from_run).model.state_dict()
+    changed = [k for k, v in loaded.model.state_dict().items() if "lora_B" in k and not v.equal(before[k])]
+    assert changed, "adapt must change the LoRA adapters"
+
+    scene = write_scene(tmp_path / "post.tif", db_scene(48, 40))
+    pred = predict_run(out, {"post": scene}, tmp_path / "mask.tif", options=PredictOptions(tile=32))
+    import rasterio
+
+    with rasterio.open(pred.out) as ds:
+        mask = ds.read(1)
+    assert mask.shape == (48, 40) and set(np.unique(mask)) <= {0, 1}
+
+    res = CliRunner().invoke(app, ["evaluate", str(out), "--split", "all"])
+    assert res.exit_code == 0, res.output
+    assert "0.50 (default)" in res.output
+
+
+def test_adapt_holds_back_chips_from_a_merged_export(from_run: Path, tmp_path: Path) -> None:
+    from floodlora.inference.export import export_run
+    from floodlora.training.rundir import load_run
+
+    merged = tmp_path / "merged"
+    export_run(from_run, merged, merge=True)
+    data = _chips(tmp_path / "chips", 10, seed=3)
+    res = CliRunner().invoke(
+        app,
+        ["adapt", str(merged), "--data", str(data), "--out", str(tmp_path / "run"), "--crop-size", "32",
+         "--max-epochs", "1", "--steps", "1", "--no-progress"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "8 trained, 2 held back" in res.output
+    s = json.loads((tmp_path / "run" / "adapt.json").read_text())
+    assert s["from"]["kind"] == "merged" and len(s["chips"]["held_back"]) == 2
+    assert s["from"]["sha256"] == checkpoint_sha256(merged / "weights.safetensors")
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["val"]["n_chips"] == 2 and 0 < metrics["best_threshold"] < 1
+    loaded = load_run(tmp_path / "run")  # merged again: standalone, every weight stored
+    assert loaded.base["strategy"] == "full" and loaded.presets["folder"].mean["vh"] == -18.25
+
+
+def test_adapt_from_an_adapter_file(from_run: Path, tmp_path: Path) -> None:
+    from floodlora.inference.export import export_run
+
+    export_run(from_run, tmp_path / "exp", adapter="flood-a")
+    opts = AdaptOptions(steps_per_epoch=1, batch_size=2, crop_size=32, max_epochs=1)
+    # an export folder holding one adapter file is accepted as well as the file itself
+    result = adapt(tmp_path / "exp", _chips(tmp_path / "chips", 3), tmp_path / "run", options=opts)
+    src = result.summary["from"]
+    assert src["kind"] == "adapter" and src["path"].endswith("flood-a.safetensors")
+    assert src["sha256"] == checkpoint_sha256(tmp_path / "exp" / "flood-a.safetensors")
+    assert src["base_checkpoint"] == "random:test-micro"
+    assert json.loads((tmp_path / "run" / "normalization.json").read_text()) == FROM_NORM
+
+
+def test_new_8bit_source_gets_statistics_of_the_adaptation_chips(tmp_path: Path) -> None:
+    import yaml
+
+    from floodlora.data.sar import NormalizationPreset
+    from floodlora.training.adapt import _presets_for
+
+    data = _chips(tmp_path / "chips", 2)
+    spec = yaml.safe_load((data / "dataset.yaml").read_text())
+    (data / "dataset.yaml").write_text(yaml.safe_dump({**spec, "units": "scaled-uint8"}))
+    fixed = {"ombria": NormalizationPreset("ombria-stats", "scaled-uint8", {"vv": 90.0}, {"vv": 30.0})}
+    presets = _presets_for([str(data)], None, fixed, "auto", "clay-v1.5")
+    assert presets["ombria"] is fixed["ombria"]  # FROM's own sources keep FROM's numbers
+    assert presets["folder"].units == "scaled-uint8" and -30 < presets["folder"].mean["vv"] < 0
+    assert _presets_for([str(data)], None, {}, "auto", "clay-v1.5") == {}  # bare encoder: auto, later
+
+
+def test_choose_holdout_spreads_flood() -> None:
+    refs = [ChipRef(f"c{i}", "e", "folder", None, {}, "db", True, {}) for i in range(12)]
+    flood = [i < 3 for i in range(12)]
+    held = choose_holdout(refs, flood, 0.25, 8)
+    assert len(held) == 3
+    wet = [r for r in held if flood[int(r.chip_id[1:])]]
+    assert len(wet) == 1  # at most half of the 3 flooded chips, at least one
+    assert choose_holdout(refs[:7], flood[:7], 0.25, 8) == []
+    assert choose_holdout(refs, flood, 0.25, 8, seed=0) == held  # deterministic
+
+
+@pytest.mark.parametrize(
+    ("from_", "message"),
+    [("no-such-encoder", "no such checkpoint file or name"), ("DRY", "none of the 2 labelled chips")],
+)
+def test_adapt_bad_inputs_are_one_line(
+    from_: str, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from floodlora import cli
+    from floodlora.data.synthetic import write_folder_dataset
+
+    data = tmp_path / "chips"
+    write_folder_dataset(data, 2, 32, splits={"chips": 1.0})
+    if from_ == "DRY":
+        import rasterio
+
+        for mask in data.glob("chips/*/mask.tif"):
+            with rasterio.open(mask, "r+") as ds:
+                ds.write(np.zeros((1, 32, 32), np.uint8))
+        from_ = "random:test-micro"
+    argv = ["floodlora", "adapt", from_, "--data", str(data), "--out", str(tmp_path / "o"), "--no-progress"]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as exc:
+        cli.main()
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and message in err and len(err.splitlines()) == 1
+
+
+def test_generalist_config_trains_every_source_within_45_minutes() -> None:
+    """Packaged generalist recipe: pre + post with view dropout, a budget that fits 45 min on 2 cores."""
+    import re
+
+    from conftest import BENCHMARKS
+    from floodlora.config import load_config, packaged_configs
+
+    assert "generalist" in packaged_configs()
+    cfg = load_config("generalist")
+    small = load_config("cpu-small")
+    assert cfg.model.checkpoint == "embedded" and cfg.model.strategy == "lora" and cfg.data.roots == []
+    assert cfg.data.views == ["pre", "post"] and cfg.model.view_dropout > 0  # post-only input is trained
+    assert cfg.data.balance_sources and cfg.data.flood_sampling > 0 and not cfg.data.holdout_events
+    assert (cfg.train.lr, cfg.model.decoder, cfg.data.crop_size) == (small.train.lr, small.model.decoder, 128)
+    # seconds per step of the cpu-small LoRA runs measured on 2 cores (frozen runs step faster)
+    runs = json.loads((BENCHMARKS / "results" / "quality-explorations.json").read_text())["runs"]
+    per_step = []
+    for r in runs:
+        m = re.search(r"--budget '(\{.*?\})'", r.get("command", ""))
+        if m and r.get("train_seconds") and "frozen" not in r["name"]:
+            per_step.append(
+                r["train_seconds"] / (r["epochs"] * json.loads(m.group(1))["train.limit_train_batches"])
+            )
+    assert len(per_step) >= 2
+    t = cfg.train
+    assert isinstance(t.limit_train_batches, int) and t.max_minutes is not None
+    assert max(per_step) * t.max_epochs * t.limit_train_batches / 60 <= t.max_minutes <= 40
+    repo = Path(__file__).resolve().parents[1] / "configs" / "generalist.yaml"
+    assert load_config(repo) == cfg
