@@ -6,6 +6,7 @@ User errors (:class:`floodlora.errors.FloodLoraError`) become a one-line message
 
 from __future__ import annotations
 
+import errno
 import sys
 from typing import TYPE_CHECKING, Annotated
 
@@ -235,7 +236,9 @@ def export(
     run_dir: Annotated[str, typer.Argument(help="A run directory written by `floodlora train`.")],
     out: Annotated[str, typer.Option(help="Output directory.")],
     merge: Annotated[bool, typer.Option(help="Merge LoRA; write a standalone model.")] = False,
-    adapter: Annotated[str | None, typer.Option(help="Write adapter-only OUT/NAME.safetensors.")] = None,
+    adapter: Annotated[
+        str | None, typer.Option(help="Write adapter-only OUT/NAME.safetensors (NAME: a bare name, no path).")
+    ] = None,
     torch_export: Annotated[bool, typer.Option(help="Also write torch.export model.pt2.")] = False,
     onnx: Annotated[bool, typer.Option(help="Also write model.onnx (checked with onnxruntime).")] = False,
     tile: Annotated[int | None, typer.Option(help="Tile size of exported graphs.")] = None,
@@ -309,6 +312,14 @@ def report(
     typer.echo(f"written: {path}")
 
 
+#: OS errors that come from the user's paths and disks (permissions, read-only or full file systems,
+#: a path under a regular file), not from a bug: reported like FloodLoraError.
+_USER_OS_ERRORS = {
+    errno.EPERM, errno.ENOENT, errno.EACCES, errno.EEXIST, errno.ENOTDIR, errno.EISDIR, errno.ENOSPC,
+    errno.EROFS, errno.EDQUOT,
+}  # fmt: skip
+
+
 def main() -> None:
     """Console entry point: run the app and turn user errors into one clean line."""
     from floodlora.errors import FloodLoraError
@@ -317,6 +328,12 @@ def main() -> None:
         app()
     except FloodLoraError as err:
         _console().print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except OSError as err:
+        if err.errno not in _USER_OS_ERRORS:
+            raise
+        where = f"{err.filename}: " if err.filename else ""
+        _console().print(f"[bold red]error:[/] {where}{err.strerror or err}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         _console().print("[yellow]interrupted[/]")

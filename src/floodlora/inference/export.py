@@ -313,6 +313,23 @@ class ExportReport:
     messages: list[str] = field(default_factory=list)
 
 
+def check_adapter_name(name: str) -> None:
+    """`--adapter` is a bare name: the file is always `--out/NAME.safetensors`, never elsewhere."""
+    bad = (
+        not name
+        or name in (".", "..")
+        or "/" in name
+        or "\\" in name
+        or name.startswith(".")
+        or name.endswith(".safetensors")
+    )
+    if bad:
+        raise ConfigError(
+            f"--adapter {name!r}: give a bare name (no path, no extension, not starting with '.'); "
+            "the file is written as --out/NAME.safetensors"
+        )
+
+
 def export_run(
     run_dir: str | Path,
     out_dir: str | Path,
@@ -339,6 +356,8 @@ def export_run(
     if not (merge or adapter or torch_export or onnx):
         raise ConfigError("nothing to export: pass --merge, --adapter NAME, --torch-export and/or --onnx")
     run_dir, out_dir = Path(run_dir), Path(out_dir)
+    if adapter:
+        check_adapter_name(adapter)
     if out_dir.resolve() == run_dir.resolve():
         raise ConfigError(f"{out_dir}: export into a new directory, not into the run itself")
     loaded = load_run(run_dir, checkpoint=checkpoint)

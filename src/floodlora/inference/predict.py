@@ -467,13 +467,10 @@ class _Layer:
         resampling: str,
         tags: dict[str, str],
     ) -> None:
-        import os
-        import tempfile
-
         import rasterio
         import rasterio.errors
 
-        from floodlora.io import atomic_path
+        from floodlora.io import atomic_path, scratch_file
 
         self.target = target
         self.final_tmp = stack.enter_context(atomic_path(target))  # renamed over target on success
@@ -481,9 +478,7 @@ class _Layer:
         self.resampling = resampling
         self.work = self.final_tmp
         if cog:  # strips go to a scratch file beside the target; the COG is copied from it at the end
-            fd, scratch = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".strips.tif", dir=target.parent)
-            os.close(fd)
-            self.work = Path(scratch)
+            self.work = scratch_file(target, ".strips.tif")
             stack.callback(self.work.unlink, missing_ok=True)
         with warnings.catch_warnings():  # a scene without georeferencing stays without it
             warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
