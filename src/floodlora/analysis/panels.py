@@ -16,7 +16,7 @@ import numpy as np
 
 from floodlora.analysis._inputs import ignore_map
 from floodlora.data.sample import MASK_FLOOD, Sample
-from floodlora.errors import DataError
+from floodlora.errors import DataError, size_text
 
 if TYPE_CHECKING:
     from floodlora.config import DataConfig
@@ -51,7 +51,7 @@ def _centre_to(arr: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     if (h, w) == (th, tw):
         return arr
     if th > h or tw > w:
-        raise DataError(f"prediction {th}x{tw} is larger than the chip {h}x{w}")
+        raise DataError(f"prediction {size_text(th, tw)} is larger than the chip {size_text(h, w)}")
     y0, x0 = (h - th) // 2, (w - tw) // 2
     return arr[..., y0 : y0 + th, x0 : x0 + tw]
 

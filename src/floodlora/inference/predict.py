@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from floodlora.errors import ConfigError, DataError
+from floodlora.errors import ConfigError, DataError, size_text
 from floodlora.inference.tiling import StripBlender, Tile, plan_tiles
 
 UNITS = ("db", "linear")
@@ -271,7 +271,7 @@ def _grid_difference(a: Grid, b: Grid) -> str:
             f"CRS {a.crs.to_string() if a.crs else 'none'} vs {b.crs.to_string() if b.crs else 'none'}"
         )
     if (a.height, a.width) != (b.height, b.width):
-        parts.append(f"shape {a.width}x{a.height} vs {b.width}x{b.height}")
+        parts.append(f"shape {size_text(a.height, a.width)} vs {size_text(b.height, b.width)}")
     if not a.transform.almost_equals(b.transform):
         parts.append("transform differs")
     return ", ".join(parts) or "grid differs"

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
-from floodlora.errors import CheckpointError
+from floodlora.errors import CheckpointError, size_text
 
 #: Clay's metadata values for Sentinel-1 RTC: placeholder wavelengths (micrometres in Clay's
 #: metadata units, not the physical C-band) that the pretrained patch embedding was conditioned on.
@@ -273,7 +273,7 @@ class ClayEncoder(nn.Module):
         p = self.patch_size
         if h != w:
             raise ValueError(
-                f"Clay's positional encoding assumes square inputs; got {h}x{w}. "
+                f"Clay's positional encoding assumes square inputs; got {size_text(h, w)}. "
                 "Crop or tile to a square size (floodlora's tiler does this for whole scenes)."
             )
         if h % p:
