@@ -373,6 +373,7 @@ class FloodDataset(Dataset):
             "time": torch.from_numpy(encode_time(sample.meta.date)),
             "latlon": torch.from_numpy(encode_latlon(sample.meta.lat, sample.meta.lon)),
             "chip_id": ref.chip_id,
+            "chip_key": ref.key,
             "event": ref.event,
             "missing_bands": missing,
         }
@@ -423,6 +424,7 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
         "time": torch.stack([it["time"] for it in items]),
         "latlon": torch.stack([it["latlon"] for it in items]),
         "chip_id": [it["chip_id"] for it in items],
+        "chip_key": [it.get("chip_key", it["chip_id"]) for it in items],
         "event": [it["event"] for it in items],
         "missing_bands": [it["missing_bands"] for it in items],
         "dropped_views": sorted(every - set(common)),
