@@ -190,3 +190,55 @@ def test_legacy_checkpoint_cli_info(tmp_path: Path, capsys: pytest.CaptureFixtur
     bad.write_bytes(np.arange(100, dtype=np.uint8).tobytes())
     line = _cli_error(["info", "--checkpoint", str(bad)], capsys, monkeypatch)
     assert str(bad) in line and "cannot read checkpoint" in line
+
+
+# ---- inputs that run but give a wrong map: warned about --------------------------------------------
+
+
+def _predict_output(args: list[str]) -> str:
+    from typer.testing import CliRunner
+
+    result = CliRunner().invoke(cli.app, args)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_predict_warns_when_only_the_pre_event_view_is_given(run_dir: Path, tmp_path: Path) -> None:
+    pre = write_scene(tmp_path / "pre.tif", db_scene(40, 48, seed=1))
+    out = _predict_output(
+        ["predict", str(run_dir), "--view", f"pre={pre}", "--out", str(tmp_path / "m.tif"), "--no-progress"]
+    )
+    warned = [line for line in out.splitlines() if line.startswith("warning: ")]
+    assert len(warned) == 1 and "only pre-event view(s) given (pre)" in warned[0]
+
+
+def test_predict_warns_about_uint8_read_as_db(run_dir: Path, post: Path, tmp_path: Path) -> None:
+    raw = np.clip(db_scene(40, 48, seed=3) * -8, 0, 255).astype(np.uint8)
+    import rasterio
+    from rasterio.transform import from_origin
+
+    byte = tmp_path / "byte.tif"
+    with rasterio.open(byte, "w", driver="GTiff", width=48, height=40, count=2, dtype="uint8",
+                       crs="EPSG:32633", transform=from_origin(500000, 5000000, 10, 10)) as ds:  # fmt: skip
+        ds.write(raw)
+    args = [
+        "predict",
+        str(run_dir),
+        "--view",
+        f"post={byte}",
+        "--out",
+        str(tmp_path / "m.tif"),
+        "--no-progress",
+    ]
+    warned = [line for line in _predict_output(args).splitlines() if line.startswith("warning: ")]
+    assert len(warned) == 1 and f"view post: {byte} is 8-bit (0-255) but is read as dB" in warned[0]
+    quiet = [
+        "predict",
+        str(run_dir),
+        "--view",
+        f"post={post}",
+        "--out",
+        str(tmp_path / "n.tif"),
+        "--no-progress",
+    ]
+    assert "warning:" not in _predict_output(quiet)

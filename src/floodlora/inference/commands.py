@@ -54,7 +54,7 @@ def run_predict(
         run_dir, parse_views(view), out, probabilities=probabilities, uncertainty=uncertainty,
         polygons=polygons, adapter=adapter, checkpoint=checkpoint, options=opts,
     )  # fmt: skip
-    lines = [f"note: {m}" for m in res.messages]
+    lines = [f"note: {m}" for m in res.messages] + [f"warning: {m}" for m in res.warnings]
     valid_pct = 100.0 * res.valid_pixels / max(res.height * res.width, 1)
     lines.append(
         f"scene {res.width}x{res.height} px, {res.tiles} tiles of {res.tile} px (overlap {res.overlap}), "

@@ -74,6 +74,7 @@ class PredictResult:
     missing_views: list[str] = field(default_factory=list)
     aligned_views: list[str] = field(default_factory=list)
     messages: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # the result is probably wrong: say why
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -123,6 +124,7 @@ class ViewReader:
     dataset: Any  # rasterio dataset or WarpedVRT on the reference grid
     bands: dict[str, int]
     nodata: float | None
+    dtype: str = "float32"  # the file's data type (before any warping)
 
     def read(self, tile: Tile) -> dict[str, np.ndarray]:
         """`tile`-sized arrays per band; pixels outside the scene are NaN."""
@@ -157,6 +159,24 @@ class Grid:
         crs = self.crs.to_string() if self.crs else "no CRS"
         t = self.transform
         return f"{self.width}x{self.height} px, {crs}, pixel {t.a:g} x {t.e:g} at ({t.c:g}, {t.f:g})"
+
+
+def input_warnings(readers: Mapping[str, ViewReader], model_views: Sequence[str], units: str) -> list[str]:
+    """Inputs that run but most likely give a wrong map: no post-event view, 8-bit images read as dB."""
+    out = []
+    if any(v in POST_VIEWS for v in model_views) and not any(v in POST_VIEWS for v in readers):
+        out.append(
+            f"only pre-event view(s) given ({', '.join(readers)}): the map shows water before the event, "
+            "not the flood; pass the post-event image with --view post=PATH"
+        )
+    if units == "db":
+        for name, reader in readers.items():
+            if reader.dtype == "uint8":
+                out.append(
+                    f"view {name}: {reader.path} is 8-bit (0-255) but is read as dB backscatter; "
+                    "convert it to dB (or linear power with --units linear) first"
+                )
+    return out
 
 
 def _grid_of(ds: Any, name: str) -> Grid:
@@ -260,7 +280,7 @@ def open_views(
                     f"aligned view {name} onto the {ref_name} grid by bilinear warping ({diff}); "
                     "pixels it does not cover are nodata"
                 )
-            readers[name] = ViewReader(name, path, src, bands, nodata)
+            readers[name] = ViewReader(name, path, src, bands, nodata, str(ds.dtypes[0]))
         yield OpenViews(grid, readers, messages, aligned)
 
 
@@ -634,6 +654,7 @@ def _run_scene(
     missing = [v for v in model_views if v not in readers]
     if missing:
         messages.append(f"view(s) {', '.join(missing)} not given: predicting from {', '.join(readers)} only")
+    warns = input_warnings(readers, model_views, opts.units)
     if polygons is not None and grid.crs is None:
         raise DataError(
             f"{readers[grid.reference].path}: the scene has no CRS, so flood polygons cannot be written"
@@ -788,6 +809,7 @@ def _run_scene(
         polygon_count=poly_summary.count if poly_summary else None,
         polygon_km2=poly_summary.area_km2 if poly_summary else None,
         missing_views=missing,
+        warnings=warns,
         aligned_views=list(opened.aligned),
         messages=messages,
         timings=timings,
