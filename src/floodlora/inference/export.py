@@ -131,6 +131,7 @@ def save_adapter(
         "config": yaml.safe_dump(config.to_dict(), sort_keys=False),
         "normalization": json.dumps({f: p.to_dict() for f, p in sorted(presets.items())}),
         "threshold": json.dumps(threshold),
+        "latlon_order": str(getattr(model, "latlon_order", "lat-lon")),
     }
     with atomic_path(path) as tmp:
         save_file(adapter_state(model), str(tmp), metadata=meta)
@@ -173,6 +174,7 @@ def load_adapter(path: str | Path, checkpoint: str | None = None) -> Any:
     config.model.checkpoint = checkpoint or meta["base_checkpoint"]
     config.model.strategy = meta["strategy"]
     config.model.decoder = meta.get("decoder", "paper")
+    config.model.latlon_order = meta.get("latlon_order", "lat-lon")  # older adapters: lat first
     found = base_fingerprint(config.model.checkpoint)
     if found != meta["base_sha256"]:
         raise CheckpointError(

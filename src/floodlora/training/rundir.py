@@ -92,6 +92,7 @@ def save_run(
         "bands": list(model.bands),
         "decoder": model.decoder_kind,
         "encoder": model.clay_encoder.config.to_dict(),
+        "latlon_order": model.latlon_order,
     }
     atomic_write_json(run_dir / BASE_FILE, base)
     if presets is not None:
@@ -172,6 +173,8 @@ def load_run(
         config.model.checkpoint = f"random:{_preset_for(base)}"
     config.model.strategy = base["strategy"]
     config.model.decoder = base.get("decoder", "paper")  # runs from before the decoder option
+    # the order the run was trained with (runs from before the option: lat first)
+    config.model.latlon_order = base.get("latlon_order", "lat-lon")
     model = build_segmentor(config.model, base["views"], base["bands"])
     try:
         state = load_file(str(weights_path))
