@@ -242,3 +242,32 @@ def test_predict_warns_about_uint8_read_as_db(run_dir: Path, post: Path, tmp_pat
         "--no-progress",
     ]
     assert "warning:" not in _predict_output(quiet)
+
+
+def test_predict_date_per_view(run_dir: Path, post: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    """--date VIEW=ISO gives each view its own time code; a bad view name is a one-line error."""
+    from floodlora.inference.commands import parse_dates
+    from floodlora.inference.predict import PredictOptions, view_date
+
+    assert parse_dates(["2021-05-01"]) == ("2021-05-01", {})
+    post_date, dates = parse_dates(["post=2021-05-01", "pre=2021-04-19"])
+    opts = PredictOptions(date=post_date, dates=dates)
+    assert (view_date("pre", opts), view_date("post", opts)) == ("2021-04-19", "2021-05-01")
+    assert view_date("pre", PredictOptions(date="2021-05-01")) is None  # pre never borrows the post date
+    pre = write_scene(tmp_path / "pre.tif", db_scene(40, 48, seed=1))
+    base = ["predict", str(run_dir), "--view", f"post={post}", "--view", f"pre={pre}", "--no-progress"]
+    probs = {}
+    for name, dates_args in (("same", ["--date", "2021-05-01"]),
+                             ("own", ["--date", "post=2021-05-01", "--date", "pre=2021-01-10"])):  # fmt: skip
+        import rasterio
+
+        out = _predict_output([*base, "--out", str(tmp_path / f"{name}.tif"),
+                               "--probabilities", str(tmp_path / f"{name}-p.tif"), *dates_args])  # fmt: skip
+        assert "wrote" in out
+        with rasterio.open(tmp_path / f"{name}-p.tif") as ds:
+            probs[name] = ds.read(1)
+    assert not np.allclose(probs["same"], probs["own"])  # the pre view's time code reached the model
+    line = _cli_error(
+        [*base, "--out", str(tmp_path / "x.tif"), "--date", "flood=2021-05-01"], capsys, monkeypatch
+    )
+    assert "--date for view(s) flood: not views of this model" in line

@@ -77,9 +77,10 @@ def test_eval_full_chip_cut_to_multiple_of_8(tmp_path: Path) -> None:
     assert item["views"]["post"].shape == (2, 48, 48) and item["mask"].shape == (48, 48)
     assert (item["mask"][40:] == 255).all() and not item["valid"][40:].any() and item["valid"][:40].all()
     assert (item["views"]["post"][:, 40:] == 0).all()
-    t = item["time"].numpy()
+    t = item["time"]["post"].numpy()
     w = 28 * 2 * math.pi / 52  # 2021-07-15 is ISO week 28; hour 12 when only a date is known
     np.testing.assert_allclose(t, [math.sin(w), math.cos(w), 0.0, -1.0], atol=1e-6)
+    assert not item["time"]["pre"].any()  # the pre-event view has no date of its own: unknown
     np.testing.assert_allclose(item["latlon"].numpy(), encode_latlon(45.0, 10.0))
 
 
@@ -121,6 +122,23 @@ def test_chip_smaller_than_a_patch_fails_at_setup(tmp_path: Path) -> None:
             dm.setup()
 
 
+def test_each_view_has_its_own_date(tmp_path: Path) -> None:
+    """dates in meta.yaml reach the batch per view; the folder writer and reader round-trip them."""
+    from floodlora.data.sources import read_sample
+
+    dry = np.full((16, 16), -10.0, np.float32)
+    meta = SampleMeta("c", "ev", "folder", "db", date="2021-05-01", dates={"pre": "2021-03-01"})
+    views = {"pre": {"vv": dry, "vh": dry}, "post": {"vv": dry, "vh": dry}}
+    write_sample(Sample(views, np.zeros((16, 16), np.uint8), meta), tmp_path / "train" / "c")
+    write_dataset_yaml(tmp_path, "db", ["pre", "post"], ["vv", "vh"], "ev")
+    (ref,) = discover([tmp_path])
+    assert read_sample(ref).meta.dates == {"pre": "2021-03-01"}
+    item = FloodDataset([ref], {"folder": PRESETS["clay-v1.5"]}, crop_size=None)[0]
+    np.testing.assert_allclose(item["time"]["pre"].numpy(), encode_time("2021-03-01"))
+    np.testing.assert_allclose(item["time"]["post"].numpy(), encode_time("2021-05-01"))
+    assert not np.allclose(encode_time("2021-03-01"), encode_time("2021-05-01"))
+
+
 def test_time_and_latlon_encoding() -> None:
     t = encode_time("2017-02-13T06:00:00")
     w = 7 * 2 * math.pi / 52
@@ -143,7 +161,13 @@ def test_datamodule_splits_holdout_and_batches(syn: Path) -> None:
     assert set(batch["views"]) == {"pre", "post"}
     assert batch["views"]["post"].shape == (4, 2, 32, 32) and batch["views"]["post"].dtype == torch.float32
     assert batch["mask"].dtype == torch.uint8 and batch["valid"].dtype == torch.bool
-    assert batch["time"].shape == (4, 4) and batch["latlon"].shape == (4, 4) and len(batch["chip_id"]) == 4
+    assert (
+        batch["time"]["post"].shape == (4, 4)
+        and batch["latlon"].shape == (4, 4)
+        and len(batch["chip_id"]) == 4
+    )
+    # synthetic scenes date each view: the pre-event pass 12 days (about 2 ISO weeks) before the post
+    assert not torch.allclose(batch["time"]["pre"], batch["time"]["post"])
     ood = next(iter(dm.ood_dataloader()))
     assert ood["views"]["pre"].shape[-2:] == (48, 48)  # eval: full chip
     # deterministic: same config, same splits and the same first training batch

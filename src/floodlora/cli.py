@@ -214,7 +214,13 @@ def predict(
     ] = None,
     tta: Annotated[bool, typer.Option(help="Average over 4 flips (test-time augmentation).")] = False,
     mc_dropout: Annotated[int, typer.Option(help="N LoRA-dropout samples for the uncertainty layer.")] = 0,
-    date: Annotated[str | None, typer.Option(help="Post-event date (ISO) for the time code.")] = None,
+    date: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Acquisition date per view, VIEW=ISO (post=2021-05-01, pre=2021-04-19); repeat. "
+            "A bare date is the post-event one."
+        ),
+    ] = None,
     align: Annotated[bool, typer.Option(help="Warp views onto the post-event grid when they differ.")] = True,
     cog: Annotated[bool, typer.Option(help="Cloud Optimized GeoTIFF (else tiled GeoTIFF).")] = True,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,

@@ -370,7 +370,8 @@ class FloodDataset(Dataset):
             },
             "mask": torch.from_numpy(np.ascontiguousarray(mask, dtype=np.uint8)),
             "valid": torch.from_numpy(np.ascontiguousarray(valid)),
-            "time": torch.from_numpy(encode_time(sample.meta.date)),
+            # each view its own acquisition date (a pre-event view without one: zeros)
+            "time": {v: torch.from_numpy(encode_time(sample.meta.view_date(v))) for v in arrays},
             "latlon": torch.from_numpy(encode_latlon(sample.meta.lat, sample.meta.lon)),
             "chip_id": ref.chip_id,
             "chip_key": ref.key,
@@ -421,7 +422,11 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
         "views": {v: torch.stack([pad(it["views"][v], 0.0) for it in items]) for v in common},
         "mask": torch.stack([pad(it["mask"], MASK_NODATA) for it in items]),
         "valid": torch.stack([pad(it["valid"], False) for it in items]),
-        "time": torch.stack([it["time"] for it in items]),
+        "time": (
+            {v: torch.stack([it["time"][v] for it in items]) for v in common}
+            if isinstance(items[0]["time"], Mapping)
+            else torch.stack([it["time"] for it in items])
+        ),
         "latlon": torch.stack([it["latlon"] for it in items]),
         "chip_id": [it["chip_id"] for it in items],
         "chip_key": [it.get("chip_key", it["chip_id"]) for it in items],

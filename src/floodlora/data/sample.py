@@ -34,6 +34,18 @@ class SampleMeta:
     lat: float | None = None
     lon: float | None = None
     extra: dict[str, object] = field(default_factory=dict)
+    dates: dict[str, str] = field(default_factory=dict)  # view -> its own acquisition date, where known
+
+    def view_date(self, view: str) -> str | None:
+        """The acquisition date of `view`: its own, else `date` for a post-event view, else unknown.
+
+        A pre-event view never borrows the post-event date: the time code is zeros when its own date
+        is not known (Clay's convention for an unknown time).
+        """
+        own = self.dates.get(view)
+        if own:
+            return own
+        return self.date if view.startswith("post") else None
 
 
 @dataclass

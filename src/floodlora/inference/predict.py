@@ -47,6 +47,7 @@ class PredictOptions:
     align: bool = True
     cog: bool = True
     date: str | None = None  # post-event acquisition date (ISO) for Clay's time encoding
+    dates: dict[str, str] = field(default_factory=dict)  # view -> its own acquisition date (wins over date)
     seed: int = 0
     progress: bool = False
 
@@ -370,6 +371,17 @@ def encode_date(date: str | None) -> np.ndarray:
     return np.array([math.sin(w), math.cos(w), math.sin(h), math.cos(h)], dtype=np.float32)
 
 
+def view_date(view: str, opts: PredictOptions) -> str | None:
+    """The date of `view`: `--date VIEW=...`, else the bare (post-event) `--date` for post views.
+
+    A pre-event view never borrows the post-event date (as in training, floodlora.data.sample).
+    """
+    own = opts.dates.get(view)
+    if own:
+        return own
+    return opts.date if view.startswith("post") else None
+
+
 def tile_latlon(grid: Grid, tiles: Sequence[Tile]) -> np.ndarray:
     """Clay's location encoding of each tile's centre `[N, 4]` (zeros without a CRS), as training
     encodes each chip's centre."""
@@ -412,7 +424,7 @@ def lora_dropout_active(model: torch.nn.Module) -> Iterator[int]:
 def predict_probabilities(
     model: torch.nn.Module,
     views: Mapping[str, torch.Tensor],
-    time: torch.Tensor | None = None,
+    time: torch.Tensor | Mapping[str, torch.Tensor] | None = None,  # one code, or one per view
     latlon: torch.Tensor | None = None,
     tta: bool = False,
     mc_samples: int = 0,
@@ -665,7 +677,12 @@ def _run_scene(
         plan = plan_tiles(grid.height, grid.width, tile, overlap, patch)
     except ValueError as err:
         raise ConfigError(f"tiling: {err}") from None
-    time_vec = torch.from_numpy(encode_date(opts.date))
+    unknown = sorted(set(opts.dates) - set(model_views))
+    if unknown:
+        raise ConfigError(
+            f"--date for view(s) {', '.join(unknown)}: not views of this model ({', '.join(model_views)})"
+        )
+    time_codes = {v: torch.from_numpy(encode_date(view_date(v, opts))) for v in readers}
     want_unc = uncertainty is not None
     channels = 3 if want_unc else 2  # probability, valid, [spread]
     blender = StripBlender(plan, channels)
@@ -757,7 +774,7 @@ def _run_scene(
                         valids.append(valid)
                     x = {v: torch.from_numpy(np.stack(a)) for v, a in per_view.items()}
                     latlon = torch.from_numpy(tile_latlon(grid, batch))
-                    tvec = time_vec.expand(len(batch), -1)
+                    tvec = {v: code.expand(len(batch), -1) for v, code in time_codes.items()}
                     t1 = time.perf_counter()
                     prob, spread = predict_probabilities(model, x, tvec, latlon, tta, opts.mc_samples)
                     t2 = time.perf_counter()
