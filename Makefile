@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/strategies.py
 	$(PY) benchmarks/predict.py
 	$(PY) benchmarks/startup.py
+	$(PY) benchmarks/budgets.py
 
 # Real-data quality, leave one event group out (about an hour on 2 cores): docs/quality.md, README.
 quality: $(STAMP)

@@ -76,6 +76,29 @@ def test_truncated_checkpoint_gives_clear_error(tmp_path: Path, clay_fixtures: P
         load_clay_encoder(bad)
 
 
+def test_legacy_pickle_checkpoint_loads(tmp_path: Path, clay_fixtures: Path) -> None:
+    """Files written with the pre-1.6 (non-zip) format cannot be memory-mapped; they load whole."""
+    ckpt = torch.load(clay_fixtures / "clay_tiny.ckpt", weights_only=True)
+    legacy = tmp_path / "legacy.ckpt"
+    torch.save(ckpt, legacy, _use_new_zipfile_serialization=False)
+    assert legacy.read_bytes()[:2] != b"PK"
+    encoder = load_clay_encoder(legacy).eval()
+    io = _fixture_io(clay_fixtures)
+    with torch.no_grad():
+        out = encoder(io["pixels"], io["time"], io["latlon"], io["gsd"], io["waves"])
+    assert torch.allclose(out, io["expected_tokens"], atol=1e-5)
+
+
+def test_truncated_legacy_checkpoint_gives_clear_error(tmp_path: Path, clay_fixtures: Path) -> None:
+    legacy = tmp_path / "legacy.ckpt"
+    torch.save(torch.load(clay_fixtures / "clay_tiny.ckpt", weights_only=True), legacy,
+               _use_new_zipfile_serialization=False)  # fmt: skip
+    data = legacy.read_bytes()
+    legacy.write_bytes(data[: len(data) // 3])
+    with pytest.raises(CheckpointError, match=r"legacy\.ckpt: cannot read checkpoint"):
+        load_clay_encoder(legacy)
+
+
 def test_non_clay_checkpoint_gives_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "resnet.ckpt"
     torch.save({"state_dict": {"model.backbone.conv1.weight": torch.zeros(4, 3, 3, 3)}}, path)

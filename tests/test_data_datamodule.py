@@ -73,11 +73,70 @@ def test_eval_full_chip_cut_to_multiple_of_8(tmp_path: Path) -> None:
     _coded_chip(tmp_path, 45, 50)
     ds = FloodDataset(discover([tmp_path]), {"folder": PRESETS["clay-v1.5"]}, crop_size=None)
     item = ds[0]
-    assert item["views"]["post"].shape == (2, 40, 48) and item["mask"].shape == (40, 48)
-    t = item["time"].numpy()
+    # cut to multiples of 8 (40 x 48), then padded to a square with nodata: Clay needs square inputs
+    assert item["views"]["post"].shape == (2, 48, 48) and item["mask"].shape == (48, 48)
+    assert (item["mask"][40:] == 255).all() and not item["valid"][40:].any() and item["valid"][:40].all()
+    assert (item["views"]["post"][:, 40:] == 0).all()
+    t = item["time"]["post"].numpy()
     w = 28 * 2 * math.pi / 52  # 2021-07-15 is ISO week 28; hour 12 when only a date is known
     np.testing.assert_allclose(t, [math.sin(w), math.cos(w), 0.0, -1.0], atol=1e-6)
+    assert not item["time"]["pre"].any()  # the pre-event view has no date of its own: unknown
     np.testing.assert_allclose(item["latlon"].numpy(), encode_latlon(45.0, 10.0))
+
+
+def test_non_square_chips_evaluate_in_the_folder_format(tmp_path: Path) -> None:
+    """Validation and test of 40 x 72 chips run through the encoder (padded square, padding not scored)."""
+    from floodlora.config import ModelConfig
+    from floodlora.models.factory import build_segmentor
+
+    for split, h, w in (("train", 40, 72), ("val", 72, 40), ("test", 40, 72)):
+        idx = np.arange(h * w, dtype=np.float32).reshape(h, w)
+        views = {"post": {"vv": -10 - idx / (h * w), "vh": -17 - idx / (h * w)}}
+        mask = (idx % 3 == 0).astype(np.uint8)
+        write_sample(
+            Sample(views, mask, SampleMeta(f"c-{split}", "ev", "folder", "db")), tmp_path / split / "c"
+        )
+    write_dataset_yaml(tmp_path, "db", ["post"], ["vv", "vh"], "ev")
+    cfg = DataConfig(roots=[str(tmp_path)], views=["post"], crop_size=32, batch_size=2)
+    dm = FloodDataModule(cfg)
+    dm.setup()
+    model = build_segmentor(
+        ModelConfig(checkpoint="random:test-micro", strategy="frozen"), ["post"], ["vv", "vh"]
+    )
+    for loader in (dm.val_dataloader(), dm.test_dataloader()):
+        batch = next(iter(loader))
+        assert batch["mask"].shape == (1, 72, 72)
+        assert int((batch["mask"] != 255).sum()) == 40 * 72  # every real pixel is kept and scored
+        with torch.no_grad():
+            logits = model(batch["views"], batch["time"], batch["latlon"])
+        assert logits.shape[-2:] == (72, 72)
+
+
+def test_chip_smaller_than_a_patch_fails_at_setup(tmp_path: Path) -> None:
+    from floodlora.errors import DataError
+
+    _coded_chip(tmp_path, 6, 40)
+    for fraction in (0.5, 1.0):  # with and without the nodata scan of every chip
+        dm = FloodDataModule(DataConfig(roots=[str(tmp_path)], crop_size=32, max_nodata_fraction=fraction))
+        with pytest.raises(DataError, match=r"coded/.*: chip 40x6 px is smaller than one 8 px encoder patch"):
+            dm.setup()
+
+
+def test_each_view_has_its_own_date(tmp_path: Path) -> None:
+    """dates in meta.yaml reach the batch per view; the folder writer and reader round-trip them."""
+    from floodlora.data.sources import read_sample
+
+    dry = np.full((16, 16), -10.0, np.float32)
+    meta = SampleMeta("c", "ev", "folder", "db", date="2021-05-01", dates={"pre": "2021-03-01"})
+    views = {"pre": {"vv": dry, "vh": dry}, "post": {"vv": dry, "vh": dry}}
+    write_sample(Sample(views, np.zeros((16, 16), np.uint8), meta), tmp_path / "train" / "c")
+    write_dataset_yaml(tmp_path, "db", ["pre", "post"], ["vv", "vh"], "ev")
+    (ref,) = discover([tmp_path])
+    assert read_sample(ref).meta.dates == {"pre": "2021-03-01"}
+    item = FloodDataset([ref], {"folder": PRESETS["clay-v1.5"]}, crop_size=None)[0]
+    np.testing.assert_allclose(item["time"]["pre"].numpy(), encode_time("2021-03-01"))
+    np.testing.assert_allclose(item["time"]["post"].numpy(), encode_time("2021-05-01"))
+    assert not np.allclose(encode_time("2021-03-01"), encode_time("2021-05-01"))
 
 
 def test_time_and_latlon_encoding() -> None:
@@ -102,7 +161,13 @@ def test_datamodule_splits_holdout_and_batches(syn: Path) -> None:
     assert set(batch["views"]) == {"pre", "post"}
     assert batch["views"]["post"].shape == (4, 2, 32, 32) and batch["views"]["post"].dtype == torch.float32
     assert batch["mask"].dtype == torch.uint8 and batch["valid"].dtype == torch.bool
-    assert batch["time"].shape == (4, 4) and batch["latlon"].shape == (4, 4) and len(batch["chip_id"]) == 4
+    assert (
+        batch["time"]["post"].shape == (4, 4)
+        and batch["latlon"].shape == (4, 4)
+        and len(batch["chip_id"]) == 4
+    )
+    # synthetic scenes date each view: the pre-event pass 12 days (about 2 ISO weeks) before the post
+    assert not torch.allclose(batch["time"]["pre"], batch["time"]["post"])
     ood = next(iter(dm.ood_dataloader()))
     assert ood["views"]["pre"].shape[-2:] == (48, 48)  # eval: full chip
     # deterministic: same config, same splits and the same first training batch

@@ -56,7 +56,8 @@ def test_views_of_different_shapes(tmp_path: Path) -> None:
     chip = _folder(tmp_path, shape_post=(20, 16))
     msg = _one_line_error(tmp_path)
     assert (
-        msg.startswith(str(chip)) and "views have different shapes (post/vv is 20x16, expected 16x16)" in msg
+        msg.startswith(str(chip))
+        and "views have different shapes (post/vv is 16x20 px, expected 16x16 px)" in msg
     )
 
 
@@ -75,6 +76,23 @@ def test_wrong_band_count(tmp_path: Path) -> None:
         ds.write(np.zeros((3, 16, 16), np.float32))
     msg = _one_line_error(tmp_path)
     assert msg == f"{chip / 'pre.tif'}: wrong band count: expected 2, found 3"
+
+
+def _c2s(root: Path, vv_shape: tuple[int, int], vh_shape: tuple[int, int]) -> tuple[Path, Path]:
+    paths = []
+    for band, shape in (("vv", vv_shape), ("vh", vh_shape)):
+        path = root / f"abc01_{band}.tif"
+        with rasterio.open(path, "w", driver="GTiff", width=shape[1], height=shape[0], count=1,
+                           dtype="float32", transform=from_origin(0, 16, 10, 10)) as ds:  # fmt: skip
+            ds.write(np.full((1, *shape), -10.0, np.float32))
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+def test_c2s_bad_vh_shape_names_the_vh_file(tmp_path: Path) -> None:
+    _, vh = _c2s(tmp_path, (16, 16), (16, 24))
+    msg = _one_line_error(tmp_path)
+    assert msg == f"{vh}: views have different shapes (vh is 24x16 px, vv is 16x16 px)"
 
 
 def test_corrupt_geotiff(tmp_path: Path) -> None:

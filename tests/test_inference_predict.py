@@ -198,7 +198,7 @@ def test_shape_mismatch_is_warped_onto_post_grid(
     # pre covers only the left 60 columns of the post scene, at the same resolution and CRS
     pre = write_scene(tmp_path / "pre_small.tif", db_scene(H, 60, seed=5))
     views = {"pre": pre, "post": scene["post"]}
-    with pytest.raises(DataError, match="shape 60x75 vs 90x75"):
+    with pytest.raises(DataError, match="shape 60x75 px vs 90x75 px"):
         predict_run(run_dir, views, tmp_path / "m.tif", options=PredictOptions(align=False))
     res = predict_run(run_dir, views, tmp_path / "m.tif")
     assert res.aligned_views == ["pre"] and any("aligned view pre" in m for m in res.messages)

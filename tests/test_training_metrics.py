@@ -69,9 +69,34 @@ def test_best_threshold_and_zero_division() -> None:
     # -> F1 10/12, the best; ties resolve towards 0.5, so t = 0.3.
     assert f1 == pytest.approx(10 / 12)
     assert threshold == pytest.approx(0.3)
+    # a dry chip predicted dry: F1 / IoU / Dice 1 (the one convention, shared with analysis.panels)
     assert scores_from_counts(0, 0, 0, 5) == {
-        "accuracy": 1.0, "precision": 0.0, "recall": 0.0, "f1": 0.0, "iou": 0.0, "dice": 0.0,
+        "accuracy": 1.0, "precision": 0.0, "recall": 0.0, "f1": 1.0, "iou": 1.0, "dice": 1.0,
     }  # fmt: skip
+    assert scores_from_counts(0, 1, 0, 5)["f1"] == 0.0 and scores_from_counts(0, 0, 1, 5)["iou"] == 0.0
+
+
+def test_dry_chip_f1_is_the_same_in_metrics_and_panels() -> None:
+    from floodlora.analysis.panels import chip_f1
+    from floodlora.data.sample import Sample, SampleMeta
+
+    dry = np.zeros((4, 4), np.float32)
+    s = Sample(
+        {"post": {"vv": dry, "vh": dry}}, np.zeros((4, 4), np.uint8), SampleMeta("d", "e", "folder", "db")
+    )
+    chips = ChipConfusion()
+    chips.update(np.zeros((1, 4, 4)), np.zeros((1, 4, 4), np.uint8), None, ["d"], ["e"])
+    assert chip_f1(np.zeros((4, 4)), s) == chips.report()["per_chip"]["d"]["f1"] == 1.0
+    assert chip_f1(np.ones((4, 4)), s) == 0.0
+
+
+def test_equal_chip_ids_from_two_roots_are_two_chips() -> None:
+    chips = ChipConfusion()
+    chips.update(PROBS, TARGET, VALID, ["a", "a"], ["ev1", "ev2"], keys=["folder:/r1/a", "folder:/r2/a"])
+    report = chips.report(0.5)
+    assert report["n_chips"] == 2 and report["n_pixels"] == 9
+    assert {v["chip_id"] for v in report["per_chip"].values()} == {"a"}
+    assert set(report["per_chip"]) == {"folder:/r1/a", "folder:/r2/a"}
 
 
 def test_per_chip_and_per_event_breakdown() -> None:

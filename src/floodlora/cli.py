@@ -6,6 +6,7 @@ User errors (:class:`floodlora.errors.FloodLoraError`) become a one-line message
 
 from __future__ import annotations
 
+import errno
 import sys
 from typing import TYPE_CHECKING, Annotated
 
@@ -306,7 +307,13 @@ def predict(
     ] = None,
     tta: Annotated[bool, typer.Option(help="Average over 4 flips (test-time augmentation).")] = False,
     mc_dropout: Annotated[int, typer.Option(help="N LoRA-dropout samples for the uncertainty layer.")] = 0,
-    date: Annotated[str | None, typer.Option(help="Post-event date (ISO) for the time code.")] = None,
+    date: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Acquisition date per view, VIEW=ISO (post=2021-05-01, pre=2021-04-19); repeat. "
+            "A bare date is the post-event one."
+        ),
+    ] = None,
     align: Annotated[bool, typer.Option(help="Warp views onto the post-event grid when they differ.")] = True,
     cog: Annotated[bool, typer.Option(help="Cloud Optimized GeoTIFF (else tiled GeoTIFF).")] = True,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
@@ -379,7 +386,9 @@ def export(
     run_dir: Annotated[str, typer.Argument(help="A run directory written by `floodlora train`.")],
     out: Annotated[str, typer.Option(help="Output directory.")],
     merge: Annotated[bool, typer.Option(help="Merge LoRA; write a standalone model.")] = False,
-    adapter: Annotated[str | None, typer.Option(help="Write adapter-only OUT/NAME.safetensors.")] = None,
+    adapter: Annotated[
+        str | None, typer.Option(help="Write adapter-only OUT/NAME.safetensors (NAME: a bare name, no path).")
+    ] = None,
     torch_export: Annotated[bool, typer.Option(help="Also write torch.export model.pt2.")] = False,
     onnx: Annotated[bool, typer.Option(help="Also write model.onnx (checked with onnxruntime).")] = False,
     tile: Annotated[int | None, typer.Option(help="Tile size of exported graphs.")] = None,
@@ -453,6 +462,14 @@ def report(
     typer.echo(f"written: {path}")
 
 
+#: OS errors that come from the user's paths and disks (permissions, read-only or full file systems,
+#: a path under a regular file), not from a bug: reported like FloodLoraError.
+_USER_OS_ERRORS = {
+    errno.EPERM, errno.ENOENT, errno.EACCES, errno.EEXIST, errno.ENOTDIR, errno.EISDIR, errno.ENOSPC,
+    errno.EROFS, errno.EDQUOT,
+}  # fmt: skip
+
+
 def main() -> None:
     """Console entry point: run the app and turn user errors into one clean line."""
     from floodlora.errors import FloodLoraError
@@ -461,6 +478,12 @@ def main() -> None:
         app()
     except FloodLoraError as err:
         _console().print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except OSError as err:
+        if err.errno not in _USER_OS_ERRORS:
+            raise
+        where = f"{err.filename}: " if err.filename else ""
+        _console().print(f"[bold red]error:[/] {where}{err.strerror or err}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         _console().print("[yellow]interrupted[/]")

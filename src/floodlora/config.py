@@ -16,6 +16,10 @@ from floodlora.errors import ConfigError
 
 T = TypeVar("T")
 
+#: The adaptation strategies (kept here, free of torch, so that a config validates without importing models).
+STRATEGIES: tuple[str, ...] = ("frozen", "lora", "full")
+LATLON_ORDERS: tuple[str, ...] = ("auto", "lat-lon", "lon-lat", "zeros")
+
 
 @dataclass
 class DataConfig:
@@ -65,6 +69,29 @@ class ModelConfig:
     share_decoder: bool = False
     view_dropout: float = 0.0
     gradient_checkpointing: bool | None = None  # None: on for `full` at >= 512 px
+    # Order of Clay's location code: lat-lon [sin lat, cos lat, sin lon, cos lon] (Clay's tutorials),
+    # lon-lat (lon first: what Clay's v1 training chips probably carried, docs/architecture.md), zeros
+    # (no location), or auto: what the checkpoint declares (floodlora.models.registry).
+    latlon_order: str = "auto"
+
+    def __post_init__(self) -> None:
+        """Fail when the config is built (a bad rank or strategy), not deep inside model construction."""
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(
+                f"model.strategy: unknown strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}"
+            )
+        if isinstance(self.lora_rank, bool) or not isinstance(self.lora_rank, int) or self.lora_rank < 1:
+            raise ConfigError(f"model.lora_rank: must be an integer >= 1, got {self.lora_rank!r}")
+        if self.lora_alpha is not None and self.lora_alpha <= 0:
+            raise ConfigError(
+                f"model.lora_alpha: must be > 0 (or null for 2 x rank), got {self.lora_alpha!r}"
+            )
+        if self.latlon_order not in LATLON_ORDERS:
+            raise ConfigError(
+                f"model.latlon_order: must be one of {', '.join(LATLON_ORDERS)}, got {self.latlon_order!r}"
+            )
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ConfigError(f"model.lora_dropout: must be in [0, 1), got {self.lora_dropout!r}")
 
 
 LOGGERS: tuple[str, ...] = ("csv", "tensorboard", "mlflow")

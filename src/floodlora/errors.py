@@ -17,3 +17,8 @@ class CheckpointError(FloodLoraError):
 
 class ConfigError(FloodLoraError):
     """A configuration value is invalid."""
+
+
+def size_text(height: int, width: int) -> str:
+    """A raster size for messages, always width x height as GDAL prints it: (20, 16) -> '16x20 px'."""
+    return f"{int(width)}x{int(height)} px"

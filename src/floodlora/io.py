@@ -10,22 +10,90 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from floodlora.errors import FloodLoraError
+
+
+class OutputError(FloodLoraError):
+    """An output path cannot be written (read-only folder, a path under a regular file, /proc...)."""
+
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds."""
+    """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds.
+
+    The result gets the mode of any other new file (0666 less the umask), whatever the writer used
+    (mkstemp and some libraries create 0600 files). A folder that cannot be written is a one-line
+    :class:`OutputError`.
+    """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600 files; outputs are meant to be shared
+    tmp_path = scratch_file(target, ".tmp")
     try:
         yield tmp_path
-        os.replace(tmp_path, target)
+        try:
+            os.chmod(tmp_path, 0o666 & ~_umask())
+            os.replace(tmp_path, target)
+        except OSError as err:
+            raise OutputError(f"{target}: cannot write ({_reason(err)})") from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def scratch_file(target: str | Path, suffix: str) -> Path:
+    """Create an empty hidden scratch file beside `target`: `.NAME.PID-RANDOM<suffix>`.
+
+    Scratch files of the same target left by a process that no longer runs (killed with SIGKILL,
+    a power cut) are removed first, so an output folder does not collect them.
+    """
+    target = Path(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_scratch(target)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}-", suffix=suffix, dir=target.parent)
+    except OSError as err:
+        raise OutputError(f"{target}: cannot write ({_reason(err)})") from None
+    os.close(fd)
+    return Path(tmp)
+
+
+def remove_stale_scratch(target: str | Path) -> list[Path]:
+    """Delete `.NAME.PID-*` scratch files of `target` whose process is gone; return what was removed."""
+    target = Path(target)
+    prefix = f".{target.name}."
+    removed = []
+    try:
+        entries = list(target.parent.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        name = entry.name
+        if not name.startswith(prefix):
+            continue
+        pid_text, dash, _ = name[len(prefix) :].partition("-")
+        if not dash or not pid_text.isdigit() or _process_alive(int(pid_text)):
+            continue
+        try:
+            entry.unlink()
+            removed.append(entry)
+        except OSError:
+            pass
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _reason(err: OSError) -> str:
+    return err.strerror or str(err) or err.__class__.__name__
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from floodlora.data.sample import MASK_NODATA, Sample
-from floodlora.errors import DataError
+from floodlora.errors import DataError, size_text
 
 if TYPE_CHECKING:
     from floodlora.data.sar import NormalizationPreset
@@ -71,7 +71,7 @@ def square_crop(sample: Sample, size: int | None, multiple: int = 8) -> Sample:
     side = min(h, w) if size is None else size
     side -= side % multiple
     if side <= 0 or side > min(h, w):
-        raise DataError(f"{sample.meta.chip_id}: cannot crop {h}x{w} to {side}x{side}")
+        raise DataError(f"{sample.meta.chip_id}: cannot crop {size_text(h, w)} to {size_text(side, side)}")
     if (h, w) == (side, side):
         return sample
     r0, c0 = (h - side) // 2, (w - side) // 2

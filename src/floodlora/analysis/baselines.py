@@ -265,6 +265,8 @@ def _iter_samples(
 
     for item in refs_or_samples:
         s = item if isinstance(item, Sample) else read_sample(item)
+        if not isinstance(item, Sample):  # the chip's identity across roots, as ChipConfusion keys it
+            s.meta.extra.setdefault("key", item.key)
         if s.mask is None:
             continue
         if max_nodata_fraction is not None and s.nodata_fraction() > max_nodata_fraction:
@@ -389,8 +391,9 @@ def run_baseline(
         with np.errstate(invalid="ignore"):
             pred = (img < t).astype(np.uint8)
         valid = s.valid & np.isfinite(img)
-        conf.chips[s.meta.chip_id] = ChipRecord(
-            s.meta.event, _hard_histogram(pred, s.mask, valid, conf.nbins)
+        key = str(s.meta.extra.get("key", s.meta.chip_id))
+        conf.chips[key] = ChipRecord(
+            s.meta.event, _hard_histogram(pred, s.mask, valid, conf.nbins), s.meta.chip_id
         )
         if keep_predictions:
             predictions[s.meta.chip_id] = pred

@@ -16,7 +16,7 @@ import numpy as np
 
 from floodlora.analysis._inputs import ignore_map
 from floodlora.data.sample import MASK_FLOOD, Sample
-from floodlora.errors import DataError
+from floodlora.errors import DataError, size_text
 
 if TYPE_CHECKING:
     from floodlora.config import DataConfig
@@ -51,7 +51,7 @@ def _centre_to(arr: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     if (h, w) == (th, tw):
         return arr
     if th > h or tw > w:
-        raise DataError(f"prediction {th}x{tw} is larger than the chip {h}x{w}")
+        raise DataError(f"prediction {size_text(th, tw)} is larger than the chip {size_text(h, w)}")
     y0, x0 = (h - th) // 2, (w - tw) // 2
     return arr[..., y0 : y0 + th, x0 : x0 + tw]
 
@@ -69,7 +69,10 @@ def error_map(pred: np.ndarray, mask: np.ndarray, ignore: np.ndarray | None = No
 
 
 def chip_f1(pred: np.ndarray, sample: Sample, threshold: float = 0.5) -> float:
-    """F1 of one chip over its valid labelled pixels (1.0 when it has no flood and none is predicted)."""
+    """F1 of one chip over its valid labelled pixels, by the convention of
+    :func:`floodlora.training.metrics.scores_from_counts` (1.0 when it has no flood and none is predicted)."""
+    from floodlora.training.metrics import scores_from_counts
+
     if sample.mask is None:
         raise DataError(f"{sample.meta.chip_id}: no label")
     pred = np.asarray(pred)
@@ -78,7 +81,7 @@ def chip_f1(pred: np.ndarray, sample: Sample, threshold: float = 0.5) -> float:
     p = (pred >= threshold)[ok]
     t = (mask == MASK_FLOOD)[ok]
     tp, fp, fn = int((p & t).sum()), int((p & ~t).sum()), int((~p & t).sum())
-    return 1.0 if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn)
+    return scores_from_counts(tp, fp, fn, int((~p & ~t).sum()))["f1"]
 
 
 def select_chips(

@@ -358,10 +358,10 @@ def _panel_figure(
     ranked = sorted(per_chip, key=lambda c: (per_chip[c], c))
     n_worst = (k + 1) // 2
     chosen = list(dict.fromkeys(ranked[:n_worst] + ranked[::-1][: k - n_worst]))
-    refs = [
-        r for r in select_refs(best.data.roots, best.data.format, split, best.data) if r.chip_id in chosen
-    ]
-    refs.sort(key=lambda r: chosen.index(r.chip_id))
+    # per_chip is keyed by source:path (runs written before that: by chip id)
+    all_refs = select_refs(best.data.roots, best.data.format, split, best.data)
+    refs = [r for r in all_refs if r.key in chosen or r.chip_id in chosen]
+    refs.sort(key=lambda r: chosen.index(r.key if r.key in chosen else r.chip_id))
     if not refs:
         return None
     predictions: dict[str, dict[str, Any]] = {}

@@ -34,8 +34,9 @@ from floodlora.data.sar import (
     scene_preset,
 )
 from floodlora.data.sources import ChipRef, discover, read_sample
-from floodlora.errors import ConfigError, DataError
+from floodlora.errors import ConfigError, DataError, size_text
 
+PATCH = 8  # the encoder patch size: chips must hold at least one patch each way
 STATS_MAX_CHIPS = 256  # chips per source used for `auto` statistics of scaled-uint8 data
 
 
@@ -372,9 +373,9 @@ class FloodDataset(Dataset):
                 h, w = mask.shape
             th, tw = size, size
         else:
-            th, tw = h // 8 * 8, w // 8 * 8
+            th, tw = h // PATCH * PATCH, w // PATCH * PATCH
             if th == 0 or tw == 0:
-                raise DataError(f"{ref.chip_id}: chip {h}x{w} is smaller than 8 px")
+                raise DataError(f"{ref.chip_id}: chip {size_text(h, w)} is smaller than one {PATCH} px patch")
         if (th, tw) != (h, w):
             if self.crop_size is not None:
                 y0, x0 = _crop_window(h, w, th, rng)
@@ -382,6 +383,12 @@ class FloodDataset(Dataset):
                 y0, x0 = (h - th) // 2, (w - tw) // 2
             arrays = {v: a[:, y0 : y0 + th, x0 : x0 + tw] for v, a in arrays.items()}
             mask, valid = mask[y0 : y0 + th, x0 : x0 + tw], valid[y0 : y0 + th, x0 : x0 + tw]
+        if th != tw:  # evaluation of a non-square chip: Clay needs a square; pad with nodata (not scored)
+            side = max(th, tw)
+            ph, pw = side - th, side - tw
+            arrays = {v: np.pad(a, ((0, 0), (0, ph), (0, pw))) for v, a in arrays.items()}
+            mask = np.pad(mask, ((0, ph), (0, pw)), constant_values=MASK_NODATA)
+            valid = np.pad(valid, ((0, ph), (0, pw)), constant_values=False)
         if self.intensity_jitter > 0 and rng is not None:
             arrays = self._jitter(arrays, valid, rng)
         if self.augment and rng is not None:
@@ -396,12 +403,25 @@ class FloodDataset(Dataset):
             },
             "mask": torch.from_numpy(np.ascontiguousarray(mask, dtype=np.uint8)),
             "valid": torch.from_numpy(np.ascontiguousarray(valid)),
-            "time": torch.from_numpy(encode_time(sample.meta.date)),
+            # each view its own acquisition date (a pre-event view without one: zeros)
+            "time": {v: torch.from_numpy(encode_time(sample.meta.view_date(v))) for v in arrays},
             "latlon": torch.from_numpy(encode_latlon(sample.meta.lat, sample.meta.lon)),
             "chip_id": ref.chip_id,
+            "chip_key": ref.key,
             "event": ref.event,
             "missing_bands": missing,
         }
+
+
+def check_chip_size(ref: ChipRef, sample: Sample) -> None:
+    """Refuse chips smaller than one encoder patch when the data is set up, not after an epoch."""
+    h, w = sample.shape
+    if h < PATCH or w < PATCH:
+        first = next(iter(ref.files.values()), ref.chip_id)
+        raise DataError(
+            f"{first}: chip {size_text(h, w)} is smaller than one {PATCH} px encoder patch; "
+            "drop it or use larger chips"
+        )
 
 
 def augment_array(a: np.ndarray, k: int, flip: bool) -> np.ndarray:
@@ -435,9 +455,14 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
         "views": {v: torch.stack([pad(it["views"][v], 0.0) for it in items]) for v in common},
         "mask": torch.stack([pad(it["mask"], MASK_NODATA) for it in items]),
         "valid": torch.stack([pad(it["valid"], False) for it in items]),
-        "time": torch.stack([it["time"] for it in items]),
+        "time": (
+            {v: torch.stack([it["time"][v] for it in items]) for v in common}
+            if isinstance(items[0]["time"], Mapping)
+            else torch.stack([it["time"] for it in items])
+        ),
         "latlon": torch.stack([it["latlon"] for it in items]),
         "chip_id": [it["chip_id"] for it in items],
+        "chip_key": [it.get("chip_key", it["chip_id"]) for it in items],
         "event": [it["event"] for it in items],
         "missing_bands": [it["missing_bands"] for it in items],
         "dropped_views": sorted(every - set(common)),
@@ -516,10 +541,13 @@ class FloodDataModule(L.LightningDataModule):
         training sampler).
         """
         if self.config.max_nodata_fraction >= 1.0 and not self._needs_chip_info():
+            for ref in {r.format: r for r in reversed(refs)}.values():  # one chip per source
+                check_chip_size(ref, read_sample(ref))
             return list(refs), []  # nothing to skip: spare the read of every chip
         keep, skipped = [], []
         for ref in refs:
             s = read_sample(ref)
+            check_chip_size(ref, s)
             if s.nodata_fraction() > self.config.max_nodata_fraction:
                 skipped.append(ref.chip_id)
                 continue

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from floodlora.errors import DataError
+from floodlora.errors import DataError, size_text
 
 VIEWS: tuple[str, ...] = ("pre", "post", "pre_asc", "pre_desc", "post_asc", "post_desc")
 BANDS: tuple[str, ...] = ("vv", "vh")
@@ -34,6 +34,18 @@ class SampleMeta:
     lat: float | None = None
     lon: float | None = None
     extra: dict[str, object] = field(default_factory=dict)
+    dates: dict[str, str] = field(default_factory=dict)  # view -> its own acquisition date, where known
+
+    def view_date(self, view: str) -> str | None:
+        """The acquisition date of `view`: its own, else `date` for a post-event view, else unknown.
+
+        A pre-event view never borrows the post-event date: the time code is zeros when its own date
+        is not known (Clay's convention for an unknown time).
+        """
+        own = self.dates.get(view)
+        if own:
+            return own
+        return self.date if view.startswith("post") else None
 
 
 @dataclass
@@ -99,16 +111,15 @@ def check_sample(sample: Sample, where: str) -> Sample:
                 shape = arr.shape
             elif arr.shape != shape:
                 raise DataError(
-                    f"{where}: views have different shapes ({view}/{band} is {arr.shape[0]}x{arr.shape[1]}, "
-                    f"expected {shape[0]}x{shape[1]})"
+                    f"{where}: views have different shapes ({view}/{band} is {size_text(*arr.shape)}, "
+                    f"expected {size_text(*shape)})"
                 )
             if arr.dtype != np.float32:
                 bands[band] = arr.astype(np.float32)
     if sample.mask is not None:
         if sample.mask.shape != shape:
             raise DataError(
-                f"{where}: mask is {sample.mask.shape[0]}x{sample.mask.shape[1]} but the image is "
-                f"{shape[0]}x{shape[1]}"  # type: ignore[index]
+                f"{where}: mask is {size_text(*sample.mask.shape)} but the image is {size_text(*shape)}"  # type: ignore[misc]
             )
         bad = np.setdiff1d(np.unique(sample.mask), [MASK_DRY, MASK_FLOOD, MASK_NODATA])
         if bad.size:

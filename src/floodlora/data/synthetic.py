@@ -356,6 +356,7 @@ def generate_scene(
     day = dt.date(year, int(rng.integers(*p["season"])), int(rng.integers(1, 28)))
     asc_view = any(not v.endswith("_desc") for v in views if v.startswith("post"))
     hour, minute = (17, int(rng.integers(0, 60))) if asc_view else (5, int(rng.integers(0, 60)))
+    clock = f"T{hour:02d}:{minute:02d}:00"
     meta = SampleMeta(
         chip_id=f"syn-{domain}-{seed}",
         event=event_name(domain, seed),
@@ -365,6 +366,11 @@ def generate_scene(
         crs=_crs_wkt(epsg),
         transform=(GSD_M, 0.0, float(x0), 0.0, -GSD_M, float(y0)),
         date=f"{day.isoformat()}T{hour:02d}:{minute:02d}:00",
+        # one Sentinel-1 repeat cycle (12 days) between the pre- and post-event passes
+        dates={
+            v: f"{(day - dt.timedelta(days=12) if v.startswith('pre') else day).isoformat()}{clock}"
+            for v in views
+        },
         lat=lat,
         lon=lon,
         extra={

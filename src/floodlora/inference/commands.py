@@ -21,6 +21,28 @@ def parse_views(items: list[str]) -> dict[str, str]:
     return views
 
 
+def parse_dates(items: list[str] | str | None) -> tuple[str | None, dict[str, str]]:
+    """``["post=2021-05-01", "pre=2021-04-19"]`` -> (None, per-view dates); a bare date is the post one."""
+    if isinstance(items, str):
+        items = [items]
+    post: str | None = None
+    dates: dict[str, str] = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep:
+            if post is not None:
+                raise ConfigError(f"--date {item!r}: a bare date is the post-event one, given twice")
+            post = item.strip()
+            continue
+        name = name.strip()
+        if not name or not value.strip():
+            raise ConfigError(f"--date {item!r}: expected VIEW=DATE, e.g. --date pre=2021-04-19")
+        if name in dates:
+            raise ConfigError(f"--date {name} given twice")
+        dates[name] = value.strip()
+    return post, dates
+
+
 def run_predict(
     run_dir: str,
     view: list[str],
@@ -38,7 +60,7 @@ def run_predict(
     threshold: float | None = None,
     tta: bool = False,
     mc_dropout: int = 0,
-    date: str | None = None,
+    date: list[str] | str | None = None,
     align: bool = True,
     cog: bool = True,
     progress: bool = True,
@@ -48,16 +70,17 @@ def run_predict(
     """Run :func:`floodlora.inference.predict.predict_run` and describe what was written."""
     from floodlora.inference.predict import PredictOptions, predict_run
 
+    post_date, dates = parse_dates(date)
     opts = PredictOptions(
         tile=tile, overlap=overlap, batch_size=batch_size, threshold=threshold, tta=tta,
-        mc_samples=mc_dropout, units=units, align=align, cog=cog, date=date, progress=progress,
-        simplify_m=simplify, min_area_m2=min_area,
+        mc_samples=mc_dropout, units=units, align=align, cog=cog, date=post_date, dates=dates,
+        progress=progress, simplify_m=simplify, min_area_m2=min_area,
     )  # fmt: skip
     res = predict_run(
         run_dir, parse_views(view), out, probabilities=probabilities, uncertainty=uncertainty,
         polygons=polygons, adapter=adapter, checkpoint=checkpoint, options=opts,
     )  # fmt: skip
-    lines = [f"note: {m}" for m in res.messages]
+    lines = [f"note: {m}" for m in res.messages] + [f"warning: {m}" for m in res.warnings]
     valid_pct = 100.0 * res.valid_pixels / max(res.height * res.width, 1)
     lines.append(
         f"scene {res.width}x{res.height} px, {res.tiles} tiles of {res.tile} px (overlap {res.overlap}), "

@@ -131,6 +131,7 @@ def save_adapter(
         "config": yaml.safe_dump(config.to_dict(), sort_keys=False),
         "normalization": json.dumps({f: p.to_dict() for f, p in sorted(presets.items())}),
         "threshold": json.dumps(threshold),
+        "latlon_order": str(getattr(model, "latlon_order", "lat-lon")),
     }
     with atomic_path(path) as tmp:
         save_file(adapter_state(model), str(tmp), metadata=meta)
@@ -173,6 +174,7 @@ def load_adapter(path: str | Path, checkpoint: str | None = None) -> Any:
     config.model.checkpoint = checkpoint or meta["base_checkpoint"]
     config.model.strategy = meta["strategy"]
     config.model.decoder = meta.get("decoder", "paper")
+    config.model.latlon_order = meta.get("latlon_order", "lat-lon")  # older adapters: lat first
     found = base_fingerprint(config.model.checkpoint)
     if found != meta["base_sha256"]:
         raise CheckpointError(
@@ -313,6 +315,23 @@ class ExportReport:
     messages: list[str] = field(default_factory=list)
 
 
+def check_adapter_name(name: str) -> None:
+    """`--adapter` is a bare name: the file is always `--out/NAME.safetensors`, never elsewhere."""
+    bad = (
+        not name
+        or name in (".", "..")
+        or "/" in name
+        or "\\" in name
+        or name.startswith(".")
+        or name.endswith(".safetensors")
+    )
+    if bad:
+        raise ConfigError(
+            f"--adapter {name!r}: give a bare name (no path, no extension, not starting with '.'); "
+            "the file is written as --out/NAME.safetensors"
+        )
+
+
 def export_run(
     run_dir: str | Path,
     out_dir: str | Path,
@@ -339,6 +358,8 @@ def export_run(
     if not (merge or adapter or torch_export or onnx):
         raise ConfigError("nothing to export: pass --merge, --adapter NAME, --torch-export and/or --onnx")
     run_dir, out_dir = Path(run_dir), Path(out_dir)
+    if adapter:
+        check_adapter_name(adapter)
     if out_dir.resolve() == run_dir.resolve():
         raise ConfigError(f"{out_dir}: export into a new directory, not into the run itself")
     loaded = load_run(run_dir, checkpoint=checkpoint)

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from floodlora.errors import ConfigError, DataError
+from floodlora.errors import ConfigError, DataError, size_text
 from floodlora.inference.tiling import StripBlender, Tile, plan_tiles
 
 UNITS = ("db", "linear")
@@ -47,6 +47,7 @@ class PredictOptions:
     align: bool = True
     cog: bool = True
     date: str | None = None  # post-event acquisition date (ISO) for Clay's time encoding
+    dates: dict[str, str] = field(default_factory=dict)  # view -> its own acquisition date (wins over date)
     seed: int = 0
     progress: bool = False
     simplify_m: float | None = None  # polygon simplification tolerance in metres
@@ -76,6 +77,7 @@ class PredictResult:
     missing_views: list[str] = field(default_factory=list)
     aligned_views: list[str] = field(default_factory=list)
     messages: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # the result is probably wrong: say why
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -125,6 +127,7 @@ class ViewReader:
     dataset: Any  # rasterio dataset or WarpedVRT on the reference grid
     bands: dict[str, int]
     nodata: float | None
+    dtype: str = "float32"  # the file's data type (before any warping)
 
     def read(self, tile: Tile) -> dict[str, np.ndarray]:
         """`tile`-sized arrays per band; pixels outside the scene are NaN."""
@@ -184,6 +187,24 @@ class Grid:
         crs = self.crs.to_string() if self.crs else "no CRS"
         t = self.transform
         return f"{self.width}x{self.height} px, {crs}, pixel {t.a:g} x {t.e:g} at ({t.c:g}, {t.f:g})"
+
+
+def input_warnings(readers: Mapping[str, ViewReader], model_views: Sequence[str], units: str) -> list[str]:
+    """Inputs that run but most likely give a wrong map: no post-event view, 8-bit images read as dB."""
+    out = []
+    if any(v in POST_VIEWS for v in model_views) and not any(v in POST_VIEWS for v in readers):
+        out.append(
+            f"only pre-event view(s) given ({', '.join(readers)}): the map shows water before the event, "
+            "not the flood; pass the post-event image with --view post=PATH"
+        )
+    if units == "db":
+        for name, reader in readers.items():
+            if reader.dtype == "uint8":
+                out.append(
+                    f"view {name}: {reader.path} is 8-bit (0-255) but is read as dB backscatter; "
+                    "convert it to dB (or linear power with --units linear) first"
+                )
+    return out
 
 
 def _grid_of(ds: Any, name: str) -> Grid:
@@ -287,7 +308,7 @@ def open_views(
                     f"aligned view {name} onto the {ref_name} grid by bilinear warping ({diff}); "
                     "pixels it does not cover are nodata"
                 )
-            readers[name] = ViewReader(name, path, src, bands, nodata)
+            readers[name] = ViewReader(name, path, src, bands, nodata, str(ds.dtypes[0]))
         yield OpenViews(grid, readers, messages, aligned)
 
 
@@ -298,7 +319,7 @@ def _grid_difference(a: Grid, b: Grid) -> str:
             f"CRS {a.crs.to_string() if a.crs else 'none'} vs {b.crs.to_string() if b.crs else 'none'}"
         )
     if (a.height, a.width) != (b.height, b.width):
-        parts.append(f"shape {a.width}x{a.height} vs {b.width}x{b.height}")
+        parts.append(f"shape {size_text(a.height, a.width)} vs {size_text(b.height, b.width)}")
     if not a.transform.almost_equals(b.transform):
         parts.append("transform differs")
     return ", ".join(parts) or "grid differs"
@@ -377,6 +398,17 @@ def encode_date(date: str | None) -> np.ndarray:
     return np.array([math.sin(w), math.cos(w), math.sin(h), math.cos(h)], dtype=np.float32)
 
 
+def view_date(view: str, opts: PredictOptions) -> str | None:
+    """The date of `view`: `--date VIEW=...`, else the bare (post-event) `--date` for post views.
+
+    A pre-event view never borrows the post-event date (as in training, floodlora.data.sample).
+    """
+    own = opts.dates.get(view)
+    if own:
+        return own
+    return opts.date if view.startswith("post") else None
+
+
 def tile_latlon(grid: Grid, tiles: Sequence[Tile]) -> np.ndarray:
     """Clay's location encoding of each tile's centre `[N, 4]` (zeros without a CRS), as training
     encodes each chip's centre."""
@@ -419,7 +451,7 @@ def lora_dropout_active(model: torch.nn.Module) -> Iterator[int]:
 def predict_probabilities(
     model: torch.nn.Module,
     views: Mapping[str, torch.Tensor],
-    time: torch.Tensor | None = None,
+    time: torch.Tensor | Mapping[str, torch.Tensor] | None = None,  # one code, or one per view
     latlon: torch.Tensor | None = None,
     tta: bool = False,
     mc_samples: int = 0,
@@ -494,13 +526,10 @@ class _Layer:
         resampling: str,
         tags: dict[str, str],
     ) -> None:
-        import os
-        import tempfile
-
         import rasterio
         import rasterio.errors
 
-        from floodlora.io import atomic_path
+        from floodlora.io import atomic_path, scratch_file
 
         self.target = target
         self.final_tmp = stack.enter_context(atomic_path(target))  # renamed over target on success
@@ -508,9 +537,7 @@ class _Layer:
         self.resampling = resampling
         self.work = self.final_tmp
         if cog:  # strips go to a scratch file beside the target; the COG is copied from it at the end
-            fd, scratch = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".strips.tif", dir=target.parent)
-            os.close(fd)
-            self.work = Path(scratch)
+            self.work = scratch_file(target, ".strips.tif")
             stack.callback(self.work.unlink, missing_ok=True)
         with warnings.catch_warnings():  # a scene without georeferencing stays without it
             warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
@@ -674,6 +701,7 @@ def _run_scene(
     missing = [v for v in model_views if v not in readers]
     if missing:
         messages.append(f"view(s) {', '.join(missing)} not given: predicting from {', '.join(readers)} only")
+    warns = input_warnings(readers, model_views, opts.units)
     if polygons is not None and grid.crs is None:
         raise DataError(
             f"{readers[grid.reference].path}: the scene has no CRS, so flood polygons cannot be written"
@@ -684,7 +712,12 @@ def _run_scene(
         plan = plan_tiles(grid.height, grid.width, tile, overlap, patch)
     except ValueError as err:
         raise ConfigError(f"tiling: {err}") from None
-    time_vec = torch.from_numpy(encode_date(opts.date))
+    unknown = sorted(set(opts.dates) - set(model_views))
+    if unknown:
+        raise ConfigError(
+            f"--date for view(s) {', '.join(unknown)}: not views of this model ({', '.join(model_views)})"
+        )
+    time_codes = {v: torch.from_numpy(encode_date(view_date(v, opts))) for v in readers}
     want_unc = uncertainty is not None
     channels = 3 if want_unc else 2  # probability, valid, [spread]
     blender = StripBlender(plan, channels)
@@ -776,7 +809,7 @@ def _run_scene(
                         valids.append(valid)
                     x = {v: torch.from_numpy(np.stack(a)) for v, a in per_view.items()}
                     latlon = torch.from_numpy(tile_latlon(grid, batch))
-                    tvec = time_vec.expand(len(batch), -1)
+                    tvec = {v: code.expand(len(batch), -1) for v, code in time_codes.items()}
                     t1 = time.perf_counter()
                     prob, spread = predict_probabilities(model, x, tvec, latlon, tta, opts.mc_samples)
                     t2 = time.perf_counter()
@@ -836,6 +869,7 @@ def _run_scene(
         polygon_count=poly_summary.count if poly_summary else None,
         polygon_km2=poly_summary.area_km2 if poly_summary else None,
         missing_views=missing,
+        warnings=warns,
         aligned_views=list(opened.aligned),
         messages=messages,
         timings=timings,

@@ -92,7 +92,7 @@ def plan_tiles(
     the band at each inner tile edge that gets zero weight.
     """
     if height < 1 or width < 1:
-        raise ValueError(f"empty scene {height}x{width}")
+        raise ValueError(f"empty scene {width}x{height} px")
     if tile < patch or tile % patch:
         raise ValueError(f"tile size {tile} must be a positive multiple of the patch size {patch}")
     tile = min(tile, round_up(max(height, width), patch))

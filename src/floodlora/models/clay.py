@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
-from floodlora.errors import CheckpointError
+from floodlora.errors import CheckpointError, size_text
 
 #: Clay's metadata values for Sentinel-1 RTC: placeholder wavelengths (micrometres in Clay's
 #: metadata units, not the physical C-band) that the pretrained patch embedding was conditioned on.
@@ -273,7 +273,7 @@ class ClayEncoder(nn.Module):
         p = self.patch_size
         if h != w:
             raise ValueError(
-                f"Clay's positional encoding assumes square inputs; got {h}x{w}. "
+                f"Clay's positional encoding assumes square inputs; got {size_text(h, w)}. "
                 "Crop or tile to a square size (floodlora's tiler does this for whole scenes)."
             )
         if h % p:
@@ -389,6 +389,29 @@ def checkpoint_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
+def load_torch_file(path: str | Path) -> Any:
+    """`torch.load` with `weights_only=True` (nothing is executed), errors as one-line CheckpointErrors.
+
+    Zip-format files (every `torch.save` since 1.6) are memory-mapped; legacy pickle-format files
+    cannot be, so they are read whole. The format is told by the file's first bytes, not by parsing
+    error messages.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            magic = fh.read(4)
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot read checkpoint ({err.strerror or err})") from None
+    is_zip = magic == b"PK\x03\x04"
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
+    except Exception as err:  # unpickling errors, EOF, bad magic number, bad zip central directory...
+        first = str(err).splitlines()[0] if str(err) else err.__class__.__name__
+        if is_zip:
+            raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({first})") from None
+        raise CheckpointError(f"{path}: cannot read checkpoint, not a torch.save file ({first})") from None
+
+
 def _read_checkpoint(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
@@ -403,19 +426,7 @@ def _read_checkpoint(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
         hints = {k: int(v) for k, v in metadata.items() if k in ("heads", "dim_head")}
         enc, _ = extract_encoder_state(tensors)
         return enc, hints
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError as err:
-        msg = str(err).splitlines()[0]
-        if "zip" in msg.lower() or "central directory" in msg.lower():
-            raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({msg})") from None
-        try:  # legacy (non-zip) files cannot be memory-mapped
-            raw = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err2:
-            raise CheckpointError(f"{path}: cannot read checkpoint ({str(err2).splitlines()[0]})") from None
-    except Exception as err:  # unpickling errors, EOF, bad magic number...
-        first = str(err).splitlines()[0] if str(err) else err.__class__.__name__
-        raise CheckpointError(f"{path}: cannot read checkpoint ({first})") from None
+    raw = load_torch_file(path)
     if not isinstance(raw, Mapping):
         raise CheckpointError(
             f"{path}: expected a state dict or a Lightning checkpoint, got {type(raw).__name__}"

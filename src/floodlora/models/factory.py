@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from floodlora.config import ModelConfig
-from floodlora.models.registry import load_encoder
+from floodlora.models.registry import checkpoint_latlon_order, load_encoder
 from floodlora.models.segmentor import FloodSegmentor
 from floodlora.models.strategies import LoraSettings, apply_strategy
 
@@ -14,6 +14,11 @@ def lora_settings(cfg: ModelConfig) -> LoraSettings:
     return LoraSettings(
         rank=cfg.lora_rank, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, targets=cfg.lora_targets
     )
+
+
+def resolve_latlon_order(cfg: ModelConfig) -> str:
+    """`model.latlon_order`, with auto resolved from the checkpoint (a run stores the result)."""
+    return checkpoint_latlon_order(cfg.checkpoint) if cfg.latlon_order == "auto" else cfg.latlon_order
 
 
 def build_segmentor(
@@ -38,6 +43,7 @@ def build_segmentor(
     if checkpointing is None:
         checkpointing = cfg.strategy == "full" and (crop_size or 0) >= 512
     model.clay_encoder.gradient_checkpointing = bool(checkpointing)
+    model.latlon_order = resolve_latlon_order(cfg)
     return apply_strategy(model, cfg.strategy, lora_settings(cfg) if cfg.strategy == "lora" else None)
 
 

@@ -24,6 +24,7 @@ class CheckpointSpec:
     revision: str | None = None
     preset: str | None = None
     normalization: str = "clay-v1.5"  # the preset its pretraining used (floodlora.data.sar.PRESETS)
+    latlon_order: str = "lon-lat"  # the location code order its pretraining chips carried
 
 
 EMBEDDED_FILE = "floodlora-mini.safetensors"
@@ -34,6 +35,7 @@ CHECKPOINTS: dict[str, CheckpointSpec] = {
         "floodlora-mini: Clay-architecture encoder (dim 192, depth 6) pretrained with Clay's MAE "
         "objective on Sentinel-1; ships inside the package (see MODEL_CARD.md)",
         preset="floodlora-mini",
+        latlon_order="lat-lon",  # pretrained with zero location codes: the order is free; lat first
     ),
     "clay-v1-base": CheckpointSpec(
         "clay-v1-base",
@@ -55,6 +57,20 @@ CHECKPOINTS: dict[str, CheckpointSpec] = {
 
 RANDOM_PREFIX = "random:"
 DEFAULT_NORMALIZATION = "clay-v1.5"
+
+
+def checkpoint_latlon_order(name_or_path: str) -> str:
+    """The location-code order ``model.latlon_order: auto`` resolves to for this checkpoint.
+
+    Released Clay checkpoints (named, or a file path) get lon-lat: in Clay's chip-making code
+    (stacchip `prechip.py`) the (lat, lon) pair from `normalize_latlon` is unpacked as `lon, lat`,
+    so the v1 training chips carried [sin lon, cos lon, sin lat, cos lat] (docs/architecture.md).
+    The embedded encoder (pretrained with zero codes) and random encoders get lat-lon.
+    """
+    spec = CHECKPOINTS.get(name_or_path)
+    if spec is not None:
+        return spec.latlon_order
+    return "lat-lon" if name_or_path.startswith(RANDOM_PREFIX) else "lon-lat"
 
 
 def checkpoint_normalization(name_or_path: str) -> str:

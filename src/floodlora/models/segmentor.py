@@ -30,6 +30,17 @@ BAND_NAMES = ("vv", "vh")
 MetaInput = Tensor | Mapping[str, Tensor] | None
 
 
+def reorder_latlon(latlon: Tensor, order: str) -> Tensor:
+    """Lat-first location codes `[N, 4]` in the encoder's order: lat-lon, lon-lat or zeros."""
+    if order == "lat-lon":
+        return latlon
+    if order == "lon-lat":
+        return latlon[:, [2, 3, 0, 1]]
+    if order == "zeros":
+        return torch.zeros_like(latlon)
+    raise ValueError(f"unknown latlon order {order!r}; choose lat-lon, lon-lat or zeros")
+
+
 class FloodSegmentor(nn.Module):
     """views -> encoder (views folded into the batch) -> per-view decoders -> concat -> logits."""
 
@@ -80,6 +91,9 @@ class FloodSegmentor(nn.Module):
         self.last_missing_views: tuple[str, ...] = ()
         self._warned_missing: set[tuple[str, ...]] = set()
         self.strategy = "full"  # set by floodlora.models.strategies.apply_strategy
+        # Inputs carry lat first ([sin lat, cos lat, sin lon, cos lon]); the encoder gets the order
+        # its checkpoint was pretrained with (floodlora.models.registry.checkpoint_latlon_order).
+        self.latlon_order = "lat-lon"
 
     def train(self, mode: bool = True) -> FloodSegmentor:
         """Switch modes; a frozen encoder always stays in eval mode."""
@@ -148,7 +162,9 @@ class FloodSegmentor(nn.Module):
                 )
         pixels = torch.cat([views[v] for v in present], dim=0)
         time_all = torch.cat([self._per_view(time, v, b, first) for v in present], dim=0)
-        latlon_all = torch.cat([self._per_view(latlon, v, b, first) for v in present], dim=0)
+        latlon_all = reorder_latlon(
+            torch.cat([self._per_view(latlon, v, b, first) for v in present], dim=0), self.latlon_order
+        )
         tokens = self.encoder(pixels, time_all, latlon_all, self.gsd, self.waves)
         p = self.patch_size
         grid = tokens[:, 1:].transpose(1, 2).reshape(len(present) * b, -1, h // p, w // p)

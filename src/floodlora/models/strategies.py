@@ -11,10 +11,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from floodlora.config import STRATEGIES
+from floodlora.errors import ConfigError
 from floodlora.models.segmentor import FloodSegmentor
 
 Strategy = Literal["frozen", "lora", "full"]
-STRATEGIES: tuple[str, ...] = ("frozen", "lora", "full")
+__all__ = ["STRATEGIES", "LoraSettings", "apply_strategy", "count_parameters"]
 
 #: Short names for groups of encoder Linear layers (module-name suffixes inside each block).
 TARGET_ALIASES: dict[str, list[str]] = {
@@ -75,7 +77,7 @@ def lora_config(settings: LoraSettings):
 def apply_strategy(model: FloodSegmentor, strategy: str, lora: LoraSettings | None = None) -> FloodSegmentor:
     """Prepare `model` in place for training with `strategy` and return it."""
     if strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+        raise ConfigError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
     model.strategy = strategy
     if strategy == "full":
         model.encoder.requires_grad_(True)
@@ -88,7 +90,7 @@ def apply_strategy(model: FloodSegmentor, strategy: str, lora: LoraSettings | No
 
     settings = lora or LoraSettings()
     if settings.rank < 1:
-        raise ValueError(f"LoRA rank must be >= 1, got {settings.rank}")
+        raise ConfigError(f"LoRA rank must be >= 1, got {settings.rank}")
     model.encoder = get_peft_model(model.clay_encoder, lora_config(settings))
     model.lora_settings = settings  # type: ignore[attr-defined]
     return model

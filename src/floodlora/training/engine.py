@@ -219,12 +219,24 @@ def _check_out_dir(run_dir: Path, resume: bool) -> Path | None:
     if resume:
         if not last.is_file():
             raise FloodLoraError(f"{run_dir}: nothing to resume ({CHECKPOINT_DIR}/{LAST_CKPT} not found)")
+        _check_resume_checkpoint(last)
         return last
     if (run_dir / METRICS_FILE).exists() or last.exists():
         raise FloodLoraError(
             f"{run_dir}: already holds a run; pass --resume to continue it or choose another --out"
         )
     return None
+
+
+def _check_resume_checkpoint(path: Path) -> None:
+    """Refuse a truncated or foreign last.ckpt with one line, before Lightning unpickles it."""
+    from floodlora.models.clay import load_torch_file
+
+    raw = load_torch_file(path)  # memory-mapped: cheap even for a large checkpoint
+    if not isinstance(raw, dict) or "state_dict" not in raw or "epoch" not in raw:
+        raise FloodLoraError(
+            f"{path}: not a Lightning training checkpoint (no state_dict/epoch); cannot resume"
+        )
 
 
 def train_run(

@@ -238,9 +238,13 @@ def build_feature_cache(
                     raise DataError(f"{item['chip_id']}: none of the model's views {list(model.views)}")
                 views = {v: item["views"][v][None].to(device) for v in present}
                 with _autocast(device, precision):
-                    grids = model.encode(
-                        views, item["time"][None].to(device), item["latlon"][None].to(device)
+                    time = item["time"]
+                    time = (
+                        {v: t[None].to(device) for v, t in time.items()}
+                        if isinstance(time, dict)
+                        else time[None].to(device)
                     )
+                    grids = model.encode(views, time, item["latlon"][None].to(device))
                 block = torch.cat([grids[v].float() for v in present]).cpu().numpy()  # [V, D, h, w]
                 f_feat.write(np.ascontiguousarray(block, dtype=np.float32).tobytes())
                 f_mask.write(np.ascontiguousarray(item["mask"].numpy(), dtype=np.uint8).tobytes())

@@ -85,14 +85,20 @@ def _div(a: float, b: float) -> float:
 
 
 def scores_from_counts(tp: int, fp: int, fn: int, tn: int) -> dict[str, float]:
-    """The six paper metrics as fractions from confusion counts."""
-    f1 = _div(2 * tp, 2 * tp + fp + fn)
+    """The six paper metrics as fractions from confusion counts.
+
+    One convention everywhere (per chip, per event, per split, and the report's panels): where there
+    is no flood in the label and none is predicted (tp + fp + fn = 0) F1, IoU and Dice are 1, a
+    perfect answer; precision and recall, undefined there, are 0.
+    """
+    agree = tp + fp + fn == 0
+    f1 = 1.0 if agree else _div(2 * tp, 2 * tp + fp + fn)
     return {
         "accuracy": _div(tp + tn, tp + fp + fn + tn),
         "precision": _div(tp, tp + fp),
         "recall": _div(tp, tp + fn),
         "f1": f1,
-        "iou": _div(tp, tp + fp + fn),
+        "iou": 1.0 if agree else _div(tp, tp + fp + fn),
         "dice": f1,
     }
 
@@ -159,11 +165,16 @@ class FloodConfusion(Metric):
 class ChipRecord:
     event: str
     hist: Tensor  # [2, nbins + 1], int64, CPU
+    chip_id: str = ""
 
 
 @dataclass
 class ChipConfusion:
-    """Per-chip histograms, keyed by chip id: the source of per-chip, per-event and overall metrics.
+    """Per-chip histograms, keyed by source and path: the source of per-chip, per-event and overall metrics.
+
+    The key is :attr:`ChipRef.key` (format:path), since equal chip ids from two roots are two chips;
+    without keys the chip id is the key. `report()["per_chip"]` is keyed the same way and names the
+    chip id in each entry.
 
     Keyed storage makes DDP gathering exact: a chip that a distributed sampler repeated to pad a
     rank is counted once after :meth:`merge`.
@@ -179,10 +190,12 @@ class ChipConfusion:
         valid: ArrayLike | None,
         chip_ids: Sequence[str],
         events: Sequence[str],
+        keys: Sequence[str] | None = None,
     ) -> None:
         hist = probability_histogram(probs, target, valid, self.nbins, per_sample=True).cpu()
-        for i, (chip, event) in enumerate(zip(chip_ids, events, strict=True)):
-            self.chips[str(chip)] = ChipRecord(str(event), hist[i].clone())
+        keys = chip_ids if keys is None else keys
+        for i, (chip, event, key) in enumerate(zip(chip_ids, events, keys, strict=True)):
+            self.chips[str(key)] = ChipRecord(str(event), hist[i].clone(), str(chip))
 
     def merge(self, others: Iterable[ChipConfusion]) -> ChipConfusion:
         for other in others:
@@ -221,8 +234,13 @@ class ChipConfusion:
         }
         if per_chip:
             out["per_chip"] = {
-                chip: {"event": rec.event, **scores_at(rec.hist, threshold), "n_pixels": int(rec.hist.sum())}
-                for chip, rec in sorted(self.chips.items())
+                key: {
+                    "chip_id": rec.chip_id or key,
+                    "event": rec.event,
+                    **scores_at(rec.hist, threshold),
+                    "n_pixels": int(rec.hist.sum()),
+                }
+                for key, rec in sorted(self.chips.items())
             }
         return out
 

@@ -92,10 +92,30 @@ def save_run(
         "bands": list(model.bands),
         "decoder": model.decoder_kind,
         "encoder": model.clay_encoder.config.to_dict(),
+        "latlon_order": model.latlon_order,
     }
     atomic_write_json(run_dir / BASE_FILE, base)
     if presets is not None:
         atomic_write_json(run_dir / NORMALIZATION_FILE, {f: p.to_dict() for f, p in sorted(presets.items())})
+
+
+def read_base(run_dir: str | Path) -> dict[str, Any]:
+    """`base.json` checked: a hand-edited or truncated file is a one-line error, not a KeyError later."""
+    path = Path(run_dir) / BASE_FILE
+    try:
+        base = json.loads(path.read_text())
+    except OSError as err:
+        raise CheckpointError(f"{path}: unreadable ({err.strerror or err.__class__.__name__})") from None
+    except ValueError as err:
+        raise CheckpointError(f"{path}: not valid JSON ({str(err).splitlines()[0]})") from None
+    if not isinstance(base, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(base).__name__}")
+    missing = [k for k in ("checkpoint", "sha256", "strategy", "views", "bands") if k not in base]
+    if missing:
+        raise CheckpointError(f"{path}: missing key(s) {', '.join(missing)}")
+    if base["strategy"] == "full" and not isinstance(base.get("encoder"), dict):
+        raise CheckpointError(f"{path}: a full fine-tuning run needs the 'encoder' size mapping")
+    return base
 
 
 def load_presets(run_dir: str | Path) -> dict[str, NormalizationPreset]:
@@ -135,7 +155,7 @@ def load_run(
         if not (run_dir / name).is_file():
             raise CheckpointError(f"{run_dir}: not a floodlora run directory ({name} is missing)")
     config = load_config(run_dir / CONFIG_FILE)
-    base = json.loads((run_dir / BASE_FILE).read_text())
+    base = read_base(run_dir)
     if checkpoint is not None:
         config.model.checkpoint = checkpoint
     weights_path = Path(weights) if weights else run_dir / WEIGHTS_FILE
@@ -153,6 +173,8 @@ def load_run(
         config.model.checkpoint = f"random:{_preset_for(base)}"
     config.model.strategy = base["strategy"]
     config.model.decoder = base.get("decoder", "paper")  # runs from before the decoder option
+    # the order the run was trained with (runs from before the option: lat first)
+    config.model.latlon_order = base.get("latlon_order", "lat-lon")
     model = build_segmentor(config.model, base["views"], base["bands"])
     try:
         state = load_file(str(weights_path))
@@ -177,7 +199,10 @@ def _preset_for(base: dict[str, Any]) -> str:
     """Register the stored encoder size as an ad-hoc preset so a full run can be rebuilt blind."""
     from floodlora.models.clay import PRESETS, ClayEncoderConfig
 
-    cfg = ClayEncoderConfig(**base["encoder"])
+    try:
+        cfg = ClayEncoderConfig(**base["encoder"])
+    except TypeError as err:
+        raise CheckpointError(f"{BASE_FILE}: invalid 'encoder' mapping ({err})") from None
     for name, preset in PRESETS.items():
         if preset == cfg:
             return name

@@ -24,12 +24,20 @@ from floodlora.training.metrics import ChipConfusion, FloodConfusion, best_f1_th
 
 def model_inputs(
     model: FloodSegmentor, batch: Mapping[str, Any]
-) -> tuple[dict[str, Tensor], Tensor | None, Tensor | None]:
-    """The batch's views the model declares (others dropped), with time / latlon when present."""
+) -> tuple[dict[str, Tensor], Tensor | Mapping[str, Tensor] | None, Tensor | None]:
+    """The batch's views the model declares (others dropped), with time / latlon when present.
+
+    `time` is one code per view (`{view: [B, 4]}`, each view's own acquisition date) or one `[B, 4]`
+    shared by the views.
+    """
     views = {k: v for k, v in batch["views"].items() if k in model.views and v is not None}
     time = batch.get("time")
     latlon = batch.get("latlon")
-    return views, time if isinstance(time, Tensor) else None, latlon if isinstance(latlon, Tensor) else None
+    if isinstance(time, Mapping):
+        time = {k: t for k, t in time.items() if k in views and isinstance(t, Tensor)}
+    elif not isinstance(time, Tensor):
+        time = None
+    return views, time, latlon if isinstance(latlon, Tensor) else None
 
 
 class FloodSegmentationTask(pl.LightningModule):
@@ -96,7 +104,8 @@ class FloodSegmentationTask(pl.LightningModule):
         self.missing_views.update(self.model.last_missing_views)
         ids = batch.get("chip_id") or [f"{batch_idx}:{i}" for i in range(probs.shape[0])]
         events = batch.get("event") or ["unknown"] * probs.shape[0]
-        self.test_chips.update(probs, batch["mask"], batch.get("valid"), ids, events)
+        keys = batch.get("chip_key") or ids
+        self.test_chips.update(probs, batch["mask"], batch.get("valid"), ids, events, keys)
 
     def on_test_epoch_end(self) -> None:
         """Gather every rank's chips so that each rank holds the full, de-duplicated split."""

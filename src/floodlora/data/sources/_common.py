@@ -46,6 +46,11 @@ class ChipRef:
     def path(self, role: str) -> Path:
         return Path(self.files[role])
 
+    @property
+    def key(self) -> str:
+        """A chip's identity across roots: source format and file path (chip ids repeat between roots)."""
+        return f"{self.format}:{sorted(self.files.values())[0]}"
+
 
 def walk(root: Path, max_depth: int = MAX_DEPTH) -> Iterator[tuple[Path, list[str], list[str]]]:
     """os.walk limited to `max_depth` levels, in sorted order so discovery is deterministic."""

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from floodlora.data.sample import Sample, check_sample
 from floodlora.data.sources._common import ChipRef, binary_mask, georeferenced_meta, read_tif, to_float, walk
+from floodlora.errors import DataError, size_text
 
 FORMAT = "c2s"
 UNITS = "db"
@@ -67,6 +68,11 @@ def read(ref: ChipRef) -> Sample:
     vh_r = read_tif(ref.files["vh"], bands=1)
     vv = to_float(vv_r.data[0], vv_r.nodata, zero_is_nodata=True)
     vh = to_float(vh_r.data[0], vh_r.nodata, zero_is_nodata=True)
+    if vh.shape != vv.shape:  # name the file that differs, not the chip's first file
+        raise DataError(
+            f"{ref.files['vh']}: views have different shapes (vh is {size_text(*vh.shape)}, "
+            f"vv is {size_text(*vv.shape)})"
+        )
     mask = None
     if "mask" in ref.files:
         lab = read_tif(ref.files["mask"], bands=1)

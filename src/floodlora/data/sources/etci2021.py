@@ -16,7 +16,7 @@ import numpy as np
 
 from floodlora.data.sample import MASK_NODATA, Sample, SampleMeta, check_sample
 from floodlora.data.sources._common import ChipRef, binary_mask, read_png, walk
-from floodlora.errors import DataError
+from floodlora.errors import DataError, size_text
 
 FORMAT = "etci2021"
 UNITS = "scaled-uint8"
@@ -76,8 +76,8 @@ def read(ref: ChipRef) -> Sample:
     vh = read_png(ref.files["vh"]).astype(np.float32)
     if vv.shape != vh.shape:
         raise DataError(
-            f"{ref.files['vh']}: views have different shapes (vh is {vh.shape[0]}x{vh.shape[1]}, "
-            f"vv is {vv.shape[0]}x{vv.shape[1]})"
+            f"{ref.files['vh']}: views have different shapes (vh is {size_text(*vh.shape)}, "
+            f"vv is {size_text(*vv.shape)})"
         )
     nodata = (vv == 255) & (vh == 255)
     vv[nodata] = np.nan

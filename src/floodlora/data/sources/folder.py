@@ -5,7 +5,7 @@
     <root>/dataset.yaml                  units, views, bands (and a default event)
     <root>/<split>/<chip>/<view>.tif     one GeoTIFF per view, bands in the declared order
     <root>/<split>/<chip>/mask.tif       optional uint8 label: 0 dry, 1 flood, 255 nodata
-    <root>/<split>/<chip>/meta.yaml      optional: event, date, lat, lon
+    <root>/<split>/<chip>/meta.yaml      optional: event, date (post-event), dates (view -> date), lat, lon
 
 ``<split>`` named train/val/test is a native split; any other name (e.g. ``chips``) leaves the split
 to the DataModule. Georeferencing (CRS + transform) is read from the first view and carried through.
@@ -13,6 +13,7 @@ to the DataModule. Georeferencing (CRS + transform) is read from the first view 
 
 from __future__ import annotations
 
+import datetime as dt
 import warnings
 from pathlib import Path
 from typing import Any
@@ -86,7 +87,12 @@ def discover(root: Path) -> list[ChipRef]:
             if (chip / "meta.yaml").is_file():
                 meta = _load_yaml(chip / "meta.yaml")
                 event = str(meta.get("event", event))
-                extra["meta"] = {k: meta[k] for k in ("date", "lat", "lon") if k in meta}
+                extra["meta"] = {k: meta[k] for k in ("date", "dates", "lat", "lon") if k in meta}
+                dates = extra["meta"].get("dates")
+                if dates is not None and not (
+                    isinstance(dates, dict) and all(isinstance(v, str | dt.date) for v in dates.values())
+                ):
+                    raise DataError(f"{chip / 'meta.yaml'}: dates must map view names to ISO dates")
             refs.append(ChipRef(chip.name, event, FORMAT, split, files, spec["units"], labelled, extra))
     return refs
 
@@ -133,6 +139,7 @@ def read(ref: ChipRef) -> Sample:
         crs=geo.crs,
         transform=geo.transform,
         date=str(known["date"]) if known.get("date") is not None else None,
+        dates={str(v): str(d) for v, d in (known.get("dates") or {}).items()},
         lat=float(lat) if lat is not None else None,
         lon=float(lon) if lon is not None else None,
     )
@@ -214,6 +221,8 @@ def _write_sample(sample: Sample, chip_dir: Path, bands: list[str] | None) -> No
                 ds.write(mask[None])
 
         atomic_write_with(chip_dir / "mask.tif", _write_mask)
-    meta = {"event": m.event, "date": m.date, "lat": m.lat, "lon": m.lon}
+    meta: dict[str, Any] = {"event": m.event, "date": m.date, "lat": m.lat, "lon": m.lon}
+    if m.dates:
+        meta["dates"] = dict(m.dates)
     meta.update({k: v for k, v in m.extra.items() if isinstance(v, str | int | float | bool)})
     atomic_write_text(chip_dir / "meta.yaml", yaml.safe_dump(meta, sort_keys=False))
