@@ -99,3 +99,11 @@ def test_predict_standardises_a_scene_with_its_own_pixels(tmp_path: Path) -> Non
         expected = torch.sigmoid(model({"post": torch.from_numpy(normed)[None]}))[0, 0].numpy()
     with rasterio.open(probs) as ds:
         np.testing.assert_allclose(ds.read(1), expected, atol=1e-4)
+
+
+def test_per_scene_8bit_standardises_only_the_8bit_scenes() -> None:
+    from floodlora.data.sar import PER_SCENE_8BIT, PRESETS
+    from floodlora.data.sources import ChipRef
+
+    refs = [ChipRef("c0", "c2s-a", "c2s", None, {}, "db", True)]
+    assert resolve_presets(PER_SCENE_8BIT, refs, [], "clay-v1.5") == {"c2s": PRESETS["clay-v1.5"]}

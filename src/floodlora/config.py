@@ -29,7 +29,9 @@ class DataConfig:
     format: str | None = None  # None: auto-detect per root
     views: list[str] = field(default_factory=lambda: ["pre", "post"])
     bands: list[str] = field(default_factory=lambda: ["vv", "vh"])
-    normalization: str = "auto"  # auto | per-scene | clay-v1.5 | clay-v1 | path to a stats YAML
+    normalization: str = (
+        "auto"  # auto | per-scene | per-scene-8bit | clay-v1.5 | clay-v1 | path to a stats YAML
+    )
     speckle_filter: str | None = None  # None | lee | refined-lee (docs/data.md)
     crop_size: int = 128
     batch_size: int = 4

@@ -51,15 +51,17 @@ def resolve_preset(
 
     A ready preset (e.g. the DataModule's, from the training chips) is used as is.
     """
-    from floodlora.data.sar import PER_SCENE, NormalizationPreset, get_preset, scene_preset
+    from floodlora.data.sar import PER_SCENE, PER_SCENE_8BIT, NormalizationPreset, get_preset, scene_preset
 
     if isinstance(normalization, NormalizationPreset):
         return normalization
     if not samples:
         raise DataError("no samples to analyse")
-    if normalization == PER_SCENE:
-        return scene_preset(samples, "the analysed chips")
     units = samples[0].meta.units
+    if normalization == PER_SCENE or (normalization == PER_SCENE_8BIT and units == "scaled-uint8"):
+        return scene_preset(samples, "the analysed chips")
+    if normalization == PER_SCENE_8BIT:
+        normalization = "auto"
     if normalization == "auto" and units == "scaled-uint8" and stats is None:
         stats = sample_stats(samples)
     return get_preset(normalization, units, stats)

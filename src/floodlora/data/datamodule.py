@@ -25,6 +25,7 @@ from floodlora.config import DataConfig
 from floodlora.data.sample import MASK_NODATA, VIEWS, Sample
 from floodlora.data.sar import (
     PER_SCENE,
+    SCENE_MODES,
     NormalizationPreset,
     calibrated_run_preset,
     compute_stats,
@@ -124,8 +125,14 @@ def resolve_presets(
     """
     presets: dict[str, NormalizationPreset] = {}
     fixed = dict(fixed or {})
-    if normalization == PER_SCENE:
-        return scene_presets(refs, fixed)
+    if normalization in SCENE_MODES:
+        per_scene = [r for r in refs if normalization == PER_SCENE or r.units == "scaled-uint8"]
+        presets = scene_presets(per_scene, fixed)
+        rest = [r for r in refs if r.format not in {s.format for s in per_scene}]
+        if rest:
+            run_calibrated = {k: v for k, v in fixed.items() if not k.startswith("event:")}
+            presets |= resolve_presets("auto", rest, train_refs, base, run_calibrated, stats_from_data)
+        return presets
     for fmt in sorted({r.format for r in refs}):
         units = next(r.units for r in refs if r.format == fmt)
         if fmt in fixed:

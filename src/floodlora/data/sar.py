@@ -179,6 +179,10 @@ def get_preset(
 #: its own pixels, so that 8-bit rescaled and calibrated sources, and scenes calibrated differently,
 #: look alike to the model. No labels are used; a whole scene given to ``predict`` is its own event.
 PER_SCENE = "per-scene"
+#: ``data.normalization: per-scene-8bit``: 8-bit rescaled scenes (whose scaling is unknown and differs
+#: between scenes) standardised per scene; calibrated dB / linear data keep the encoder's preset.
+PER_SCENE_8BIT = "per-scene-8bit"
+SCENE_MODES = (PER_SCENE, PER_SCENE_8BIT)
 #: Pixels sampled per chip (a regular stride) for per-scene statistics: enough for a median.
 _SCENE_STRIDE = 4
 
