@@ -42,6 +42,7 @@ def run_predict(
     align: bool = True,
     cog: bool = True,
     progress: bool = True,
+    precision: str = "auto",
 ) -> str:
     """Run :func:`floodlora.inference.predict.predict_run` and describe what was written."""
     from floodlora.inference.predict import PredictOptions, predict_run
@@ -49,6 +50,7 @@ def run_predict(
     opts = PredictOptions(
         tile=tile, overlap=overlap, batch_size=batch_size, threshold=threshold, tta=tta,
         mc_samples=mc_dropout, units=units, align=align, cog=cog, date=date, progress=progress,
+        precision=precision,
     )  # fmt: skip
     res = predict_run(
         run_dir, parse_views(view), out, probabilities=probabilities, uncertainty=uncertainty,

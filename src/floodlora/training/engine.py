@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,17 +61,24 @@ def resolve_accelerator(cfg: TrainConfig) -> str:
     return "gpu" if torch.cuda.is_available() else "cpu"
 
 
+def precision_choice(cfg: TrainConfig, accelerator: str, purpose: str = "train") -> Any:
+    """`train.precision` resolved for `accelerator` (floodlora.precision.PrecisionChoice, with its reason);
+    `purpose="predict"` for forward passes only (evaluate), which `auto` may run in bf16 on CPU."""
+    from floodlora.precision import cpu_bf16_flags
+    from floodlora.precision import resolve_precision as _resolve
+
+    choice = _resolve(cfg.precision, accelerator, purpose)
+    if accelerator == "cpu" and choice.requested.startswith("bf16") and not cpu_bf16_flags():
+        warnings.warn(
+            "bf16 on a CPU without avx512_bf16 / amx_bf16 is very slow; consider train.precision: 32",
+            stacklevel=2,
+        )
+    return choice
+
+
 def resolve_precision(cfg: TrainConfig, accelerator: str) -> str:
-    """`auto`: bf16-mixed on CUDA, fp32 elsewhere (bf16 matmul on these CPUs is ~400x slower)."""
-    if cfg.precision != "auto":
-        if accelerator == "cpu" and "bf16" in cfg.precision:
-            warnings.warn("bf16 on CPU is very slow here; consider train.precision: 32", stacklevel=2)
-        return cfg.precision
-    if accelerator in ("gpu", "cuda"):
-        # bf16 needs Ampere or newer; older GPUs get fp16 autocast (with Lightning's loss scaling).
-        bf16 = not torch.cuda.is_available() or torch.cuda.is_bf16_supported()
-        return "bf16-mixed" if bf16 else "16-mixed"
-    return "32-true"
+    """`auto`: bf16-mixed on CUDA and on CPUs with fast bf16 matmul, fp32 elsewhere (Lightning name)."""
+    return str(precision_choice(cfg, accelerator).precision)
 
 
 def _quiet_lightning() -> None:
@@ -94,7 +101,14 @@ def _quiet_lightning() -> None:
         warnings.filterwarnings("ignore", message=msg)
 
 
-def _trainer(cfg: TrainConfig, run_dir: Path | None, callbacks: list[Any], progress: bool, fit: bool) -> Any:
+def _trainer(
+    cfg: TrainConfig,
+    run_dir: Path | None,
+    callbacks: list[Any],
+    progress: bool,
+    fit: bool,
+    precision: str | None = None,
+) -> Any:
     import lightning.pytorch as pl
     from lightning.pytorch.loggers import CSVLogger
 
@@ -120,7 +134,7 @@ def _trainer(cfg: TrainConfig, run_dir: Path | None, callbacks: list[Any], progr
         accelerator=accelerator,
         devices=cfg.devices if fit else 1,
         num_nodes=cfg.num_nodes if fit else 1,
-        precision=resolve_precision(cfg, accelerator),  # type: ignore[arg-type]
+        precision=precision or resolve_precision(cfg, accelerator),  # type: ignore[arg-type]
         callbacks=callbacks,
         enable_progress_bar=progress,
         enable_model_summary=False,
@@ -166,9 +180,15 @@ def _check_out_dir(run_dir: Path, resume: bool) -> Path | None:
 
 
 def train_run(
-    config: RunConfig, out_dir: str | Path, resume: bool = False, progress: bool = False
+    config: RunConfig,
+    out_dir: str | Path,
+    resume: bool = False,
+    progress: bool = False,
+    log: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Train `config` into `out_dir`, evaluate val / test (/ ood), write the run directory.
+
+    `log` receives one-line notes for the training log (the precision chosen and why).
 
     Raises :class:`OutOfMemoryError` when the run exceeds the accelerator's memory or
     `train.memory_cap_gb` (its `.accounting` holds what was measured before that).
@@ -196,13 +216,16 @@ def train_run(
     )
     datamodule.setup("fit")
     model = build_segmentor(config.model, config.data.views, config.data.bands, config.data.crop_size)
+    accelerator = resolve_accelerator(tcfg)
+    precision = precision_choice(tcfg, accelerator)
+    if log is not None:
+        log(f"precision: {precision.precision} ({precision.requested}: {precision.reason})")
     fit_data: Any = datamodule
     if tcfg.feature_cache:  # frozen encoder: encode each chip once, train the decoder from disk
-        accelerator = resolve_accelerator(tcfg)
         fit_data = prepare_feature_cache(
             config, model, datamodule, run_dir / FEATURE_CACHE_DIR,
             device="cuda" if accelerator in ("gpu", "cuda") else "cpu",
-            precision=resolve_precision(tcfg, accelerator),
+            precision=precision.precision,
         )  # fmt: skip
     if tcfg.compile:
         from floodlora.models.factory import compile_encoder
@@ -224,7 +247,7 @@ def train_run(
     latest = ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, enable_version_counter=False)
     early = EarlyStopping(monitor="val_loss", mode="min", patience=tcfg.early_stopping_patience)
     callbacks = [accounting, checkpoint, latest, early, LearningRateMonitor(logging_interval="epoch")]
-    trainer = _trainer(tcfg, run_dir, callbacks, progress, fit=True)
+    trainer = _trainer(tcfg, run_dir, callbacks, progress, fit=True, precision=precision.precision)
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / "config.yaml")
@@ -236,7 +259,12 @@ def train_run(
     except Exception as err:
         if not is_out_of_memory(err):
             raise
-        summary = {**accounting.summary(), "status": "oom", "error": str(err).splitlines()[0][:300]}
+        summary = {
+            **accounting.summary(),
+            "status": "oom",
+            "error": str(err).splitlines()[0][:300],
+            "precision": precision.to_dict(),
+        }
         if trainer.is_global_zero:
             atomic_write_json(run_dir / ACCOUNTING_FILE, summary)
         oom = (
@@ -264,6 +292,7 @@ def train_run(
         "wall_seconds": time.perf_counter() - t_start,
         "early_stopped": bool(early.stopped_epoch),
         "world_size": int(trainer.world_size),
+        "precision": precision.to_dict(),
         "data": datamodule.describe(),
     }
     if tcfg.feature_cache:
@@ -341,6 +370,7 @@ def evaluate_run(
     json_out: str | Path | None = None,
     views: Sequence[str] | None = None,
     stats_from_data: bool = False,
+    precision: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate a trained run on a split of its own data or of other data (`roots`, `format`).
 
@@ -352,7 +382,8 @@ def evaluate_run(
     Returns (and optionally writes) accuracy, precision, recall, f1, iou, dice as fractions at
     `threshold` (default: the run's val-F1-optimal threshold), the per-event and per-chip
     breakdowns, and the same at the other of {0.5, val-optimal}. Views the run was trained on but
-    the data lacks are listed in `missing_views`.
+    the data lacks are listed in `missing_views`. `precision` overrides the run's `train.precision`
+    for the forward passes (`auto` decides per machine; the choice is in the report).
     """
     from floodlora.models.registry import checkpoint_normalization
     from floodlora.training.rundir import load_run
@@ -378,7 +409,10 @@ def evaluate_run(
     task = FloodSegmentationTask(loaded.model, loaded.config.train)
     tcfg = copy.deepcopy(loaded.config.train)
     tcfg.devices, tcfg.num_nodes = 1, 1
-    trainer = _trainer(tcfg, None, [], progress, fit=False)
+    if precision is not None:
+        tcfg.precision = precision
+    choice = precision_choice(tcfg, resolve_accelerator(tcfg), purpose="predict")
+    trainer = _trainer(tcfg, None, [], progress, fit=False, precision=choice.precision)
     t0 = time.perf_counter()
     chips = _test(trainer, task, loader)
     report = split_report(chips, chosen, best)
@@ -391,6 +425,7 @@ def evaluate_run(
         split=split,
         data={"roots": data.roots, "format": data.format},
         missing_views=sorted(task.missing_views),
+        precision=choice.to_dict(),
         seconds=time.perf_counter() - t0,
     )
     if json_out is not None:
