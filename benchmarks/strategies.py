@@ -10,14 +10,15 @@ activation checkpointing), plus the ratios the performance targets are stated in
         --configs frozen,lora-8,full,lora-8-bf16
     python benchmarks/strategies.py --from-json benchmarks/results/strategies.json   # doc section only
 
-Every configuration runs in its own Python process, so its peak RSS (VmHWM) is its own. One training step = forward, BCE + Dice loss, backward, Adam step, on random inputs (speed and
-memory do not depend on the weights, so encoders are randomly initialised: no download). The frozen
-rows are measured as epochs over synthetic chips through the real data pipeline, uncached and from
-the feature cache, so that the cached / uncached epoch ratio is a like-for-like measurement.
-Model FLOPs per step are counted once per configuration with torch's FlopCounterMode on the meta
-device (no compute, activation checkpointing off: recomputation is not model work), and divided by
-the measured step time and by the matmul FLOP/s of the row's precision (fp32, or bf16 for `-bf16`
-rows) measured in the same process before and after the steps (MFU against the best of the run).
+Every configuration runs in its own Python process, so its peak RSS (VmHWM) is its own. One
+training step = forward, BCE + Dice loss, backward, Adam step, on random inputs (speed and memory
+do not depend on the weights, so encoders are randomly initialised: no download). The frozen rows
+are measured as epochs over synthetic chips through the real data pipeline, uncached and from the
+feature cache, so that the cached / uncached epoch ratio is a like-for-like measurement. Model
+FLOPs per step are counted once per configuration with torch's FlopCounterMode on the meta device
+(no compute, activation checkpointing off: recomputation is not model work), and divided by the
+measured step time and by the matmul FLOP/s of the row's precision (fp32, or bf16 for `-bf16`
+rows) measured in its process before and after the steps (MFU: against the best of the run).
 """
 
 from __future__ import annotations
