@@ -93,7 +93,7 @@ def describe_machine(m: dict[str, Any]) -> str:
     parts[0] += ")"
     parts.append(f"torch {m.get('torch')}")
     if m.get("torch_threads") is not None:
-        parts.append(f"{m['torch_threads']} torch threads")
+        parts.append(f"{m['torch_threads']} torch thread{'s' if m['torch_threads'] != 1 else ''}")
     if m.get("nice"):
         parts.append(f"nice {m['nice']}")
     if m.get("loadavg_1m") is not None:
