@@ -3,7 +3,7 @@
 activation checkpointing), plus the ratios the performance targets are stated in.
 
     python benchmarks/strategies.py            # clay-v1-base at 512 px, four views, batch 1 (~25 min)
-                                               # + the embedded preset at its demo size
+                                               # + the embedded preset at its demo size + fp32/bf16 pairs
     python benchmarks/strategies.py --tiny     # test-micro at 32 px (seconds; run by the test suite)
     python benchmarks/strategies.py --suite precision-base --suite precision-embedded  # fp32 vs bf16
     python benchmarks/strategies.py --preset floodlora-mini --size 128 --views pre,post --batch 8 \\
@@ -112,6 +112,10 @@ SUITES: dict[str, dict[str, Any]] = {
         "matmul_n": 512,  # seconds, not minutes: a 2048^3 matmul takes ~2 s on one thread
     },
 }
+
+
+#: What `python benchmarks/strategies.py` (and `make bench`) measures.
+DEFAULT_SUITES = ("base", "embedded", "precision-base", "precision-embedded")
 
 
 def parse_config(name: str) -> dict[str, Any]:
@@ -840,7 +844,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     p.add_argument("--tiny", action="store_true", help="test-micro at 32 px (seconds)")
     p.add_argument(
-        "--suite", action="append", choices=sorted(SUITES), help="named suite(s) (default base, embedded)"
+        "--suite", action="append", choices=sorted(SUITES), help="named suite(s) (default: all but tiny)"
     )
     p.add_argument("--preset", default=None, help="encoder preset for a custom suite (e.g. clay-v1-base)")
     p.add_argument("--size", type=int, default=None, help="chip size in px (custom suite)")
@@ -876,7 +880,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     if args.from_json:
         return merge_results(args)
     custom = args.preset or args.size or args.views
-    names = ["tiny"] if args.tiny else (args.suite or (["custom"] if custom else ["base", "embedded"]))
+    names = ["tiny"] if args.tiny else (args.suite or (["custom"] if custom else list(DEFAULT_SUITES)))
     suites: dict[str, dict[str, Any]] = {}
     for name in names:
         base = dict(SUITES["base" if name == "custom" else name])
@@ -895,7 +899,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         for c in base["configs"]:
             parse_config(c)  # fail before any work
         suites[name] = base
-    full_mode = not args.tiny and names == ["base", "embedded"]
+    full_mode = not args.tiny and names == list(DEFAULT_SUITES)
     json_path = (
         Path(args.json)
         if args.json
