@@ -248,3 +248,11 @@ def test_accounting_records_precision(tmp_path: Path) -> None:
     assert result.accounting["precision"] == acc["precision"]
     assert lines[0].startswith("precision: bf16-mixed")
     assert np.isfinite(result.metrics["val"]["f1"])
+    # evaluate scores in the run's own precision unless told otherwise
+    from floodlora.training.engine import evaluate_run
+
+    own = evaluate_run(tmp_path / "run", split="val")
+    assert own["precision"]["precision"] == "bf16-mixed"
+    fp32 = evaluate_run(tmp_path / "run", split="val", precision="32-true")
+    assert fp32["precision"] == {"precision": "32-true", "requested": "32-true", "reason": "set explicitly"}
+    assert abs(own["f1"] - fp32["f1"]) < 0.05

@@ -383,7 +383,8 @@ def evaluate_run(
     `threshold` (default: the run's val-F1-optimal threshold), the per-event and per-chip
     breakdowns, and the same at the other of {0.5, val-optimal}. Views the run was trained on but
     the data lacks are listed in `missing_views`. `precision` overrides the run's `train.precision`
-    for the forward passes (`auto` decides per machine; the choice is in the report).
+    for the forward passes (`auto` then decides per machine, as `predict` does; the choice is in the
+    report).
     """
     from floodlora.models.registry import checkpoint_normalization
     from floodlora.training.rundir import load_run
@@ -411,7 +412,10 @@ def evaluate_run(
     tcfg.devices, tcfg.num_nodes = 1, 1
     if precision is not None:
         tcfg.precision = precision
-    choice = precision_choice(tcfg, resolve_accelerator(tcfg), purpose="predict")
+    # The run's own precision scores as training scored it; an explicit `precision` (auto included)
+    # is a request for forward passes only, which `auto` may run in bf16 on a fast-bf16 CPU.
+    purpose = "predict" if precision is not None else "train"
+    choice = precision_choice(tcfg, resolve_accelerator(tcfg), purpose=purpose)
     trainer = _trainer(tcfg, None, [], progress, fit=False, precision=choice.precision)
     t0 = time.perf_counter()
     chips = _test(trainer, task, loader)
