@@ -26,6 +26,7 @@ def _load(path: Path) -> dict[str, Any] | None:
 
 def _training_sentences(strategies: dict[str, Any] | None) -> list[str]:
     out = []
+    cpus = (strategies or {}).get("machine", {}).get("cpus")
     for name, suite in (strategies or {}).get("suites", {}).items():
         c = suite["configs"]
         for row, speedup in suite.get("ratios", {}).get("bf16_speedup", {}).items():
@@ -33,6 +34,8 @@ def _training_sentences(strategies: dict[str, Any] | None) -> list[str]:
             if speedup is None or "error" in fp32 or "error" in bf16:
                 continue
             mem = suite["ratios"].get("bf16_over_fp32_memory", {}).get(row)
+            loads = [x for r in (fp32, bf16) for x in (r.get("loadavg_1m_start"), r.get("loadavg_1m_end"))]
+            loads = [x for x in loads if x is not None]
             out.append(
                 f"* {suite['preset']} {suite['size']} px, batch {suite['batch']} x "
                 f"{len(suite['views'])} views "
@@ -45,7 +48,8 @@ def _training_sentences(strategies: dict[str, Any] | None) -> list[str]:
                     else ""
                 )
                 + f"; MFU {bf16.get('mfu', 0):.0%} of the bf16 peak against {fp32.get('mfu', 0):.0%} of the "
-                f"fp32 peak."
+                f"fp32 peak"
+                + (f" (1-min load {min(loads):.1f}-{max(loads):.1f} on {cpus} cores)." if loads else ".")
             )
     return out
 
@@ -62,8 +66,38 @@ def _predict_sentences(predicts: dict[str, dict[str, Any]]) -> list[str]:
         out.append(
             f"* `{cfg['checkpoint']}` encoder, {cfg['size']} x {cfg['size']} px scene (`{path}`): "
             f"{cmp['km2_per_s_speedup']:.2f}x the km2/s of fp32, {cmp['peak_rss_ratio']:.2f}x the peak RSS, "
-            f"{100 * cmp['mask_identical_fraction']:.3f}% of the mask pixels identical."
+            f"{100 * cmp['mask_identical_fraction']:.3f}% of the mask pixels identical (the untrained model "
+            f"marks {100 * cmp['flood_fraction_fp32']:.1f}% as flood)"
+            + (
+                f", {100 * cmp['identical_at_median_fraction']:.2f}% identical at the fp32 probabilities' "
+                "median threshold, where half the pixels fall on each side."
+                if "identical_at_median_fraction" in cmp
+                else "."
+            )
         )
+    return out
+
+
+def _target_lines(strategies: dict[str, Any] | None, predicts: dict[str, dict[str, Any]]) -> list[str]:
+    out = []
+    keys = ("bf16_speedup", "mfu_bf16")
+    for name, ts in (strategies or {}).get("targets", {}).items():
+        for t in ts:
+            if t["key"] in keys:
+                v = f"{t['value']:.0%}" if t["unit"] == "fraction" else f"{t['value']:.2f}x"
+                out.append(f"* {t['target']} ({name}): {v}, {'met' if t['met'] else 'not met'}.")
+    for res in predicts.values():
+        cmp = res.get("bf16_vs_fp32")
+        if cmp and str(res["config"]["checkpoint"]).endswith("clay-v1-base"):
+            out.append(
+                f"* base-encoder prediction >= {cmp['speedup_target']:.1f}x km2/s: "
+                f"{cmp['km2_per_s_speedup']:.2f}x, {'met' if cmp['speedup_met'] else 'not met'}."
+            )
+            worst = min(cmp["mask_identical_fraction"], cmp.get("identical_at_median_fraction", 1.0))
+            out.append(
+                f"* masks >= {100 * cmp['agreement_target']:.1f}% identical to fp32: {100 * worst:.2f}% "
+                f"at the stricter threshold, {'met' if cmp['agreement_met'] else 'not met'}."
+            )
     return out
 
 
@@ -117,6 +151,14 @@ def precision_markdown(
             "use bf16 where it is fast. `--precision bf16` trains in bf16 on request."
         )
     )
+    targets = _target_lines(strategies, predicts)
+    if targets:
+        lines += [
+            "",
+            "Targets for bf16 (from the JSONs below; the embedded model is not held to the speed-ups):",
+            "",
+        ]
+        lines += targets
     train = _training_sentences(strategies)
     if train:
         lines += ["", "Training steps (`benchmarks/results/strategies.json`):", "", *train]

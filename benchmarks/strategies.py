@@ -569,7 +569,8 @@ TARGETS: tuple[tuple[str, str, float, str, str], ...] = (
     ("cached_speedup", "cached frozen epochs >= 10 x faster than uncached", 10.0, "ge", "x"),
     ("mfu_fp32", "LoRA r-256 step: model FLOP/s >= 50% of the fp32 matmul peak", 0.5, "ge", "fraction"),
     ("mfu_bf16", "LoRA r-256 bf16 step: model FLOP/s >= 50% of the bf16 matmul peak", 0.5, "ge", "fraction"),
-    ("bf16_speedup", "LoRA r-256 step under bf16 autocast >= 1.6 x faster than fp32", 1.6, "ge", "x"),
+    ("bf16_speedup", "clay-v1-base LoRA r-256 step under bf16 autocast >= 1.6 x faster than fp32", 1.6, "ge",
+     "x"),
 )  # fmt: skip
 
 
@@ -588,7 +589,11 @@ def targets(suite: dict[str, Any], reference: bool = True) -> list[dict[str, Any
         "cached_speedup": r.get("cached_epoch_speedup"),
         "mfu_fp32": val("lora-256", "mfu"),
         "mfu_bf16": val("lora-256-bf16", "mfu"),
-        "bf16_speedup": r.get("bf16_speedup", {}).get("lora-256"),
+        # the issue states the bf16 speed-up for the base encoder: the embedded model's matmuls
+        # are too small for bf16 to pay, which its rows show but no target claims
+        "bf16_speedup": r.get("bf16_speedup", {}).get("lora-256")
+        if suite["preset"] == "clay-v1-base"
+        else None,
     }
     out = []
     for key, text, bound, op, unit in TARGETS:
@@ -807,11 +812,11 @@ def merge_results(args: argparse.Namespace) -> dict[str, Any]:
     runs = [json.loads(Path(f).read_text()) for f in args.from_json]
     result = runs[0]
     history: list[dict[str, Any]] = []
-    for f, run in zip(args.from_json, runs, strict=True):
+    for run in runs:
         for suite in run["suites"].values():
             suite.setdefault("created", run["created"])
         history += run.get("runs") or [
-            {"file": rel(Path(f)), "created": run["created"], "command": run.get("command"),
+            {"created": run["created"], "command": run.get("command"),
              "machine": run["machine"]}
         ]  # fmt: skip
     result["runs"] = history
@@ -828,6 +833,8 @@ def merge_results(args: argparse.Namespace) -> dict[str, Any]:
         for r in runs[1:]:
             if key not in m and key in r["machine"]:
                 m[key] = r["machine"][key]
+    if len(runs) > 1:
+        m.pop("loadavg_1m", None)  # one run's load says nothing about the others' (rows keep theirs)
     result["mode"] = "merged" if len(history) > 1 else result["mode"]
     finalise(result, tiny=result["mode"] == "tiny")
     json_path = Path(args.json) if args.json else REPO / "benchmarks/results/strategies.json"
