@@ -292,7 +292,7 @@ def _markdown(result: dict[str, Any]) -> str:
     separate = cfg.get("separate_processes", True)
     json_path = result.get("json_path", "benchmarks/results/predict.json")
     lines = [
-        "## Whole-scene prediction" + (f" ({cfg['checkpoint']})" if json_path != rel(DEFAULT_JSON) else ""),
+        f"## Whole-scene prediction ({cfg['checkpoint']})",
         "",
         f"Generated from `{json_path}` ({result['created']}"
         + (f"; `{result['command']}`" if result.get("command") else "")
