@@ -252,7 +252,11 @@ def test_accounting_records_precision(tmp_path: Path) -> None:
     from floodlora.training.engine import evaluate_run
 
     own = evaluate_run(tmp_path / "run", split="val")
-    assert own["precision"]["precision"] == "bf16-mixed"
+    assert own["numeric_precision"]["precision"] == "bf16-mixed"
     fp32 = evaluate_run(tmp_path / "run", split="val", precision="32-true")
-    assert fp32["precision"] == {"precision": "32-true", "requested": "32-true", "reason": "set explicitly"}
+    assert fp32["numeric_precision"] == {
+        "precision": "32-true",
+        "requested": "32-true",
+        "reason": "set explicitly",
+    }
     assert abs(own["f1"] - fp32["f1"]) < 0.05

@@ -116,7 +116,7 @@ def run_evaluate(
         stats_from_data=stats_from_data,
         precision=normalize_precision(precision) if precision is not None else None,
     )  # fmt: skip
-    p = report["precision"]
+    p = report["numeric_precision"]
     _echo(f"{split} of {', '.join(report['data']['roots'])}: {report['n_chips']} chips, "
           f"precision {p['precision']} ({p['reason']})")  # fmt: skip
     _echo(format_table2(report))
