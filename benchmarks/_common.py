@@ -1,9 +1,17 @@
-"""Helpers shared by the benchmark scripts (imported as a sibling module: `python benchmarks/X.py`)."""
+"""Helpers shared by the benchmark scripts (imported as a sibling module: `python benchmarks/X.py`):
+the machine description every result records, peak RSS (one method), the matmul peak, and the
+generated Markdown sections of the docs."""
 
 from __future__ import annotations
 
+import os
+import platform
 import resource
+import time
 from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def peak_rss_kib() -> float:
@@ -16,3 +24,98 @@ def peak_rss_kib() -> float:
     except OSError:
         pass
     return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
+def peak_rss_bytes() -> int:
+    return int(peak_rss_kib() * 1024)
+
+
+def matmul_flops_per_s(n: int = 2048, reps: int = 5, device: str = "cpu", dtype: str = "fp32") -> float:
+    """n x n matmul throughput in `dtype` (fp32 | bf16): the attainable peak here and now."""
+    import torch
+
+    tdtype = torch.bfloat16 if dtype == "bf16" else torch.float32
+    a = torch.randn(n, n, device=device, dtype=tdtype)
+    b = torch.randn(n, n, device=device, dtype=tdtype)
+    for _ in range(2):
+        a @ b
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    sync(device)
+    return 2.0 * n**3 * reps / (time.perf_counter() - t0)
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def bf16_matmul_usable(device: str = "cpu") -> bool:
+    """Whether timing a bf16 matmul is worth it: CUDA, or a CPU with bf16 instructions (elsewhere
+    bf16 is emulated and a 2048^3 product takes minutes)."""
+    if device == "cuda":
+        return True
+    from floodlora.precision import cpu_bf16_flags
+
+    return bool(cpu_bf16_flags())
+
+
+def machine_info() -> dict[str, Any]:
+    """What the numbers depend on: cores, CPU bf16 instructions, torch and its threads, the load,
+    this process's nice level, and the GPU if one is visible."""
+    import torch
+
+    from floodlora.precision import cpu_bf16_flags
+
+    return {
+        "cpus": os.cpu_count(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_bf16_flags": cpu_bf16_flags(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "nice": os.nice(0),
+        "loadavg_1m": round(os.getloadavg()[0], 2),
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
+
+
+def describe_machine(m: dict[str, Any]) -> str:
+    """One sentence from `machine_info()` (keys missing from older results are left out)."""
+    parts = [f"{m.get('cpus')} CPU cores ({m.get('processor')}"]
+    if "cpu_bf16_flags" in m:
+        parts[0] += f"; bf16 instructions: {', '.join(m['cpu_bf16_flags']) or 'none'}"
+    parts[0] += ")"
+    parts.append(f"torch {m.get('torch')}")
+    if m.get("torch_threads") is not None:
+        parts.append(f"{m['torch_threads']} torch thread{'s' if m['torch_threads'] != 1 else ''}")
+    if m.get("nice"):
+        parts.append(f"nice {m['nice']}")
+    if m.get("loadavg_1m") is not None:
+        parts.append(f"load average {m['loadavg_1m']:.1f} at the start")
+    parts.append(f"GPU: {m['cuda']}" if m.get("cuda") else "no GPU")
+    return ", ".join(parts)
+
+
+def markers(name: str) -> tuple[str, str]:
+    """The begin / end comments around a generated section of a doc."""
+    return f"<!-- {name}: begin -->", f"<!-- {name}: end -->"
+
+
+def write_section(path: Path, name: str, body: str, title: str = "# Performance\n") -> None:
+    """Replace section `name` of `path` (between its markers) with `body`, other sections untouched."""
+    from floodlora.io import replace_marked_section
+
+    begin, end = markers(name)
+    replace_marked_section(path, begin, end, f"{begin}\n{body.strip()}\n{end}", title=title)
+
+
+def rel(path: Path) -> str:
+    """`path` relative to the repository where it lies inside it (what the docs cite)."""
+    path = Path(path)
+    return str(path.resolve().relative_to(REPO)) if path.resolve().is_relative_to(REPO) else str(path)

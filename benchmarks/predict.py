@@ -1,19 +1,21 @@
-"""Whole-scene prediction benchmark: km2 per second, peak RSS, merged vs unmerged LoRA, and the cost of
-tiling + IO + blending relative to the model's pure compute on the same tiles (measured in the same run).
+"""Whole-scene prediction benchmark: km2 per second, peak RSS, merged vs unmerged LoRA, bf16 against
+fp32 (speed and how many mask pixels differ), and the cost of tiling + IO + blending relative to the
+model's pure compute on the same tiles (measured in the same run).
 
-    python benchmarks/predict.py                # 4096 x 4096 scene, floodlora-mini encoder (minutes)
+    python benchmarks/predict.py                # 4096 x 4096 scene, embedded encoder (minutes)
+    python benchmarks/predict.py --checkpoint random:clay-v1-base --size 1024 --variants merged,merged-bf16 \\
+        --ab-rounds 0 --json benchmarks/results/predict-base.json    # the base encoder, fp32 vs bf16
     python benchmarks/predict.py --tiny         # 200 x 200 scene, test-micro encoder (seconds)
+    python benchmarks/predict.py --from-json benchmarks/results/predict.json   # doc section only
 
 Each variant runs in its own Python process so that its peak RSS is its own. Writes JSON
-(benchmarks/results/predict.json) and a section of docs/performance.md in the full mode.
+(benchmarks/results/predict.json unless --json) and its section of docs/performance.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -21,11 +23,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import peak_rss_kib
+from _common import REPO, bf16_matmul_usable, describe_machine, machine_info, peak_rss_kib, rel, write_section
 
-REPO = Path(__file__).resolve().parents[1]
-SECTION_BEGIN = "<!-- benchmarks/predict.py: begin -->"
-SECTION_END = "<!-- benchmarks/predict.py: end -->"
+SECTION = "benchmarks/predict.py"
+DEFAULT_JSON = REPO / "benchmarks/results/predict.json"
+#: variant name -> (model, precision); `merged` is the export a deployment would use.
+VARIANTS: dict[str, tuple[str, str]] = {
+    "unmerged": ("run", "32-true"),
+    "merged": ("merged", "32-true"),
+    "merged-bf16": ("merged", "bf16-mixed"),
+}
+#: The issue's targets for bf16 prediction (judged with the base encoder: the embedded model's
+#: matmuls are too small for bf16 to pay).
+BF16_SPEEDUP_TARGET = 1.5
+MASK_AGREEMENT_TARGET = 0.995
 
 
 def _peak_rss_mb() -> float:
@@ -44,6 +55,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
 
     from floodlora.inference.predict import PredictOptions, predict_scene, resolve_preset
     from floodlora.inference.tiling import plan_tiles
+    from floodlora.precision import autocast, resolve_precision
     from floodlora.training.rundir import load_run
 
     scene = Path(args.scene)
@@ -59,10 +71,13 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(0)
     batch = {v: torch.randn(args.batch_size, c, args.tile, args.tile, generator=gen) for v in model.views}
     zeros = torch.zeros(args.batch_size, 4)
-    with torch.inference_mode():  # warm-up (thread pools, first-call allocations), for both timings
+    choice = resolve_precision(args.precision, "cpu", purpose="predict")
+    with torch.inference_mode(), autocast("cpu", choice):  # warm-up (thread pools, first calls)
         model(batch, zeros, zeros)
     out = Path(args.out_dir)
-    opts = PredictOptions(tile=args.tile, overlap=args.overlap, batch_size=args.batch_size, cog=True)
+    opts = PredictOptions(
+        tile=args.tile, overlap=args.overlap, batch_size=args.batch_size, cog=True, precision=args.precision
+    )
     t0 = time.perf_counter()
     res = predict_scene(
         model, views, out / "flood.tif", probabilities=out / "prob.tif", preset=preset, options=opts
@@ -74,7 +89,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     plan = plan_tiles(res.height, res.width, res.tile, res.overlap, model.patch_size)
     n = len(plan)
     t0 = time.perf_counter()
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast("cpu", choice):
         done = 0
         while done < n:
             k = min(args.batch_size, n - done)
@@ -104,6 +119,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         "wall_over_model_alone": round(wall / pure, 4),
         "overhead_breakdown_s": {k: round(v, 3) for k, v in overhead.items() if k != "total"},
         "flooded_km2": round(res.flooded_km2 or 0.0, 3),
+        "precision": res.precision,
     }
 
 
@@ -175,16 +191,18 @@ def _prepare(work: Path, size: int, checkpoint: str, tile: int) -> tuple[Path, P
     return scene, run, merged
 
 
-def _run_variant(model_dir: Path, scene: Path, out_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
+def _run_variant(
+    model_dir: Path, scene: Path, out_dir: Path, args: argparse.Namespace, precision: str = "32-true"
+) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    if args.in_process:  # quick checks only: peak RSS is then shared by both variants
+    if args.in_process:  # quick checks only: peak RSS is then shared by all variants
         ns = argparse.Namespace(**{**vars(args), "worker": str(model_dir), "scene": str(scene)})
-        ns.out_dir = str(out_dir)
+        ns.out_dir, ns.precision = str(out_dir), precision
         return worker(ns)
     cmd = [
         sys.executable, str(Path(__file__).resolve()), "--worker", str(model_dir), "--scene", str(scene),
         "--out-dir", str(out_dir), "--tile", str(args.tile), "--overlap", str(args.overlap),
-        "--batch-size", str(args.batch_size),
+        "--batch-size", str(args.batch_size), "--precision", precision,
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
@@ -205,66 +223,152 @@ def _run_ab(run: Path, merged: Path, args: argparse.Namespace) -> dict[str, Any]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def mask_difference(a: Path, b: Path) -> dict[str, float]:
+    """How far the bf16 output (folder `b`) is from fp32 (folder `a`): the fraction of pixels whose
+    mask (flood.tif) differs, and, because an untrained model's mask can be nearly all one class,
+    the same at the fp32 probabilities' median (prob.tif), where half the pixels sit on each side
+    and every near-threshold pixel counts."""
+    import numpy as np
+    import rasterio
+
+    def read(path: Path) -> np.ndarray:
+        with rasterio.open(path) as ds:
+            return ds.read(1)
+
+    x, y = read(a / "flood.tif"), read(b / "flood.tif")
+    valid = (x != 255) & (y != 255)
+    p, q = read(a / "prob.tif"), read(b / "prob.tif")
+    both = np.isfinite(p) & np.isfinite(q)
+    median = float(np.median(p[both])) if both.any() else 0.5
+    return {
+        "pixels": int(x.size),
+        "differing_fraction": float(np.mean(x != y)),
+        "differing_valid_fraction": float(np.mean(x[valid] != y[valid])) if valid.any() else 0.0,
+        "flood_fraction_fp32": float(np.mean(x[valid] == 1)) if valid.any() else 0.0,
+        "median_threshold": median,
+        "differing_at_median_fraction": float(np.mean((p[both] > median) != (q[both] > median))),
+        "probability_mean_abs_difference": float(np.mean(np.abs(p[both] - q[both]))),
+    }
+
+
+def bf16_comparison(variants: dict[str, Any], agreement: dict[str, float] | None) -> dict[str, Any] | None:
+    """merged-bf16 against merged (fp32): km2/s ratio, peak RSS ratio, mask agreement, targets."""
+    a, b = variants.get("merged"), variants.get("merged-bf16")
+    if not a or not b or agreement is None:
+        return None
+    speedup = b["km2_per_s"] / a["km2_per_s"]
+    identical = 1.0 - agreement["differing_fraction"]
+    # judged on the stricter of the two: the mask as written, and the mask at the median threshold
+    worst = 1.0 - max(agreement["differing_fraction"], agreement["differing_at_median_fraction"])
+    return {
+        "km2_per_s_speedup": round(speedup, 4),
+        "model_speedup": round(a["model_in_pipeline_s"] / b["model_in_pipeline_s"], 4),
+        "peak_rss_ratio": round(b["peak_rss_mb"] / a["peak_rss_mb"], 4),
+        "mask_identical_fraction": identical,
+        "speedup_target": BF16_SPEEDUP_TARGET,
+        "speedup_met": speedup >= BF16_SPEEDUP_TARGET,
+        "agreement_target": MASK_AGREEMENT_TARGET,
+        "identical_at_median_fraction": 1.0 - agreement["differing_at_median_fraction"],
+        "agreement_met": worst >= MASK_AGREEMENT_TARGET,
+        **agreement,
+    }
+
+
 def _markdown(result: dict[str, Any]) -> str:
+    """This JSON's section of docs/performance.md; every sentence is built from what was measured."""
     cfg, mach = result["config"], result["machine"]
+    variants = result["variants"]
     rows = []
-    for name, r in result["variants"].items():
+    for name, r in variants.items():
         b = r["overhead_breakdown_s"]
+        prec = (r.get("precision") or {}).get("precision", "32-true")
         rows.append(
-            f"| {name} | {r['wall_s']:.1f} | {r['km2_per_s']:.2f} | {r['peak_rss_mb']:.0f} | "
+            f"| {name} | {prec} | {r['wall_s']:.1f} | {r['km2_per_s']:.2f} | {r['peak_rss_mb']:.0f} | "
             f"{r['model_in_pipeline_s']:.1f} | {b['read']:.1f} | {b['blend']:.1f} | "
             f"{b['write'] + b['finalize']:.1f} | {100 * r['overhead_ratio']:.1f}% | "
             f"{r['pure_compute_s']:.1f} |"
         )
-    u = result["variants"]["unmerged"]
-    ab = result["merged_vs_unmerged_forward"]
-    med = ab["median_batch_s"]
-    return "\n".join(
-        [
-            SECTION_BEGIN,
-            "## Whole-scene prediction",
-            "",
-            f"`python benchmarks/predict.py`: a {cfg['size']} x {cfg['size']} px synthetic Sentinel-1 scene "
-            f"({u['scene_km2']:.0f} km2 at 10 m; pre + post, VV + VH, dB GeoTIFFs) predicted with the "
-            f"`{cfg['checkpoint']}` encoder + LoRA rank {cfg['lora_rank']} (untrained: speed does not depend "
-            f"on the weights) in tiles of {u['tile']} px, overlap {u['overlap']} px ({u['tiles']} tiles), "
-            f"batch {cfg['batch_size']}, fp32, writing a COG mask and float32 probabilities. "
-            f"{mach['cpus']} CPU cores ({mach['processor']}), torch {mach['torch']}, "
-            f"torch threads: {mach['torch_threads']}, run under `nice -n 10` on a shared machine "
-            f"(load average "
-            f"{mach['loadavg_1m']:.1f} at start): absolute times are inflated by other jobs; the ratios "
-            f"below are measured within one process and are the robust numbers. Each variant ran in its own "
-            f"process; peak RSS is that process's high-water mark (VmHWM).",
-            "",
-            "| model | wall (s) | km2/s | peak RSS (MB) | model (s) | read+normalise (s) | blend (s) | "
-            "write+COG (s) | overhead / model | model alone, re-timed (s) |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-            *rows,
-            "",
-            "*model* is the forward passes inside the pipeline (the model's compute on exactly the scene's "
-            "tiles); *overhead / model* = (wall - model) / model, i.e. the cost of tiling, IO, "
-            "normalisation, blending and writing relative to the model's compute, measured in the same run. "
-            "*model alone, re-timed* repeats the same number of forward passes on in-memory tensors right "
-            "after the scene, as a cross-check (differences come from the machine's load changing).",
+    u = next(iter(variants.values()))
+    separate = cfg.get("separate_processes", True)
+    json_path = result.get("json_path", "benchmarks/results/predict.json")
+    lines = [
+        f"## Whole-scene prediction ({cfg['checkpoint']})",
+        "",
+        f"Generated from `{json_path}` ({result['created']}"
+        + (f"; `{result['command']}`" if result.get("command") else "")
+        + f"): a {cfg['size']} x {cfg['size']} px synthetic Sentinel-1 scene "
+        f"({u['scene_km2']:.0f} km2 at 10 m; pre + post, VV + VH, dB GeoTIFFs) predicted with the "
+        f"`{cfg['checkpoint']}` encoder + LoRA rank {cfg['lora_rank']} (untrained: speed does not depend "
+        f"on the weights) in tiles of {u['tile']} px, overlap {u['overlap']} px ({u['tiles']} tiles), "
+        f"batch {cfg['batch_size']}, writing a COG mask and float32 probabilities. "
+        f"Machine: {describe_machine(mach)}. "
+        + (
+            "Each variant ran in its own process; peak RSS is that process's high-water mark (VmHWM)."
+            if separate
+            else "All variants ran in ONE process (--in-process): peak RSS is not per variant."
+        ),
+        "",
+        "| model | precision | wall (s) | km2/s | peak RSS (MB) | model (s) | read+normalise (s) | "
+        "blend (s) | write+COG (s) | overhead / model | model alone, re-timed (s) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        *rows,
+        "",
+        "*model* is the forward passes inside the pipeline (the model's compute on exactly the scene's "
+        "tiles); *overhead / model* = (wall - model) / model, i.e. the cost of tiling, IO, "
+        "normalisation, blending and writing relative to the model's compute, measured in the same run. "
+        "*model alone, re-timed* repeats the same number of forward passes on in-memory tensors right "
+        "after the scene, as a cross-check (differences come from the machine's load changing).",
+    ]
+    ab = result.get("merged_vs_unmerged_forward")
+    if ab:
+        med = ab["median_batch_s"]
+        lines += [
             "",
             f"Merged vs unmerged forward, alternating on the same batch ({ab['rounds']} rounds, so load "
             f"drift hits both alike): median {med['unmerged']:.2f} s vs {med['merged']:.2f} s per batch, "
-            f"merged {ab['merged_speedup']:.2f}x as fast. Whole-scene wall ratio: "
-            f"{result['merged_speedup_scene']:.2f}x.",
-            "",
-            "Memory is bounded by the tile batch (model activations) plus one strip of tile rows x scene "
-            "width in the blender; it does not grow with the scene's height.",
-            "",
-            f"Raw numbers: `benchmarks/results/predict.json` ({result['created']}).",
-            SECTION_END,
+            f"merged {ab['merged_speedup']:.2f}x as fast."
+            + (
+                f" Whole-scene wall ratio: {result['merged_speedup_scene']:.2f}x."
+                if result.get("merged_speedup_scene")
+                else ""
+            ),
         ]
-    )
+    cmp = result.get("bf16_vs_fp32")
+    if cmp:
+        ok = {True: "met", False: "not met"}
+        lines += [
+            "",
+            f"bf16 (autocast) against fp32, both merged: {cmp['km2_per_s_speedup']:.2f}x the km2/s "
+            f"(model time {cmp['model_speedup']:.2f}x), {cmp['peak_rss_ratio']:.2f}x the peak RSS; "
+            f"{100 * cmp['differing_fraction']:.3f}% of the mask pixels differ "
+            f"({100 * cmp['mask_identical_fraction']:.3f}% identical; the untrained model marks "
+            f"{100 * cmp['flood_fraction_fp32']:.1f}% of the scene as flood)"
+            + (
+                f", and {100 * cmp['differing_at_median_fraction']:.3f}% differ when both are thresholded "
+                f"at the fp32 probabilities' median ({cmp['median_threshold']:.3f}), where half the pixels "
+                f"fall on each side (mean probability difference "
+                f"{cmp['probability_mean_abs_difference']:.2e})"
+                if "differing_at_median_fraction" in cmp
+                else ""
+            )
+            + f". Targets: >= {cmp['speedup_target']:.1f}x km2/s ({ok[cmp['speedup_met']]}), >= "
+            f"{100 * cmp['agreement_target']:.1f}% identical, at both thresholds "
+            f"({ok[cmp['agreement_met']]}).",
+        ]
+    elif result.get("skipped"):
+        lines += ["", f"Not measured: {result['skipped']}."]
+    lines += [
+        "",
+        "Memory is bounded by the tile batch (model activations) plus one strip of tile rows x scene "
+        "width in the blender; it does not grow with the scene's height.",
+    ]
+    return "\n".join(lines)
 
 
-def _update_markdown(path: Path, section: str) -> None:
-    from floodlora.io import replace_marked_section
-
-    replace_marked_section(path, SECTION_BEGIN, SECTION_END, section, title="# Performance\n")
+def section_name(json_path: Path) -> str:
+    """predict.json owns `benchmarks/predict.py`; another JSON gets its own section."""
+    stem = Path(json_path).stem
+    return SECTION if Path(json_path).name == DEFAULT_JSON.name else f"{SECTION} {stem}"
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:
@@ -277,15 +381,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     p.add_argument("--tile", type=int, default=None, help="tile size (default 256; tiny 64)")
     p.add_argument("--overlap", type=int, default=None, help="overlap (default tile / 4)")
     p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument(
+        "--variants", default=",".join(VARIANTS), help=f"comma-separated, from {', '.join(VARIANTS)}"
+    )
     p.add_argument("--json", default=None, help="result JSON (default benchmarks/results/predict.json)")
     p.add_argument("--markdown", default=None, help="performance doc to update (default docs/performance.md)")
     p.add_argument("--workdir", default=None, help="keep scene, runs and outputs here")
     p.add_argument("--in-process", action="store_true", help="no worker processes (RSS not per variant)")
-    p.add_argument("--ab-rounds", type=int, default=None, help="A/B forward rounds (default 8; tiny 2)")
+    p.add_argument(
+        "--ab-rounds", type=int, default=None, help="A/B forward rounds (default 8; tiny 2; 0: none)"
+    )
+    p.add_argument("--from-json", default=None, help="no measuring: write the doc section of this JSON")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--ab", nargs=2, default=None, help=argparse.SUPPRESS)
     p.add_argument("--scene", default=None, help=argparse.SUPPRESS)
     p.add_argument("--out-dir", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--precision", default="32-true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         print(json.dumps(worker(args)))
@@ -293,40 +404,58 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     if args.ab:
         print(json.dumps(ab_worker(args)))
         return None
+    if args.from_json:
+        path = Path(args.from_json)
+        result = json.loads(path.read_text())
+        result["json_path"] = rel(path)
+        md = Path(args.markdown) if args.markdown else REPO / "docs/performance.md"
+        write_section(md, section_name(path), _markdown(result))
+        return result
 
     from floodlora.models.registry import embedded_weights_path
+    from floodlora.precision import cpu_bf16_fast
 
+    names = [v for v in args.variants.split(",") if v]
+    unknown = sorted(set(names) - set(VARIANTS))
+    if unknown:
+        raise SystemExit(f"--variants: unknown {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     size = args.size or (200 if args.tiny else 4096)
     args.tile = args.tile or (64 if args.tiny else 256)
     args.overlap = args.overlap if args.overlap is not None else args.tile // 4
-    args.ab_rounds = args.ab_rounds or (2 if args.tiny else 8)
+    args.ab_rounds = args.ab_rounds if args.ab_rounds is not None else (2 if args.tiny else 8)
     checkpoint = args.checkpoint or (
         "random:test-micro"
         if args.tiny
         else ("embedded" if embedded_weights_path().is_file() else "random:floodlora-mini")
     )
-    json_path = (
-        Path(args.json) if args.json else (None if args.tiny else REPO / "benchmarks/results/predict.json")
-    )
+    json_path = Path(args.json) if args.json else (None if args.tiny else DEFAULT_JSON)
     md_path = Path(args.markdown) if args.markdown else (None if args.tiny else REPO / "docs/performance.md")
+    skipped = None
+    if "merged-bf16" in names and not args.tiny and not (bf16_matmul_usable() and cpu_bf16_fast()[0]):
+        names.remove("merged-bf16")  # emulated bf16 would take hours and prove nothing
+        skipped = f"bf16 variant: {cpu_bf16_fast()[1]}"
 
-    import torch
-
-    loadavg = os.getloadavg()[0]
+    machine = machine_info()
     with tempfile.TemporaryDirectory(prefix="floodlora-bench-") as tmp:
         work = Path(args.workdir) if args.workdir else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
         scene, run, merged = _prepare(work, size, checkpoint, args.tile)
         prep_s = time.perf_counter() - t0
-        variants = {
-            "unmerged": _run_variant(run, scene, work / "out-unmerged", args),
-            "merged": _run_variant(merged, scene, work / "out-merged", args),
-        }
-        ab = _run_ab(run, merged, args)
-    result = {
+        dirs = {"run": run, "merged": merged}
+        variants = {}
+        for name in names:
+            model, precision = VARIANTS[name]
+            print(f"{name} ...", flush=True)
+            variants[name] = _run_variant(dirs[model], scene, work / f"out-{name}", args, precision)
+        agreement = None
+        if "merged" in variants and "merged-bf16" in variants:
+            agreement = mask_difference(work / "out-merged", work / "out-merged-bf16")
+        ab = _run_ab(run, merged, args) if args.ab_rounds > 0 else None
+    result: dict[str, Any] = {
         "benchmark": "predict",
         "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "command": " ".join(["python benchmarks/predict.py", *(sys.argv[1:] if argv is None else argv)]),
         "mode": "tiny" if args.tiny else "full",
         "config": {
             "size": size,
@@ -338,25 +467,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
             "prepare_s": round(prep_s, 1),
             "separate_processes": not args.in_process,
         },
-        "machine": {
-            "cpus": os.cpu_count(),
-            "processor": platform.processor() or platform.machine(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(),  # workers inherit the same environment
-            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-            "loadavg_1m": round(loadavg, 2),
-        },
+        "machine": machine,
         "variants": variants,
-        "merged_speedup_scene": round(variants["unmerged"]["wall_s"] / variants["merged"]["wall_s"], 3),
         "merged_vs_unmerged_forward": ab,
+        "bf16_vs_fp32": bf16_comparison(variants, agreement),
+        "skipped": skipped,
+        "json_path": rel(json_path) if json_path else None,
     }
+    if "unmerged" in variants and "merged" in variants:
+        result["merged_speedup_scene"] = round(
+            variants["unmerged"]["wall_s"] / variants["merged"]["wall_s"], 3
+        )
     if json_path is not None:
         from floodlora.io import atomic_write_json
 
         atomic_write_json(json_path, result)
     if md_path is not None:
-        _update_markdown(md_path, _markdown(result))
+        write_section(md_path, section_name(json_path or DEFAULT_JSON), _markdown(result))
     print(_markdown(result))
     return result
 

@@ -3,6 +3,7 @@
     python benchmarks/quality.py                 # documented budget (see BUDGET), ~1 h on 2 cores
     python benchmarks/quality.py --tiny          # seconds: the test suite's mode
     python benchmarks/quality.py --from-json     # regenerate docs/quality.md from the JSON only
+    python benchmarks/quality.py --precision-check c2s-s1f11   # the recipe on one group, fp32 vs bf16
 
 For every labelled event group under ``../shared/data/real`` (OMBRIA test, OMBRIA FRANCE 2021, ETCI
 Nebraska, ETCI North Alabama, C2S-MS + Sen1Floods11) each model row trains on all the *other*
@@ -269,6 +270,42 @@ def baseline_rows(real: Path, group: Group, limit: int | None = None) -> list[di
                 "threshold": rep["baseline"].get("threshold_value"),
             }
         )
+    return out
+
+
+def precision_check(
+    real: Path, group: Group, budget: dict[str, Any], work: Path, tiny: bool = False
+) -> dict[str, Any]:
+    """The recipe with `group` held out, trained in fp32 and in the bf16 that `auto` picks on a CPU
+    with fast bf16 (floodlora.precision), same seed and budget: the held-out F1 difference decides
+    whether `auto` may train in bf16 on CPU (at most MAX_F1_DELTA). Tiny mode compares on any CPU."""
+    from floodlora.precision import CPU_BF16_AUTO_TRAIN, MAX_F1_DELTA, cpu_bf16_fast
+
+    fast, reason = cpu_bf16_fast()
+    out: dict[str, Any] = {
+        "group": group.name,
+        "label": group.label,
+        "cpu_bf16_fast": fast,
+        "cpu_bf16_reason": reason,
+        "auto_trains_bf16": CPU_BF16_AUTO_TRAIN,
+        "bound_f1_points": 100 * MAX_F1_DELTA,
+        "rows": {},
+    }
+    if not fast and not tiny:
+        out["skipped"] = "this CPU has no fast bf16: auto is fp32 here, nothing to compare"
+        return out
+    recipe = next(r for r in MODEL_ROWS if r.name == "recipe")
+    for precision in ("32-true", "bf16-mixed"):
+        r = _run_worker(real, group, recipe, {**budget, "train.precision": precision}, work / precision)
+        out["rows"][precision] = r
+        msg = r.get("error") or f"F1 {_pct(r['at_run_threshold']['f1'])} ({r['wall_seconds']:.0f} s)"
+        print(f"{group.name:15s} recipe {precision:10s} {msg}", flush=True)
+    rows = out["rows"]
+    if all("error" not in r for r in rows.values()):
+        f32, b16 = (rows[k]["at_run_threshold"]["f1"] for k in ("32-true", "bf16-mixed"))
+        out["delta_f1_points"] = 100 * (b16 - f32)
+        out["within_bound"] = abs(b16 - f32) <= MAX_F1_DELTA
+        out["bf16_speedup"] = rows["32-true"]["wall_seconds"] / rows["bf16-mixed"]["wall_seconds"]
     return out
 
 
@@ -580,6 +617,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     p.add_argument("--readme", default=None, help="README to update (default: README.md, unless --markdown)")
     p.add_argument("--workdir", default=None, help="keep the runs here (default: a temporary folder)")
     p.add_argument("--from-json", action="store_true", help="only regenerate the doc from the JSON")
+    p.add_argument(
+        "--precision-check",
+        default=None,
+        metavar="GROUP",
+        help="only train the recipe with GROUP held out in fp32 and bf16 and store the F1 difference "
+        "(default JSON benchmarks/results/quality-precision.json)",
+    )
     p.add_argument("--worker", nargs=2, default=None, help=argparse.SUPPRESS)
     p.add_argument("--budget", default="{}", help=argparse.SUPPRESS)
     p.add_argument("--out-dir", default=None, help=argparse.SUPPRESS)
@@ -618,6 +662,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     for item in args.set:
         key, _, value = item.partition("=")
         budget[key] = yaml.safe_load(value)
+    if args.precision_check:
+        return run_precision_check(args, argv, real, budget, tiny_ctx)
     groups = [g for g in GROUPS if not args.groups or g.name in args.groups.split(",")]
     rows = [r for r in MODEL_ROWS if not args.rows or r.name in args.rows.split(",")]
     t0 = time.perf_counter()
@@ -671,6 +717,41 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
 
     atomic_write_json(json_path, result)
     write_docs(result)
+    return result
+
+
+def run_precision_check(
+    args: argparse.Namespace, argv: list[str] | None, real: Path, budget: dict[str, Any], tiny_ctx: Any
+) -> dict[str, Any]:
+    """`--precision-check GROUP`: write its JSON (docs/performance.md's precision section reads it)."""
+    from floodlora.io import atomic_write_json
+
+    group = next((g for g in GROUPS if g.name == args.precision_check), None)
+    if group is None:
+        raise SystemExit(f"--precision-check: unknown group; choose from {', '.join(g.name for g in GROUPS)}")
+    json_path = Path(args.json) if args.json else REPO / "benchmarks" / "results" / "quality-precision.json"
+    t0 = time.perf_counter()
+    work_ctx = tempfile.TemporaryDirectory(prefix="quality-precision-") if args.workdir is None else None
+    work = Path(args.workdir) if args.workdir else Path(work_ctx.name)  # type: ignore[union-attr]
+    try:
+        check = precision_check(real, group, budget, work, tiny=args.tiny)
+    finally:
+        if work_ctx is not None:
+            work_ctx.cleanup()
+        if tiny_ctx is not None:
+            tiny_ctx.cleanup()
+    result = {
+        "benchmark": "quality-precision",
+        "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "command": " ".join(["python benchmarks/quality.py", *(argv if argv is not None else sys.argv[1:])]),
+        "machine": machine(),
+        "tiny": args.tiny,
+        "recipe": RECIPE,
+        "budget": budget,
+        **check,
+        "wall_seconds": time.perf_counter() - t0,
+    }
+    atomic_write_json(json_path, result)
     return result
 
 

@@ -5,11 +5,13 @@ help paths stay light. Each command runs `--repeat` times in a fresh interpreter
 reported. Writes benchmarks/results/startup.json and a section of docs/performance.md.
 
     python benchmarks/startup.py [--repeat 5]
+    python benchmarks/startup.py --from-json benchmarks/results/startup.json   # doc section only
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import subprocess
 import sys
@@ -17,9 +19,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-SECTION_BEGIN = "<!-- benchmarks/startup.py: begin -->"
-SECTION_END = "<!-- benchmarks/startup.py: end -->"
+from _common import REPO, describe_machine, machine_info, markers, rel, write_section
+
+SECTION = "benchmarks/startup.py"
+SECTION_BEGIN, SECTION_END = markers(SECTION)
 BUDGET_S = 1.5
 COMMANDS = [
     [],
@@ -68,6 +71,7 @@ def run(repeat: int, commands: list[list[str]] = COMMANDS) -> dict[str, Any]:
     return {
         "benchmark": "startup",
         "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": machine_info(),
         "repeat": repeat,
         "budget_s": BUDGET_S,
         "python_startup_s": round(baseline, 3),
@@ -82,14 +86,14 @@ def _time_python(args: list[str]) -> float:
     return time.perf_counter() - t0
 
 
-def markdown(result: dict[str, Any]) -> str:
+def markdown(result: dict[str, Any], json_path: str = "benchmarks/results/startup.json") -> str:
+    machine = f" Machine: {describe_machine(result['machine'])}." if result.get("machine") else ""
     lines = [
-        SECTION_BEGIN,
         "## CLI start-up",
         "",
-        f"`python benchmarks/startup.py` ({result['created']}): median of {result['repeat']} fresh "
-        f"processes per command; a bare `python -c pass` takes {result['python_startup_s']:.2f} s here. "
-        f"Budget: {result['budget_s']} s.",
+        f"Generated from `{json_path}` (`python benchmarks/startup.py`, {result['created']}): median of "
+        f"{result['repeat']} fresh processes per command; a bare `python -c pass` takes "
+        f"{result['python_startup_s']:.2f} s here. Budget: {result['budget_s']} s.{machine}",
         "",
         "| command | median (s) | max (s) | under budget |",
         "|---|---:|---:|---|",
@@ -97,7 +101,6 @@ def markdown(result: dict[str, Any]) -> str:
     for r in result["rows"]:
         ok = "yes" if r["within_budget"] else "NO"
         lines.append(f"| `{r['command']}` | {r['median_s']:.2f} | {r['max_s']:.2f} | {ok} |")
-    lines += ["", "Raw numbers: `benchmarks/results/startup.json`.", SECTION_END]
     return "\n".join(lines)
 
 
@@ -107,17 +110,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "startup.json"))
     parser.add_argument("--markdown", default=str(REPO / "docs" / "performance.md"))
     parser.add_argument("--commands", default=None, help="comma-separated subcommands ('' for the top level)")
+    parser.add_argument("--from-json", default=None, help="no measuring: write the doc section of this JSON")
     args = parser.parse_args(argv)
 
-    from floodlora.io import atomic_write_json, replace_marked_section
+    from floodlora.io import atomic_write_json
 
+    if args.from_json:
+        result = json.loads(Path(args.from_json).read_text())
+        write_section(Path(args.markdown), SECTION, markdown(result, rel(Path(args.from_json))))
+        return result
     commands = COMMANDS if args.commands is None else [[c] if c else [] for c in args.commands.split(",")]
     result = run(args.repeat, commands)
     atomic_write_json(args.json, result)
     if args.markdown:
-        replace_marked_section(
-            args.markdown, SECTION_BEGIN, SECTION_END, markdown(result), title="# Performance\n"
-        )
+        write_section(Path(args.markdown), SECTION, markdown(result, rel(Path(args.json))))
     for r in result["rows"]:
         print(f"{r['command']}: {r['median_s']:.2f} s")
     return result

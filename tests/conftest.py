@@ -17,6 +17,12 @@ REAL_DATA = SHARED / "data" / "real"
 BENCHMARKS = REPO / "benchmarks"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """`train.precision: auto` stays fp32 on every CPU in tests (and their subprocesses), so that
+    numbers do not depend on whether the machine has AMX; precision tests opt in explicitly."""
+    os.environ.setdefault("FLOODLORA_CPU_BF16", "0")
+
+
 def load_benchmark(name: str) -> ModuleType:
     """Import `benchmarks/<name>.py` as a module (with its sibling helpers importable)."""
     if str(BENCHMARKS) not in sys.path:

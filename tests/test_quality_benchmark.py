@@ -60,3 +60,39 @@ def test_tiny_benchmark_end_to_end(bench: ModuleType, real_data: Path, tmp_path:
     assert result is not None and result["summary"]["means"]["recipe"]["f1"] == pytest.approx(
         rows["recipe"]["at_run_threshold"]["f1"]
     )
+
+
+def test_precision_check_stores_the_f1_difference(
+    bench: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--precision-check GROUP` trains the recipe twice, fp32 then bf16, and stores the F1 gap and
+    whether it is within the bound (workers replaced: the training itself is tested elsewhere)."""
+    import floodlora.precision as prec
+
+    calls: list[dict] = []
+
+    def fake_worker(real: Path, group, row, budget: dict, work: Path) -> dict:
+        calls.append({"row": row.name, "budget": budget})
+        f1 = {"32-true": 0.600, "bf16-mixed": 0.594}[budget["train.precision"]]
+        wall = {"32-true": 100.0, "bf16-mixed": 80.0}[budget["train.precision"]]
+        return {"at_run_threshold": {"f1": f1}, "wall_seconds": wall}
+
+    monkeypatch.setattr(bench, "_run_worker", fake_worker)
+    monkeypatch.setattr(prec, "cpu_bf16_fast", lambda: (True, "amx_bf16; probe"))
+    out = tmp_path / "qp.json"
+    result = bench.main(["--precision-check", "c2s-s1f11", "--real", str(tmp_path), "--json", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved == json.loads(json.dumps(result))
+    assert [c["row"] for c in calls] == ["recipe", "recipe"]
+    assert [c["budget"]["train.precision"] for c in calls] == ["32-true", "bf16-mixed"]
+    assert calls[0]["budget"]["train.max_epochs"] == bench.BUDGET["train.max_epochs"]
+    assert saved["delta_f1_points"] == pytest.approx(-0.6)
+    assert saved["within_bound"] is False and saved["bound_f1_points"] == pytest.approx(0.5)
+    assert saved["bf16_speedup"] == pytest.approx(1.25) and saved["group"] == "c2s-s1f11"
+
+    monkeypatch.setattr(prec, "cpu_bf16_fast", lambda: (False, "CPU without avx512_bf16 / amx_bf16"))
+    calls.clear()
+    skipped = bench.main(["--precision-check", "c2s-s1f11", "--real", str(tmp_path), "--json", str(out)])
+    assert not calls and "nothing to compare" in skipped["skipped"] and "delta_f1_points" not in skipped
+    with pytest.raises(SystemExit, match="unknown group"):
+        bench.main(["--precision-check", "nowhere", "--real", str(tmp_path), "--json", str(out)])

@@ -1,4 +1,4 @@
-"""Activation checkpointing at the segmentor level, its default, CUDA-only mixed precision, compile."""
+"""Activation checkpointing at the segmentor level, its default, `precision: auto`, compile."""
 
 from __future__ import annotations
 
@@ -63,7 +63,12 @@ def test_checkpointing_default(strategy: str, size: int, setting: bool | None, e
     assert model.clay_encoder.gradient_checkpointing is expected
 
 
-def test_precision_bf16_on_cuda_only(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_precision_auto_on_cuda_and_plain_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CUDA: bf16 (fp16 before Ampere). A CPU without bf16 instructions: fp32, and a warning for an
+    explicit bf16 (tests/test_precision.py covers CPUs with bf16)."""
+    import floodlora.precision as prec
+
+    monkeypatch.setattr(prec, "cpu_bf16_flags", lambda: [])
     auto = TrainConfig(precision="auto")
     assert resolve_precision(auto, "cpu") == "32-true"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -71,7 +76,7 @@ def test_precision_bf16_on_cuda_only(monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolve_precision(auto, "gpu") == "bf16-mixed"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     assert resolve_precision(auto, "gpu") == "16-mixed"  # pre-Ampere GPUs
-    with pytest.warns(UserWarning, match="bf16 on CPU"):
+    with pytest.warns(UserWarning, match="bf16 on a CPU without"):
         assert resolve_precision(TrainConfig(precision="bf16-mixed"), "cpu") == "bf16-mixed"
 
 

@@ -190,13 +190,17 @@ def train(
     devices: Annotated[int | None, typer.Option(help="Devices (processes) for DDP.")] = None,
     accelerator: Annotated[str | None, typer.Option(help="auto | cpu | gpu.")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Any config key: section.key=v.")] = None,
+    precision: Annotated[
+        str | None, typer.Option(help="auto | 32 | bf16 (auto: bf16 where the CPU/GPU does it fast).")
+    ] = None,
 ) -> None:
     """Adapt an encoder to flood segmentation and write a run directory."""
     from floodlora.training.commands import run_train
 
     run_train(
-        data, format, strategy, rank, checkpoint, config, out, resume, set_, max_epochs, devices, accelerator
-    )
+        data, format, strategy, rank, checkpoint, config, out, resume, set_, max_epochs, devices, accelerator,
+        precision=precision,
+    )  # fmt: skip
 
 
 @app.command()
@@ -214,11 +218,16 @@ def evaluate(
     stats_from_data: Annotated[
         bool, typer.Option(help="8-bit chips of a source the run never saw: normalise with their own stats.")
     ] = False,
+    precision: Annotated[
+        str | None, typer.Option(help="auto | 32 | bf16 (auto: bf16 where the CPU/GPU does it fast).")
+    ] = None,
 ) -> None:
     """Table-2 metrics (accuracy, precision, recall, F1, IoU, Dice) of a run on a data split."""
     from floodlora.training.commands import run_evaluate
 
-    run_evaluate(run_dir, data, format, split, json_out, threshold, checkpoint, views, stats_from_data)
+    run_evaluate(
+        run_dir, data, format, split, json_out, threshold, checkpoint, views, stats_from_data, precision
+    )
 
 
 @app.command()
@@ -317,6 +326,9 @@ def predict(
     align: Annotated[bool, typer.Option(help="Warp views onto the post-event grid when they differ.")] = True,
     cog: Annotated[bool, typer.Option(help="Cloud Optimized GeoTIFF (else tiled GeoTIFF).")] = True,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    precision: Annotated[
+        str, typer.Option(help="auto | 32 | bf16 for the forward passes (auto: bf16 where fast).")
+    ] = "auto",
 ) -> None:
     """Flood map of whole georeferenced Sentinel-1 scenes (tiled, blended, CRS preserved)."""
     from floodlora.inference.commands import run_predict
@@ -326,6 +338,7 @@ def predict(
         adapter=adapter, checkpoint=checkpoint, units=units, tile=tile, overlap=overlap,
         batch_size=batch_size, threshold=threshold, tta=tta, mc_dropout=mc_dropout, date=date,
         align=align, cog=cog, progress=progress, simplify=simplify, min_area=min_area,
+        precision=precision,
     )  # fmt: skip
     typer.echo(summary)
 

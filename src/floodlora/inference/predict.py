@@ -26,6 +26,7 @@ import torch
 
 from floodlora.errors import ConfigError, DataError, size_text
 from floodlora.inference.tiling import StripBlender, Tile, plan_tiles
+from floodlora.precision import autocast, resolve_precision
 
 UNITS = ("db", "linear")
 MASK_NODATA = 255
@@ -52,6 +53,7 @@ class PredictOptions:
     progress: bool = False
     simplify_m: float | None = None  # polygon simplification tolerance in metres
     min_area_m2: float | None = None  # drop flood polygons smaller than this
+    precision: str = "auto"  # auto | 32 | bf16: autocast of the forward passes (floodlora.precision)
 
 
 @dataclass
@@ -79,6 +81,7 @@ class PredictResult:
     messages: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # the result is probably wrong: say why
     timings: dict[str, float] = field(default_factory=dict)
+    precision: dict[str, str] = field(default_factory=dict)  # the choice and its reason
 
 
 # --------------------------------------------------------------------------------------------------
@@ -475,7 +478,7 @@ def predict_probabilities(
         for i in range(n):
             dims = flips[i % len(flips)]
             x = {k: torch.flip(v, dims) if dims else v for k, v in views.items()}
-            logits = model(x, time=time, latlon=latlon)
+            logits = model(x, time=time, latlon=latlon).float()  # probabilities in fp32 under autocast
             if dims:
                 logits = torch.flip(logits, dims)
             probs.append(torch.sigmoid(logits))
@@ -643,7 +646,11 @@ def predict_scene(
         raise ConfigError("two outputs have the same path")
     if polygons is not None:
         vector_format(polygons)
+    device = next((p.device.type for p in model.parameters()), "cpu")
+    precision = resolve_precision(opts.precision, device, purpose="predict")
     messages: list[str] = []
+    if precision.precision != "32-true":
+        messages.append(f"precision {precision.precision} ({precision.requested}: {precision.reason})")
     tta = opts.tta
     if uncertainty is not None and not tta and opts.mc_samples == 0:
         tta = True
@@ -654,13 +661,14 @@ def predict_scene(
     was_training = model.training
     model.eval()
     try:
-        with open_views(views, model_views, opts.align) as opened:
+        with open_views(views, model_views, opts.align) as opened, autocast(device, precision):
             result = _run_scene(
                 model, opened, out, preset, probabilities, uncertainty, polygons, opts, tta, tags
             )
     finally:
         model.train(was_training)
     result.messages = messages + result.messages
+    result.precision = precision.to_dict()
     result.timings["total"] = time.perf_counter() - t_start
     return result
 

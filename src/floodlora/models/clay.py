@@ -285,10 +285,14 @@ class ClayEncoder(nn.Module):
         return self.patch_embedding(pixels, waves).flatten(2).transpose(1, 2)
 
     def add_encodings(self, tokens: Tensor, time: Tensor, latlon: Tensor, gsd: Tensor | float) -> Tensor:
+        """Tokens + position/metadata encodings, in the parameters' dtype (fp32 unless the model was
+        cast): under autocast the bf16 patch tokens are promoted to fp32 here, as in Clay, so the
+        residual stream stays fp32 and only the matmuls run in bf16."""
         b, length, dim = tokens.shape
         grid = math.isqrt(length)
-        pos = grid_position_encoding(grid, dim - METADATA_CHANNELS, gsd, tokens.device).to(tokens.dtype)
-        meta = torch.cat([time, latlon], dim=-1).to(tokens.dtype)  # [B, 8]
+        dtype = self.cls_token.dtype
+        pos = grid_position_encoding(grid, dim - METADATA_CHANNELS, gsd, tokens.device).to(dtype)
+        meta = torch.cat([time, latlon], dim=-1).to(dtype)  # [B, 8]
         encoding = torch.cat(
             [pos.unsqueeze(0).expand(b, -1, -1), meta[:, None, :].expand(-1, length, -1)], -1
         )
@@ -313,7 +317,7 @@ class ClayEncoder(nn.Module):
             latlon = pixels.new_zeros(b, 4)
         tokens = self.patch_tokens(pixels, waves)
         tokens = self.add_encodings(tokens, time, latlon, gsd)
-        tokens = torch.cat([self.cls_token.expand(b, -1, -1).to(tokens.dtype), tokens], dim=1)
+        tokens = torch.cat([self.cls_token.expand(b, -1, -1), tokens], dim=1)
         return self.transformer(tokens)
 
 

@@ -48,6 +48,7 @@ def accounting_line(acc: dict[str, Any]) -> str:
         f"{acc['epochs']} epochs, {spe or 0:.1f} s/epoch, "
         f"{acc.get('samples_per_second') or 0:.1f} samples/s, time to best val F1 {ttb or 0:.1f} s, "
         f"wall {acc.get('wall_seconds', 0):.1f} s"
+        + (f", precision {acc['precision']['precision']}" if acc.get("precision") else "")
     )
 
 
@@ -65,7 +66,9 @@ def run_train(
     devices: int | None = None,
     accelerator: str | None = None,
     progress: bool = True,
+    precision: str | None = None,
 ) -> None:
+    from floodlora.precision import normalize_precision
     from floodlora.training.engine import format_table2, train_run
 
     flags = {
@@ -77,9 +80,11 @@ def run_train(
         "train.max_epochs": max_epochs,
         "train.devices": devices,
         "train.accelerator": accelerator,
+        "train.precision": normalize_precision(precision) if precision is not None else None,
     }
     cfg = build_config(config, flags, sets)
-    result = train_run(cfg, out, resume=resume, progress=progress)
+    cfg.train.precision = normalize_precision(cfg.train.precision)  # a bad --set is a one-line error
+    result = train_run(cfg, out, resume=resume, progress=progress, log=_echo)
     if not result.is_global_zero:
         return
     for split in ("test", "ood"):
@@ -100,15 +105,20 @@ def run_evaluate(
     checkpoint: str | None = None,
     views: str | None = None,
     stats_from_data: bool = False,
+    precision: str | None = None,
 ) -> None:
+    from floodlora.precision import normalize_precision
     from floodlora.training.engine import evaluate_run, format_table2
 
     keep = [v.strip() for v in views.split(",") if v.strip()] if views else None
     report = evaluate_run(
         run_dir, data, format, split, threshold, checkpoint, progress=False, json_out=json_out, views=keep,
         stats_from_data=stats_from_data,
+        precision=normalize_precision(precision) if precision is not None else None,
     )  # fmt: skip
-    _echo(f"{split} of {', '.join(report['data']['roots'])}: {report['n_chips']} chips")
+    p = report["numeric_precision"]
+    _echo(f"{split} of {', '.join(report['data']['roots'])}: {report['n_chips']} chips, "
+          f"precision {p['precision']} ({p['reason']})")  # fmt: skip
     _echo(format_table2(report))
     if len(report["per_event"]) > 1:
         _echo("\nper event (F1 / IoU in %): " + ", ".join(

@@ -19,7 +19,7 @@ import copy
 import datetime as dt
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,17 +64,24 @@ def resolve_accelerator(cfg: TrainConfig) -> str:
     return "gpu" if torch.cuda.is_available() else "cpu"
 
 
+def precision_choice(cfg: TrainConfig, accelerator: str, purpose: str = "train") -> Any:
+    """`train.precision` resolved for `accelerator` (floodlora.precision.PrecisionChoice, with its reason);
+    `purpose="predict"` for forward passes only (evaluate), which `auto` may run in bf16 on CPU."""
+    from floodlora.precision import cpu_bf16_flags
+    from floodlora.precision import resolve_precision as _resolve
+
+    choice = _resolve(cfg.precision, accelerator, purpose)
+    if accelerator == "cpu" and choice.requested.startswith("bf16") and not cpu_bf16_flags():
+        warnings.warn(
+            "bf16 on a CPU without avx512_bf16 / amx_bf16 is very slow; consider train.precision: 32",
+            stacklevel=2,
+        )
+    return choice
+
+
 def resolve_precision(cfg: TrainConfig, accelerator: str) -> str:
-    """`auto`: bf16-mixed on CUDA, fp32 elsewhere (bf16 matmul on these CPUs is ~400x slower)."""
-    if cfg.precision != "auto":
-        if accelerator == "cpu" and "bf16" in cfg.precision:
-            warnings.warn("bf16 on CPU is very slow here; consider train.precision: 32", stacklevel=2)
-        return cfg.precision
-    if accelerator in ("gpu", "cuda"):
-        # bf16 needs Ampere or newer; older GPUs get fp16 autocast (with Lightning's loss scaling).
-        bf16 = not torch.cuda.is_available() or torch.cuda.is_bf16_supported()
-        return "bf16-mixed" if bf16 else "16-mixed"
-    return "32-true"
+    """`auto`: bf16-mixed on CUDA and on CPUs with fast bf16 matmul, fp32 elsewhere (Lightning name)."""
+    return str(precision_choice(cfg, accelerator).precision)
 
 
 def _quiet_lightning() -> None:
@@ -156,6 +163,7 @@ def _trainer(
     progress: bool,
     fit: bool,
     loggers: list[Any] | None = None,
+    precision: str | None = None,
 ) -> Any:
     import lightning.pytorch as pl
 
@@ -182,7 +190,7 @@ def _trainer(
         accelerator=accelerator,
         devices=cfg.devices if fit else 1,
         num_nodes=cfg.num_nodes if fit else 1,
-        precision=resolve_precision(cfg, accelerator),  # type: ignore[arg-type]
+        precision=precision or resolve_precision(cfg, accelerator),  # type: ignore[arg-type]
         callbacks=callbacks,
         enable_progress_bar=progress,
         enable_model_summary=False,
@@ -247,12 +255,14 @@ def train_run(
     *,
     model: Any = None,
     datamodule: Any = None,
+    log: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Train `config` into `out_dir`, evaluate val / test (/ ood), write the run directory.
 
     `model` (a ready FloodSegmentor, e.g. a loaded run to fine-tune further) and `datamodule` (a
     FloodDataModule with its own splits or presets) replace the ones built from `config`;
-    `floodlora adapt` passes both.
+    `floodlora adapt` passes both. `log` receives one-line notes for the training log (the precision
+    chosen and why).
 
     Raises :class:`OutOfMemoryError` when the run exceeds the accelerator's memory or
     `train.memory_cap_gb` (its `.accounting` holds what was measured before that).
@@ -282,13 +292,16 @@ def train_run(
     datamodule.setup("fit")
     if model is None:
         model = build_segmentor(config.model, config.data.views, config.data.bands, config.data.crop_size)
+    accelerator = resolve_accelerator(tcfg)
+    precision = precision_choice(tcfg, accelerator)
+    if log is not None:
+        log(f"precision: {precision.precision} ({precision.requested}: {precision.reason})")
     fit_data: Any = datamodule
     if tcfg.feature_cache:  # frozen encoder: encode each chip once, train the decoder from disk
-        accelerator = resolve_accelerator(tcfg)
         fit_data = prepare_feature_cache(
             config, model, datamodule, run_dir / FEATURE_CACHE_DIR,
             device="cuda" if accelerator in ("gpu", "cuda") else "cpu",
-            precision=resolve_precision(tcfg, accelerator),
+            precision=precision.precision,
         )  # fmt: skip
     if tcfg.compile:
         from floodlora.models.factory import compile_encoder
@@ -311,7 +324,9 @@ def train_run(
     early = EarlyStopping(monitor="val_loss", mode="min", patience=tcfg.early_stopping_patience)
     callbacks = [accounting, checkpoint, latest, early, LearningRateMonitor(logging_interval="epoch")]
     loggers = make_loggers(tcfg, run_dir)
-    trainer = _trainer(tcfg, run_dir, callbacks, progress, fit=True, loggers=loggers)
+    trainer = _trainer(
+        tcfg, run_dir, callbacks, progress, fit=True, loggers=loggers, precision=precision.precision
+    )
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / "config.yaml")
@@ -326,7 +341,12 @@ def train_run(
     except Exception as err:
         if not is_out_of_memory(err):
             raise
-        summary = {**accounting.summary(), "status": "oom", "error": str(err).splitlines()[0][:300]}
+        summary = {
+            **accounting.summary(),
+            "status": "oom",
+            "error": str(err).splitlines()[0][:300],
+            "precision": precision.to_dict(),
+        }
         if trainer.is_global_zero:
             atomic_write_json(run_dir / ACCOUNTING_FILE, summary)
         oom = (
@@ -354,6 +374,7 @@ def train_run(
         "wall_seconds": time.perf_counter() - t_start,
         "early_stopped": bool(early.stopped_epoch),
         "world_size": int(trainer.world_size),
+        "precision": precision.to_dict(),
         "data": datamodule.describe(),
     }
     if tcfg.feature_cache:
@@ -431,6 +452,7 @@ def evaluate_run(
     json_out: str | Path | None = None,
     views: Sequence[str] | None = None,
     stats_from_data: bool = False,
+    precision: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate a trained run on a split of its own data or of other data (`roots`, `format`).
 
@@ -442,7 +464,9 @@ def evaluate_run(
     Returns (and optionally writes) accuracy, precision, recall, f1, iou, dice as fractions at
     `threshold` (default: the run's val-F1-optimal threshold), the per-event and per-chip
     breakdowns, and the same at the other of {0.5, val-optimal}. Views the run was trained on but
-    the data lacks are listed in `missing_views`.
+    the data lacks are listed in `missing_views`. `precision` overrides the run's `train.precision`
+    for the forward passes (`auto` then decides per machine, as `predict` does; the choice is in the
+    report).
     """
     from floodlora.models.registry import checkpoint_normalization
     from floodlora.training.rundir import load_run
@@ -468,7 +492,13 @@ def evaluate_run(
     task = FloodSegmentationTask(loaded.model, loaded.config.train)
     tcfg = copy.deepcopy(loaded.config.train)
     tcfg.devices, tcfg.num_nodes = 1, 1
-    trainer = _trainer(tcfg, None, [], progress, fit=False)
+    if precision is not None:
+        tcfg.precision = precision
+    # The run's own precision scores as training scored it; an explicit `precision` (auto included)
+    # is a request for forward passes only, which `auto` may run in bf16 on a fast-bf16 CPU.
+    purpose = "predict" if precision is not None else "train"
+    choice = precision_choice(tcfg, resolve_accelerator(tcfg), purpose=purpose)
+    trainer = _trainer(tcfg, None, [], progress, fit=False, precision=choice.precision)
     t0 = time.perf_counter()
     chips = _test(trainer, task, loader)
     report = split_report(chips, chosen, best)
@@ -481,6 +511,7 @@ def evaluate_run(
         split=split,
         data={"roots": data.roots, "format": data.format},
         missing_views=sorted(task.missing_views),
+        numeric_precision=choice.to_dict(),  # "precision" is the metric
         seconds=time.perf_counter() - t0,
     )
     if json_out is not None:

@@ -183,9 +183,10 @@ def cache_key(parts: Mapping[str, Any]) -> str:
 
 
 def _autocast(device: torch.device, precision: str | None) -> Any:
-    """bf16 autocast for the encoder pass on CUDA when the run trains in bf16 (never on CPU)."""
-    if device.type == "cuda" and precision and precision.startswith("bf16"):
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    """The run's autocast for the encoder pass: bf16 on CUDA or on a CPU where the run chose bf16
+    (floodlora.precision), fp16 on CUDA only."""
+    if precision and precision.startswith("bf16"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     if device.type == "cuda" and precision and precision.startswith("16"):
         return torch.autocast("cuda", dtype=torch.float16)
     return nullcontext()
@@ -472,6 +473,7 @@ def prepare_feature_cache(
         "normalization": {fmt: p.to_dict() for fmt, p in sorted(datamodule.presets.items())},
         "speckle_filter": datamodule.speckle_filter,
         "min_size": data.crop_size,
+        "precision": precision or "32-true",  # bf16 features differ from fp32 ones
     }
     t0 = time.perf_counter()
     caches: dict[str, FeatureCache | None] = {}
