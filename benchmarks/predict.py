@@ -56,7 +56,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     from floodlora.inference.predict import PredictOptions, predict_scene, resolve_preset
     from floodlora.inference.tiling import plan_tiles
     from floodlora.precision import autocast, resolve_precision
-    from floodlora.training.rundir import load_run
+    from floodlora.runs import load_run
 
     scene = Path(args.scene)
     views = {"pre": scene / "pre.tif", "post": scene / "post.tif"}
@@ -129,7 +129,7 @@ def ab_worker(args: argparse.Namespace) -> dict[str, Any]:
 
     import torch
 
-    from floodlora.training.rundir import load_run
+    from floodlora.runs import load_run
 
     a = load_run(args.ab[0]).model.eval()
     b = load_run(args.ab[1]).model.eval()
@@ -166,7 +166,7 @@ def _prepare(work: Path, size: int, checkpoint: str, tile: int) -> tuple[Path, P
     from floodlora.data.synthetic import generate_scene
     from floodlora.inference.export import export_run
     from floodlora.models.factory import build_segmentor
-    from floodlora.training.rundir import save_run
+    from floodlora.runs import save_run
 
     scene = work / "scene"
     sample = generate_scene(size, "in", seed=0, nodata_edge_prob=0.0)

@@ -91,7 +91,7 @@ def make_run(
     """A tiny trained-looking run: test-micro encoder, perturbed adapters/decoder, crop size `crop`."""
     from floodlora.config import RunConfig
     from floodlora.models.factory import build_segmentor
-    from floodlora.training.rundir import save_run
+    from floodlora.runs import save_run
 
     cfg = RunConfig()
     cfg.model.checkpoint = "random:test-micro"

@@ -37,7 +37,7 @@ def from_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_adapt_five_chips_gives_a_run_that_predict_uses(from_run: Path, tmp_path: Path) -> None:
     from floodlora.inference.predict import PredictOptions, predict_run
-    from floodlora.training.rundir import load_run
+    from floodlora.runs import load_run
 
     data = _chips(tmp_path / "chips", 5)
     out = tmp_path / "adapted"
@@ -78,7 +78,7 @@ def test_adapt_five_chips_gives_a_run_that_predict_uses(from_run: Path, tmp_path
 
 def test_adapt_holds_back_chips_from_a_merged_export(from_run: Path, tmp_path: Path) -> None:
     from floodlora.inference.export import export_run
-    from floodlora.training.rundir import load_run
+    from floodlora.runs import load_run
 
     merged = tmp_path / "merged"
     export_run(from_run, merged, merge=True)

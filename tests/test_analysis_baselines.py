@@ -19,7 +19,7 @@ from floodlora.analysis.baselines import (
 )
 from floodlora.data.sample import Sample, SampleMeta
 from floodlora.errors import DataError
-from floodlora.training.metrics import METRIC_KEYS
+from floodlora.metrics import METRIC_KEYS
 
 
 def _meta(chip: str = "c0", event: str = "e", units: str = "db") -> SampleMeta:
@@ -132,7 +132,7 @@ def test_cli_baseline_writes_evaluate_keys(tmp_path: Path, real_data: Path) -> N
 
 def test_hard_histogram_matches_the_metrics_histogram() -> None:
     from floodlora.analysis.baselines import _hard_histogram
-    from floodlora.training.metrics import NBINS, probability_histogram
+    from floodlora.metrics import NBINS, probability_histogram
 
     rng = np.random.default_rng(1)
     pred = rng.integers(0, 2, (32, 32)).astype(np.uint8)

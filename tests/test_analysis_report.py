@@ -43,9 +43,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     from floodlora.config import RunConfig, save_config
     from floodlora.data.synthetic import write_folder_dataset
     from floodlora.io import atomic_write_json
+    from floodlora.metrics import ChipConfusion
     from floodlora.models.factory import build_segmentor
-    from floodlora.training.metrics import ChipConfusion
-    from floodlora.training.rundir import save_run
+    from floodlora.runs import save_run
 
     root = tmp_path_factory.mktemp("report")
     write_folder_dataset(root / "in", 10, 64, "in", seed=0, splits={"train": 0.5, "val": 0.2, "test": 0.3})

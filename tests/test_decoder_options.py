@@ -92,7 +92,7 @@ def test_hires_decode_needs_pixels_and_unknown_decoder_fails() -> None:
 @pytest.mark.parametrize("decoder", ["paper", "hires"])
 def test_run_directory_records_the_decoder(tmp_path, decoder: str) -> None:
     from floodlora.config import RunConfig
-    from floodlora.training.rundir import load_run, save_run
+    from floodlora.runs import load_run, save_run
 
     cfg = RunConfig()
     cfg.model.checkpoint, cfg.model.decoder, cfg.data.views = "random:test-micro", decoder, ["post"]

@@ -11,16 +11,10 @@ import torch
 from tests.inference_helpers import db_scene, make_run, write_scene
 
 from floodlora.errors import CheckpointError, ConfigError
-from floodlora.inference.export import (
-    export_run,
-    is_peft,
-    load_adapter,
-    max_prediction_difference,
-    merge_lora,
-    read_adapter_metadata,
-)
+from floodlora.inference.export import export_run, max_prediction_difference
 from floodlora.inference.predict import PredictOptions, predict_run
-from floodlora.training.rundir import load_run
+from floodlora.models.strategies import is_peft, merge_lora
+from floodlora.runs import load_adapter, load_run, read_adapter_metadata
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +89,7 @@ def test_adapter_refuses_another_base(tmp_path: Path) -> None:
     from floodlora.config import RunConfig
     from floodlora.models.clay import ClayEncoder, get_preset, save_encoder_safetensors
     from floodlora.models.factory import build_segmentor
-    from floodlora.training.rundir import save_run
+    from floodlora.runs import save_run
 
     torch.manual_seed(0)
     base = tmp_path / "base.safetensors"

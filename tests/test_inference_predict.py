@@ -120,7 +120,7 @@ def test_conv_model_shows_no_seam(scene: dict[str, Path], tmp_path: Path) -> Non
 def test_vit_stitching_equals_tile_prediction_where_one_tile_counts(
     run_dir: Path, scene: dict[str, Path], tmp_path: Path
 ) -> None:
-    from floodlora.training.rundir import load_run
+    from floodlora.runs import load_run
 
     model = load_run(run_dir).model
     opts = PredictOptions(tile=32, overlap=16, cog=False)

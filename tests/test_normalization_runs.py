@@ -188,7 +188,7 @@ def test_stored_normalisation_is_used_by_predict_and_evaluate(tmp_path: Path) ->
 
     from floodlora.data.datamodule import FloodDataset
     from floodlora.data.sources import discover
-    from floodlora.training.rundir import load_run
+    from floodlora.runs import load_run
 
     loaded = load_run(run)
     ref = next(r for r in discover([data]) if r.chip_id.endswith("c0"))

@@ -15,10 +15,10 @@ from floodlora import precision as prec
 from floodlora.config import TrainConfig
 from floodlora.errors import ConfigError
 from floodlora.inference.predict import PredictOptions, predict_run
+from floodlora.metrics import FloodConfusion
 from floodlora.models.clay import ClayEncoder, band_wavelengths, get_preset
 from floodlora.training.engine import precision_choice
 from floodlora.training.losses import bce_dice_loss
-from floodlora.training.metrics import FloodConfusion
 
 
 @pytest.mark.parametrize(

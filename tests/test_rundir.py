@@ -11,7 +11,7 @@ from floodlora.config import RunConfig
 from floodlora.errors import CheckpointError
 from floodlora.models.clay import ClayEncoder, get_preset, save_encoder_safetensors
 from floodlora.models.factory import build_segmentor
-from floodlora.training.rundir import WEIGHTS_FILE, load_run, save_run
+from floodlora.runs import WEIGHTS_FILE, load_run, save_run
 
 
 def _config(strategy: str, checkpoint: str = "random:test-micro") -> RunConfig:

@@ -172,7 +172,7 @@ def test_latlon_order_auto_per_checkpoint_and_stored_in_runs(tmp_path, clay_fixt
     from floodlora.config import ModelConfig, RunConfig
     from floodlora.errors import ConfigError
     from floodlora.models.factory import build_segmentor, resolve_latlon_order
-    from floodlora.training.rundir import load_run, save_run
+    from floodlora.runs import load_run, save_run
 
     assert resolve_latlon_order(ModelConfig(checkpoint="embedded")) == "lat-lon"
     assert resolve_latlon_order(ModelConfig(checkpoint="clay-v1.5")) == "lon-lat"

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from floodlora.training.losses import bce_dice_loss
-from floodlora.training.metrics import (
+from floodlora.metrics import (
     ChipConfusion,
     FloodConfusion,
     best_f1_threshold,
@@ -15,6 +14,7 @@ from floodlora.training.metrics import (
     probability_histogram,
     scores_from_counts,
 )
+from floodlora.training.losses import bce_dice_loss
 
 # 2 chips x 2 x 3. Target: 1 flood, 0 dry, 255 nodata. Probabilities chosen around 0.5.
 TARGET = np.array(

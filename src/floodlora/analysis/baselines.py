@@ -16,7 +16,7 @@ permanent water (dark in both) and is the classical rapid-mapping product.
   pooled histogram of the evaluated chips; ``fitted``: the threshold maximising F1 on the training
   split's pixels (supervised, the strongest classical reference).
 * Scoring. The same splits (:func:`floodlora.data.datamodule.assign_splits`), the same chip filter
-  (``max_nodata_fraction``) and the same metrics (:class:`floodlora.training.metrics.ChipConfusion`)
+  (``max_nodata_fraction``) and the same metrics (:class:`floodlora.metrics.ChipConfusion`)
   as ``floodlora evaluate``: nodata pixels (invalid imagery or label 255) are never scored.
 """
 
@@ -349,7 +349,7 @@ def run_baseline(
     explicit `threshold`. With `keep_predictions` the result also holds ``predictions`` (chip id ->
     uint8 map) for the panels; it is not JSON and the CLI never asks for it.
     """
-    from floodlora.training.metrics import ChipConfusion, ChipRecord
+    from floodlora.metrics import ChipConfusion, ChipRecord
 
     if method not in METHODS:
         raise ConfigError(f"unknown baseline {method!r}; expected one of {', '.join(METHODS)}")

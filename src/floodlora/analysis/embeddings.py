@@ -301,7 +301,7 @@ def run_embed(
 
     out = Path(out_dir)
     if run_dir is not None:
-        from floodlora.training.rundir import load_run
+        from floodlora.runs import load_run
 
         run = load_run(run_dir, checkpoint=checkpoint or None)
         model: Any = run.model

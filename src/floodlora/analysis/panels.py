@@ -70,8 +70,8 @@ def error_map(pred: np.ndarray, mask: np.ndarray, ignore: np.ndarray | None = No
 
 def chip_f1(pred: np.ndarray, sample: Sample, threshold: float = 0.5) -> float:
     """F1 of one chip over its valid labelled pixels, by the convention of
-    :func:`floodlora.training.metrics.scores_from_counts` (1.0 when it has no flood and none is predicted)."""
-    from floodlora.training.metrics import scores_from_counts
+    :func:`floodlora.metrics.scores_from_counts` (1.0 when it has no flood and none is predicted)."""
+    from floodlora.metrics import scores_from_counts
 
     if sample.mask is None:
         raise DataError(f"{sample.meta.chip_id}: no label")
@@ -255,7 +255,7 @@ def run_predictions(
     """A trained run's flood probabilities on `refs` (its own data config and normalisation)."""
     import warnings
 
-    from floodlora.training.rundir import load_run
+    from floodlora.runs import load_run
 
     loaded = load_run(run_dir, checkpoint=checkpoint)
     with warnings.catch_warnings():

@@ -387,7 +387,7 @@ def _embedding_figures(
     from floodlora.analysis.embeddings import linear_probe, patch_embeddings, tsne_figure
     from floodlora.data.datamodule import preset_for, resolve_presets
     from floodlora.models.registry import load_encoder
-    from floodlora.training.rundir import load_run
+    from floodlora.runs import load_run
 
     ref_run = best or next(r for r in runs if not r.oom)
     data = ref_run.data

@@ -15,10 +15,8 @@
 
 from __future__ import annotations
 
-import json
 import time
 import warnings
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,28 +24,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from floodlora.errors import CheckpointError, ConfigError, FloodLoraError
+from floodlora.errors import ConfigError, FloodLoraError
+from floodlora.models.strategies import is_peft, merge_lora
+from floodlora.runs import load_run, save_adapter, save_run
 
-ADAPTER_FORMAT = "floodlora-adapter"
 EXPORT_FILE = "export.json"
 MERGE_TOLERANCE = 1e-5
-
-
-def is_peft(module: nn.Module) -> bool:
-    return hasattr(module, "merge_and_unload") and hasattr(module, "peft_config")
-
-
-def merge_lora(model: nn.Module) -> nn.Module:
-    """Fold the LoRA adapters into the encoder weights in place; the encoder becomes a plain ClayEncoder.
-
-    The segmentor's strategy becomes ``full``: every weight is now an ordinary tensor.
-    """
-    if not is_peft(model.encoder):
-        raise ConfigError("this model has no LoRA adapters to merge (strategy is not lora)")
-    model.encoder = model.encoder.merge_and_unload()
-    model.strategy = "full"
-    model.encoder.requires_grad_(False)
-    return model
 
 
 def _probe_inputs(model: nn.Module, size: int, seed: int = 0) -> tuple[dict[str, Tensor], Tensor, Tensor]:
@@ -66,150 +48,6 @@ def max_prediction_difference(a: nn.Module, b: nn.Module, size: int = 32, seed: 
     a.eval()
     b.eval()
     return float((a(views, t, ll) - b(views, t, ll)).abs().max())
-
-
-# --------------------------------------------------------------------------------------------------
-# adapter-only files
-# --------------------------------------------------------------------------------------------------
-
-
-def adapter_state(model: nn.Module) -> dict[str, Tensor]:
-    """LoRA tensors + decoder/head: everything a run adds to its base checkpoint."""
-    from floodlora.training.rundir import trainable_state
-
-    if model.strategy == "full":
-        raise ConfigError(
-            "a full fine-tuning run changes every encoder weight, so it has no adapter; "
-            "export it as a standalone model instead"
-        )
-    return trainable_state(model)
-
-
-def save_adapter(
-    path: str | Path,
-    model: nn.Module,
-    config: Any,
-    base: dict[str, Any],
-    name: str | None = None,
-    presets: Mapping[str, Any] | None = None,
-    threshold: float | None = None,
-) -> Path:
-    """Write an adapter-only safetensors file (atomically) that any copy of the base checkpoint can load.
-
-    The run's normalisation presets and threshold travel in the metadata, so a loaded adapter
-    predicts exactly as its run does.
-    """
-    presets = dict(presets or {})
-    import yaml
-    from safetensors.torch import save_file
-
-    from floodlora.io import atomic_path
-
-    path = Path(path)
-    settings = getattr(model, "lora_settings", None)
-    meta = {
-        "format": ADAPTER_FORMAT,
-        "version": "1",
-        "name": name or path.stem,
-        "strategy": model.strategy,
-        "base_checkpoint": str(base.get("checkpoint", config.model.checkpoint)),
-        "base_sha256": str(base["sha256"]),
-        "decoder": model.decoder_kind,
-        "views": json.dumps(list(model.views)),
-        "bands": json.dumps(list(model.bands)),
-        "encoder": json.dumps(model.clay_encoder.config.to_dict()),
-        "lora": json.dumps(
-            {
-                "rank": settings.rank,
-                "alpha": settings.resolved_alpha,
-                "dropout": settings.dropout,
-                "targets": settings.targets,
-            }
-            if settings is not None
-            else None
-        ),
-        "config": yaml.safe_dump(config.to_dict(), sort_keys=False),
-        "normalization": json.dumps({f: p.to_dict() for f, p in sorted(presets.items())}),
-        "threshold": json.dumps(threshold),
-        "latlon_order": str(getattr(model, "latlon_order", "lat-lon")),
-    }
-    with atomic_path(path) as tmp:
-        save_file(adapter_state(model), str(tmp), metadata=meta)
-    return path
-
-
-def read_adapter_metadata(path: str | Path) -> dict[str, str]:
-    from safetensors import SafetensorError, safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: adapter file not found")
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as err:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from None
-    if meta.get("format") != ADAPTER_FORMAT:
-        raise CheckpointError(f"{path}: not a floodlora adapter file (no '{ADAPTER_FORMAT}' metadata)")
-    return meta
-
-
-def load_adapter(path: str | Path, checkpoint: str | None = None) -> Any:
-    """Rebuild a segmentor from the base checkpoint + an adapter file; returns a LoadedRun.
-
-    `checkpoint` relocates the base (default: the name stored in the adapter); its sha256 must match
-    the one the adapter was trained on.
-    """
-    import yaml
-    from safetensors.torch import load_file
-
-    from floodlora.config import RunConfig, from_dict
-    from floodlora.data.sar import NormalizationPreset
-    from floodlora.models.factory import build_segmentor
-    from floodlora.training.rundir import LoadedRun, base_fingerprint
-
-    path = Path(path)
-    meta = read_adapter_metadata(path)
-    config = from_dict(RunConfig, yaml.safe_load(meta["config"]) or {}, f"{path}:config")
-    config.model.checkpoint = checkpoint or meta["base_checkpoint"]
-    config.model.strategy = meta["strategy"]
-    config.model.decoder = meta.get("decoder", "paper")
-    config.model.latlon_order = meta.get("latlon_order", "lat-lon")  # older adapters: lat first
-    found = base_fingerprint(config.model.checkpoint)
-    if found != meta["base_sha256"]:
-        raise CheckpointError(
-            f"{path}: adapter {meta['name']!r} was trained on base {meta['base_checkpoint']!r} "
-            f"({meta['base_sha256'][:12]}...), but {config.model.checkpoint!r} has sha256 {found[:12]}..."
-        )
-    views, bands = json.loads(meta["views"]), json.loads(meta["bands"])
-    model = build_segmentor(config.model, views, bands)
-    state = load_file(str(path))
-    try:
-        result = model.load_state_dict(state, strict=False)
-    except RuntimeError as err:
-        raise CheckpointError(
-            f"{path}: adapter tensors do not fit the model ({str(err).splitlines()[1:2]})"
-        ) from None
-    stored_missing = [k for k in result.missing_keys if not k.startswith("encoder.") or "lora_" in k]
-    if result.unexpected_keys or stored_missing:
-        bad = result.unexpected_keys[:3] + stored_missing[:3]
-        raise CheckpointError(f"{path}: adapter tensors do not fit the model ({', '.join(bad)})")
-    model.eval()
-    base = {
-        "checkpoint": config.model.checkpoint,
-        "sha256": meta["base_sha256"],
-        "strategy": meta["strategy"],
-        "views": views,
-        "bands": bands,
-        "adapter": meta["name"],
-        "decoder": model.decoder_kind,
-    }
-    presets = {
-        f: NormalizationPreset.from_dict(d, f"{path} [{f}]")
-        for f, d in json.loads(meta.get("normalization", "{}")).items()
-    }
-    threshold = json.loads(meta.get("threshold", "null"))
-    return LoadedRun(path, config, model, base, presets, None if threshold is None else float(threshold))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -353,7 +191,6 @@ def export_run(
     import copy
 
     from floodlora.io import atomic_write_json
-    from floodlora.training.rundir import load_run, save_run
 
     if not (merge or adapter or torch_export or onnx):
         raise ConfigError("nothing to export: pass --merge, --adapter NAME, --torch-export and/or --onnx")

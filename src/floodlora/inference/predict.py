@@ -964,12 +964,12 @@ def predict_run(
 ) -> PredictResult:
     """Load a trained run (or an exported model directory), optionally with another adapter, and
     predict a scene with the run's normalisation and training tile size."""
-    from floodlora.training.rundir import load_run
+    from floodlora.runs import load_run
 
     run_dir = Path(run_dir)
     opts = options or PredictOptions()
     if adapter is not None:
-        from floodlora.inference.export import load_adapter
+        from floodlora.runs import load_adapter
 
         if not (run_dir / "config.yaml").is_file():
             raise ConfigError(f"{run_dir}: not a floodlora run directory (config.yaml is missing)")

@@ -11,12 +11,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from torch import nn
+
 from floodlora.config import STRATEGIES
 from floodlora.errors import ConfigError
 from floodlora.models.segmentor import FloodSegmentor
 
 Strategy = Literal["frozen", "lora", "full"]
-__all__ = ["STRATEGIES", "LoraSettings", "apply_strategy", "count_parameters"]
+__all__ = ["STRATEGIES", "LoraSettings", "apply_strategy", "count_parameters", "is_peft", "merge_lora"]
 
 #: Short names for groups of encoder Linear layers (module-name suffixes inside each block).
 TARGET_ALIASES: dict[str, list[str]] = {
@@ -120,3 +122,20 @@ def lora_parameters_per_rank(encoder_dim: int, depth: int, inner: int, targets: 
         "net.3": (4 * encoder_dim, encoder_dim),
     }
     return depth * sum(shapes[t][0] + shapes[t][1] for t in targets)
+
+
+def is_peft(module: nn.Module) -> bool:
+    return hasattr(module, "merge_and_unload") and hasattr(module, "peft_config")
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Fold the LoRA adapters into the encoder weights in place; the encoder becomes a plain ClayEncoder.
+
+    The segmentor's strategy becomes ``full``: every weight is now an ordinary tensor.
+    """
+    if not is_peft(model.encoder):
+        raise ConfigError("this model has no LoRA adapters to merge (strategy is not lora)")
+    model.encoder = model.encoder.merge_and_unload()
+    model.strategy = "full"
+    model.encoder.requires_grad_(False)
+    return model

@@ -102,9 +102,16 @@ def resolve_origin(from_: str | Path, checkpoint: str | None = None) -> Origin:
 
     `checkpoint` relocates a trained FROM's base checkpoint, as in evaluate / predict.
     """
-    from floodlora.inference.export import load_adapter, read_adapter_metadata
     from floodlora.models.clay import checkpoint_sha256
-    from floodlora.training.rundir import BASE_FILE, CONFIG_FILE, WEIGHTS_FILE, base_fingerprint, load_run
+    from floodlora.runs import (
+        BASE_FILE,
+        CONFIG_FILE,
+        WEIGHTS_FILE,
+        base_fingerprint,
+        load_adapter,
+        load_run,
+        read_adapter_metadata,
+    )
 
     path = Path(from_)
     if path.is_dir():
@@ -368,8 +375,8 @@ def adapt(
 
 def _save_merged(out: Path, cfg: RunConfig, model: Any, presets: dict[str, Any]) -> None:
     """A merged FROM stays standalone: fold the new adapters in and store every weight."""
-    from floodlora.inference.export import merge_lora
-    from floodlora.training.rundir import save_run
+    from floodlora.models.strategies import merge_lora
+    from floodlora.runs import save_run
 
     merge_lora(model)
     cfg = copy.deepcopy(cfg)

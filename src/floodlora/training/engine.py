@@ -4,7 +4,7 @@ Each is callable in-process (the demo does), returns plain data, and leaves the 
 docs/architecture.md behind. Lightning does the loops, device placement, DDP and checkpointing;
 this module only wires the recipe together and decides what is written where:
 
-    RUN_DIR/config.yaml, weights.safetensors, base.json   (training.rundir.save_run)
+    RUN_DIR/config.yaml, weights.safetensors, base.json   (floodlora.runs.save_run)
     RUN_DIR/metrics.json      val / test (/ ood) reports at threshold 0.5 and the val-F1-optimal one
     RUN_DIR/accounting.json   memory, parameters, throughput, time-to-best-F1, wall time
     RUN_DIR/checkpoints/      Lightning checkpoints: last.ckpt (for --resume), best.ckpt (lowest val loss)
@@ -29,9 +29,9 @@ import torch
 from floodlora.config import DataConfig, RunConfig, TrainConfig
 from floodlora.errors import ConfigError, FloodLoraError
 from floodlora.io import atomic_write_json
+from floodlora.metrics import best_f1_threshold
 from floodlora.training.accounting import OutOfMemoryError, ResourceAccounting, is_out_of_memory
 from floodlora.training.feature_cache import check_feature_cache_config, prepare_feature_cache
-from floodlora.training.metrics import best_f1_threshold
 
 METRICS_FILE = "metrics.json"
 ACCOUNTING_FILE = "accounting.json"
@@ -274,7 +274,7 @@ def train_run(
     from floodlora.data.datamodule import FloodDataModule
     from floodlora.models.factory import build_segmentor
     from floodlora.models.registry import checkpoint_normalization
-    from floodlora.training.rundir import save_run
+    from floodlora.runs import save_run
     from floodlora.training.task import FloodSegmentationTask
 
     t_start = time.perf_counter()
@@ -469,7 +469,7 @@ def evaluate_run(
     report).
     """
     from floodlora.models.registry import checkpoint_normalization
-    from floodlora.training.rundir import load_run
+    from floodlora.runs import load_run
     from floodlora.training.task import FloodSegmentationTask
 
     loaded = load_run(run_dir, checkpoint=checkpoint)

@@ -461,7 +461,7 @@ def prepare_feature_cache(
     define the chips and the numbers, so they are part of the cache key.
     """
     from floodlora.data.datamodule import FloodDataset
-    from floodlora.training.rundir import base_fingerprint
+    from floodlora.runs import base_fingerprint
 
     check_feature_cache_config(config)
     data = config.data

@@ -17,9 +17,9 @@ import torch
 from torch import Tensor
 
 from floodlora.config import TrainConfig
+from floodlora.metrics import ChipConfusion, FloodConfusion, best_f1_threshold
 from floodlora.models.segmentor import FloodSegmentor
 from floodlora.training.losses import bce_dice_loss
-from floodlora.training.metrics import ChipConfusion, FloodConfusion, best_f1_threshold
 
 
 def model_inputs(

@@ -1,4 +1,6 @@
-"""Run directories: what a training run leaves behind, and how a later command loads it back.
+"""Run directories and adapter files: what a training run leaves behind, and how a later command loads it.
+
+Training writes these and inference / analysis / adaptation read them, so they sit below all three.
 
 A run directory holds `config.yaml` (resolved), `weights.safetensors` (decoder + LoRA adapter for
 frozen/LoRA runs, the whole model for full fine-tuning), `base.json` (base checkpoint name, sha256,
@@ -7,20 +9,24 @@ later command normalises with these, never with statistics of the data it is giv
 `metrics.json` (with the val-optimal threshold that `evaluate` and `predict` use by default) /
 `accounting.json`. Frozen and LoRA runs do not copy the base encoder: loading checks the base
 checkpoint's sha256 instead.
+
+An adapter file is the LoRA tensors + decoder in safetensors, with the base checkpoint's name and sha256,
+the LoRA settings, the run config, presets and threshold in its metadata.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from floodlora.config import RunConfig, load_config, save_config
+from floodlora.config import RunConfig, from_dict, load_config, save_config
 from floodlora.data.sar import NormalizationPreset
-from floodlora.errors import CheckpointError
+from floodlora.errors import CheckpointError, ConfigError
 from floodlora.io import atomic_path, atomic_write_json
 from floodlora.models.clay import checkpoint_sha256
 from floodlora.models.factory import build_segmentor
@@ -33,6 +39,7 @@ BASE_FILE = "base.json"
 NORMALIZATION_FILE = "normalization.json"
 METRICS_FILE = "metrics.json"
 DEFAULT_THRESHOLD = 0.5
+ADAPTER_FORMAT = "floodlora-adapter"
 
 
 @dataclass
@@ -209,3 +216,138 @@ def _preset_for(base: dict[str, Any]) -> str:
     name = f"run-{cfg.dim}x{cfg.depth}x{cfg.heads}x{cfg.dim_head}"
     PRESETS[name] = cfg
     return name
+
+
+# --------------------------------------------------------------------------------------------------
+# adapter-only files
+# --------------------------------------------------------------------------------------------------
+
+
+def adapter_state(model: FloodSegmentor) -> dict[str, torch.Tensor]:
+    """LoRA tensors + decoder/head: everything a run adds to its base checkpoint."""
+    if model.strategy == "full":
+        raise ConfigError(
+            "a full fine-tuning run changes every encoder weight, so it has no adapter; "
+            "export it as a standalone model instead"
+        )
+    return trainable_state(model)
+
+
+def save_adapter(
+    path: str | Path,
+    model: FloodSegmentor,
+    config: RunConfig,
+    base: dict[str, Any],
+    name: str | None = None,
+    presets: Mapping[str, Any] | None = None,
+    threshold: float | None = None,
+) -> Path:
+    """Write an adapter-only safetensors file (atomically) that any copy of the base checkpoint can load.
+
+    The run's normalisation presets and threshold travel in the metadata, so a loaded adapter
+    predicts exactly as its run does.
+    """
+    presets = dict(presets or {})
+    import yaml
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    settings = getattr(model, "lora_settings", None)
+    meta = {
+        "format": ADAPTER_FORMAT,
+        "version": "1",
+        "name": name or path.stem,
+        "strategy": model.strategy,
+        "base_checkpoint": str(base.get("checkpoint", config.model.checkpoint)),
+        "base_sha256": str(base["sha256"]),
+        "decoder": model.decoder_kind,
+        "views": json.dumps(list(model.views)),
+        "bands": json.dumps(list(model.bands)),
+        "encoder": json.dumps(model.clay_encoder.config.to_dict()),
+        "lora": json.dumps(
+            {
+                "rank": settings.rank,
+                "alpha": settings.resolved_alpha,
+                "dropout": settings.dropout,
+                "targets": settings.targets,
+            }
+            if settings is not None
+            else None
+        ),
+        "config": yaml.safe_dump(config.to_dict(), sort_keys=False),
+        "normalization": json.dumps({f: p.to_dict() for f, p in sorted(presets.items())}),
+        "threshold": json.dumps(threshold),
+        "latlon_order": str(getattr(model, "latlon_order", "lat-lon")),
+    }
+    with atomic_path(path) as tmp:
+        save_file(adapter_state(model), str(tmp), metadata=meta)
+    return path
+
+
+def read_adapter_metadata(path: str | Path) -> dict[str, str]:
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: adapter file not found")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from None
+    if meta.get("format") != ADAPTER_FORMAT:
+        raise CheckpointError(f"{path}: not a floodlora adapter file (no '{ADAPTER_FORMAT}' metadata)")
+    return meta
+
+
+def load_adapter(path: str | Path, checkpoint: str | None = None) -> LoadedRun:
+    """Rebuild a segmentor from the base checkpoint + an adapter file; returns a LoadedRun.
+
+    `checkpoint` relocates the base (default: the name stored in the adapter); its sha256 must match
+    the one the adapter was trained on.
+    """
+    import yaml
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    meta = read_adapter_metadata(path)
+    config = from_dict(RunConfig, yaml.safe_load(meta["config"]) or {}, f"{path}:config")
+    config.model.checkpoint = checkpoint or meta["base_checkpoint"]
+    config.model.strategy = meta["strategy"]
+    config.model.decoder = meta.get("decoder", "paper")
+    config.model.latlon_order = meta.get("latlon_order", "lat-lon")  # older adapters: lat first
+    found = base_fingerprint(config.model.checkpoint)
+    if found != meta["base_sha256"]:
+        raise CheckpointError(
+            f"{path}: adapter {meta['name']!r} was trained on base {meta['base_checkpoint']!r} "
+            f"({meta['base_sha256'][:12]}...), but {config.model.checkpoint!r} has sha256 {found[:12]}..."
+        )
+    views, bands = json.loads(meta["views"]), json.loads(meta["bands"])
+    model = build_segmentor(config.model, views, bands)
+    state = load_file(str(path))
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:
+        raise CheckpointError(
+            f"{path}: adapter tensors do not fit the model ({str(err).splitlines()[1:2]})"
+        ) from None
+    stored_missing = [k for k in result.missing_keys if not k.startswith("encoder.") or "lora_" in k]
+    if result.unexpected_keys or stored_missing:
+        bad = result.unexpected_keys[:3] + stored_missing[:3]
+        raise CheckpointError(f"{path}: adapter tensors do not fit the model ({', '.join(bad)})")
+    model.eval()
+    base = {
+        "checkpoint": config.model.checkpoint,
+        "sha256": meta["base_sha256"],
+        "strategy": meta["strategy"],
+        "views": views,
+        "bands": bands,
+        "adapter": meta["name"],
+        "decoder": model.decoder_kind,
+    }
+    presets = {
+        f: NormalizationPreset.from_dict(d, f"{path} [{f}]")
+        for f, d in json.loads(meta.get("normalization", "{}")).items()
+    }
+    threshold = json.loads(meta.get("threshold", "null"))
+    return LoadedRun(path, config, model, base, presets, None if threshold is None else float(threshold))
