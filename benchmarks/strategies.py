@@ -221,7 +221,7 @@ def _train_step(model: Any, opt: Any, batch: dict[str, Any], device: str, bf16: 
         if "features" in batch:
             logits = model.decode({v: t.to(device) for v, t in batch["features"].items()})
         else:
-            from floodlora.training.task import model_inputs
+            from floodlora.models.inputs import model_inputs
 
             views, times, latlon = model_inputs(model, batch)
             views = {v: t.to(device) for v, t in views.items()}

@@ -16,14 +16,13 @@ from floodlora.data.datamodule import (
     assign_splits,
     augment_array,
     collate,
-    encode_latlon,
-    encode_time,
 )
 from floodlora.data.sample import Sample, SampleMeta
 from floodlora.data.sar import PRESETS
 from floodlora.data.sources import discover
 from floodlora.data.sources.folder import write_dataset_yaml, write_sample
 from floodlora.data.synthetic import write_folder_dataset
+from floodlora.encodings import encode_latlon, encode_time
 
 
 @pytest.fixture(scope="module")

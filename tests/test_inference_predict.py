@@ -311,13 +311,10 @@ def test_cli_predict_and_one_line_errors(
 
 
 def test_metadata_encodings_match_training() -> None:
-    """predict keeps its own copy of Clay's time/location codes (no Lightning import): same numbers."""
-    from floodlora.data.datamodule import encode_latlon as dm_latlon
-    from floodlora.data.datamodule import encode_time as dm_time
-    from floodlora.inference.predict import encode_latlon
+    """predict codes --date as training codes chip dates, and refuses a date that is not ISO."""
+    from floodlora.encodings import encode_time
 
     for date in (None, "2024-10-30", "2021-07-14T17:45:00"):
-        np.testing.assert_allclose(encode_date(date), dm_time(date), atol=1e-7)
-    np.testing.assert_allclose(encode_latlon(39.4, -0.4), dm_latlon(39.4, -0.4), atol=1e-7)
+        np.testing.assert_allclose(encode_date(date), encode_time(date), atol=1e-7)
     with pytest.raises(ConfigError, match="ISO date"):
         encode_date("30/10/2024")

@@ -229,7 +229,7 @@ def predict_refs(
 
     from floodlora.analysis.baselines import select_refs
     from floodlora.data.datamodule import FloodDataset, collate, resolve_presets
-    from floodlora.training.task import model_inputs
+    from floodlora.models.inputs import model_inputs
 
     if presets is None:
         try:

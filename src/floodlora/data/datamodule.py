@@ -8,10 +8,8 @@ and the valid map. Randomness comes from one seeded generator per worker, so run
 
 from __future__ import annotations
 
-import datetime as dt
 import fnmatch
 import hashlib
-import math
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -35,36 +33,11 @@ from floodlora.data.sar import (
     scene_preset,
 )
 from floodlora.data.sources import ChipRef, discover, read_sample
+from floodlora.encodings import encode_latlon, encode_time
 from floodlora.errors import ConfigError, DataError, size_text
 
 PATCH = 8  # the encoder patch size: chips must hold at least one patch each way
 STATS_MAX_CHIPS = 256  # chips per source used for `auto` statistics of scaled-uint8 data
-
-
-def encode_time(date: str | None) -> np.ndarray:
-    """Clay's time encoding [sin w, cos w, sin h, cos h]: w = ISO week·2π/52, h = hour·2π/24.
-
-    The hour is 12 when only a date is known; zeros when the date is unknown.
-    """
-    if not date:
-        return np.zeros(4, dtype=np.float32)
-    try:
-        when = dt.datetime.fromisoformat(str(date))
-    except ValueError:
-        return np.zeros(4, dtype=np.float32)
-    has_time = "T" in str(date) or " " in str(date).strip()
-    hour = when.hour + when.minute / 60.0 if has_time else 12.0
-    w = when.isocalendar()[1] * 2 * math.pi / 52
-    h = hour * 2 * math.pi / 24
-    return np.array([math.sin(w), math.cos(w), math.sin(h), math.cos(h)], dtype=np.float32)
-
-
-def encode_latlon(lat: float | None, lon: float | None) -> np.ndarray:
-    """Clay's location encoding [sin lat, cos lat, sin lon, cos lon] in radians; zeros when unknown."""
-    if lat is None or lon is None:
-        return np.zeros(4, dtype=np.float32)
-    la, lo = math.radians(lat), math.radians(lon)
-    return np.array([math.sin(la), math.cos(la), math.sin(lo), math.cos(lo)], dtype=np.float32)
 
 
 def _unit_hash(*parts: object) -> float:

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from floodlora.encodings import encode_latlon, encode_time, parse_date
 from floodlora.errors import ConfigError, DataError, size_text
 from floodlora.inference.tiling import StripBlender, Tile, plan_tiles
 from floodlora.precision import autocast, resolve_precision
@@ -369,36 +370,19 @@ def normalise_tile(
     return normalize_sample(sample, bands, preset), sample.valid
 
 
-def encode_latlon(lat: float, lon: float) -> np.ndarray:
-    """Clay's location encoding [sin lat, cos lat, sin lon, cos lon] (radians).
-
-    The same formula as floodlora.data.datamodule.encode_latlon (a test keeps them equal); kept here so
-    that `floodlora predict` does not import Lightning just for two lines of trigonometry.
-    """
-    la, lo = math.radians(lat), math.radians(lon)
-    return np.array([math.sin(la), math.cos(la), math.sin(lo), math.cos(lo)], dtype=np.float32)
-
-
 def encode_date(date: str | None) -> np.ndarray:
-    """Clay's time code of the acquisition date (as floodlora.data.datamodule.encode_time); zeros if unknown.
+    """Clay's time code of the `--date` value (:func:`floodlora.encodings.encode_time`); zeros if none.
 
-    [sin w, cos w, sin h, cos h] with w = ISO week * 2pi / 52 and h = hour * 2pi / 24 (12 h for a bare date).
+    Unlike training chips, whose unparseable dates code as zeros, a user's bad `--date` is an error.
     """
-    import datetime as dt
-
-    if not date:
-        return np.zeros(4, dtype=np.float32)
-    try:
-        when = dt.datetime.fromisoformat(str(date))
-    except ValueError:
-        raise ConfigError(
-            f"--date {date!r}: expected an ISO date such as 2024-10-30 or 2024-10-30T17:45"
-        ) from None
-    has_time = "T" in str(date) or " " in str(date).strip()
-    hour = when.hour + when.minute / 60.0 if has_time else 12.0
-    w = when.isocalendar()[1] * 2 * math.pi / 52
-    h = hour * 2 * math.pi / 24
-    return np.array([math.sin(w), math.cos(w), math.sin(h), math.cos(h)], dtype=np.float32)
+    if date:
+        try:
+            parse_date(date)
+        except ValueError:
+            raise ConfigError(
+                f"--date {date!r}: expected an ISO date such as 2024-10-30 or 2024-10-30T17:45"
+            ) from None
+    return encode_time(date)
 
 
 def view_date(view: str, opts: PredictOptions) -> str | None:
