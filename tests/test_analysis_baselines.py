@@ -128,15 +128,3 @@ def test_cli_baseline_writes_evaluate_keys(tmp_path: Path, real_data: Path) -> N
     got = json.loads(out.read_text())
     assert set(METRIC_KEYS) | {"threshold", "per_event", "per_chip", "split", "data"} <= set(got)
     assert "Otsu" in r.output
-
-
-def test_hard_histogram_matches_the_metrics_histogram() -> None:
-    from floodlora.analysis.baselines import _hard_histogram
-    from floodlora.metrics import NBINS, probability_histogram
-
-    rng = np.random.default_rng(1)
-    pred = rng.integers(0, 2, (32, 32)).astype(np.uint8)
-    mask = rng.choice([0, 1, 255], (32, 32)).astype(np.uint8)
-    valid = rng.random((32, 32)) > 0.2
-    ref = probability_histogram(pred.astype(np.float32), mask, valid, NBINS)
-    assert (_hard_histogram(pred, mask, valid, NBINS) == ref).all()

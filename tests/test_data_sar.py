@@ -131,3 +131,26 @@ def test_lee_filters_reduce_speckle_keep_mean_and_edges() -> None:
     lee = lee_filter(noisy)
     # refined Lee keeps the edge sharper: the first water column stays dark
     assert ref[8:56, 32].mean() < lee[8:56, 32].mean()
+
+
+def test_sample_stats_pools_valid_pixels_of_every_view() -> None:
+    """One statistics routine for chips on disk and samples in memory; NaN (nodata) pixels never count."""
+    from floodlora.data.sar import sample_stats
+
+    def sample(chip: str, values: list[float]) -> Sample:
+        a = np.array(values, dtype=np.float32).reshape(1, -1)
+        meta = SampleMeta(chip_id=chip, event="e", source="s", units="db")
+        return Sample(views={"post": {"vv": a}}, mask=None, meta=meta)
+
+    stats = sample_stats([sample("a", [1.0, 3.0, np.nan]), sample("b", [5.0, 7.0, 9.0])])
+    vv = stats["bands"]["vv"]
+    assert stats["n_chips"] == 2 and vv["count"] == 5
+    assert vv["mean"] == 5.0 and vv["min"] == 1.0 and vv["max"] == 9.0
+    assert vv["std"] == pytest.approx(np.std([1.0, 3.0, 5.0, 7.0, 9.0]), abs=1e-6)
+
+
+def test_centre_window_is_centred() -> None:
+    from floodlora.data.sample import centre_window
+
+    rows, cols = centre_window(10, 7, 4, 3)
+    assert (rows.start, rows.stop, cols.start, cols.stop) == (3, 7, 2, 5)

@@ -22,8 +22,9 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from floodlora.data.sample import MASK_NODATA
+
 NBINS = 100
-NODATA = 255
 METRIC_KEYS: tuple[str, ...] = ("accuracy", "precision", "recall", "f1", "iou", "dice")
 
 ArrayLike = Tensor | np.ndarray
@@ -49,7 +50,7 @@ def probability_histogram(
     probs_t = _as_tensor(probs).to(device=target_t.device).float().reshape(target_t.shape)
     if per_sample and target_t.dim() < 2:
         raise ValueError("per_sample needs a leading batch dimension")
-    keep = target_t != NODATA
+    keep = target_t != MASK_NODATA
     if valid is not None:
         keep = keep & _as_tensor(valid).to(target_t.device).bool().reshape(target_t.shape)
     bins = torch.nan_to_num(probs_t, nan=0.0).clamp(0.0, 1.0).mul(nbins).floor().long().clamp(0, nbins)

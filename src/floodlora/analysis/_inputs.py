@@ -12,34 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from floodlora.data.sample import MASK_NODATA, Sample
+from floodlora.data.sample import MASK_NODATA, Sample, centre_window
 from floodlora.errors import DataError, size_text
 
 if TYPE_CHECKING:
     from floodlora.data.sar import NormalizationPreset
-
-
-def sample_stats(samples: Sequence[Sample]) -> dict[str, Any]:
-    """Per-band mean/std over the valid pixels of `samples`, in the floodlora stats format."""
-    units = {s.meta.units for s in samples}
-    if len(units) != 1:
-        raise DataError(f"samples mix units {sorted(units)}; analyse one source at a time")
-    acc: dict[str, list[float]] = {}
-    for s in samples:
-        for bands in s.views.values():
-            for band, arr in bands.items():
-                v = arr[s.valid & np.isfinite(arr)].astype(np.float64)
-                a = acc.setdefault(band, [0.0, 0.0, 0.0])
-                a[0] += v.size
-                a[1] += float(v.sum())
-                a[2] += float(np.square(v).sum())
-    out: dict[str, dict[str, float]] = {}
-    for band, (n, total, sq) in acc.items():
-        if n == 0:
-            continue
-        mean = total / n
-        out[band] = {"mean": mean, "std": float(np.sqrt(max(sq / n - mean * mean, 1e-12)))}
-    return {"format": "floodlora-stats", "units": units.pop(), "bands": out}
 
 
 def resolve_preset(
@@ -51,7 +28,14 @@ def resolve_preset(
 
     A ready preset (e.g. the DataModule's, from the training chips) is used as is.
     """
-    from floodlora.data.sar import PER_SCENE, PER_SCENE_8BIT, NormalizationPreset, get_preset, scene_preset
+    from floodlora.data.sar import (
+        PER_SCENE,
+        PER_SCENE_8BIT,
+        NormalizationPreset,
+        get_preset,
+        sample_stats,
+        scene_preset,
+    )
 
     if isinstance(normalization, NormalizationPreset):
         return normalization
@@ -76,8 +60,7 @@ def square_crop(sample: Sample, size: int | None, multiple: int = 8) -> Sample:
         raise DataError(f"{sample.meta.chip_id}: cannot crop {size_text(h, w)} to {size_text(side, side)}")
     if (h, w) == (side, side):
         return sample
-    r0, c0 = (h - side) // 2, (w - side) // 2
-    sl = (slice(r0, r0 + side), slice(c0, c0 + side))
+    sl = centre_window(h, w, side, side)
     views = {v: {b: a[sl] for b, a in bands.items()} for v, bands in sample.views.items()}
     mask = None if sample.mask is None else sample.mask[sl]
     return Sample(views=views, mask=mask, meta=sample.meta, valid=sample.valid[sl])

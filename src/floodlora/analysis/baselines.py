@@ -316,22 +316,6 @@ def _summary(values: list[float]) -> dict[str, float]:
     }
 
 
-def _hard_histogram(pred: np.ndarray, mask: np.ndarray, valid: np.ndarray, nbins: int) -> Any:
-    """The metrics' ``[2, nbins+1]`` histogram for a 0/1 prediction (bins 0 and nbins), in numpy.
-
-    Same numbers as ``probability_histogram`` (tested), without its float pipeline: baselines
-    score hundreds of full chips and only need four counts per chip.
-    """
-    import torch
-
-    keep = valid & (mask != MASK_NODATA)
-    label = (mask[keep] == MASK_FLOOD).astype(np.int64)
-    counts = np.bincount(label * 2 + (pred[keep] > 0), minlength=4)
-    hist = torch.zeros(2, nbins + 1, dtype=torch.long)
-    hist[0, 0], hist[0, nbins], hist[1, 0], hist[1, nbins] = (int(c) for c in counts)
-    return hist
-
-
 def run_baseline(
     method: str,
     refs_or_samples: Sequence[ChipRef | Sample],
@@ -349,7 +333,7 @@ def run_baseline(
     explicit `threshold`. With `keep_predictions` the result also holds ``predictions`` (chip id ->
     uint8 map) for the panels; it is not JSON and the CLI never asks for it.
     """
-    from floodlora.metrics import ChipConfusion, ChipRecord
+    from floodlora.metrics import ChipConfusion, ChipRecord, probability_histogram
 
     if method not in METHODS:
         raise ConfigError(f"unknown baseline {method!r}; expected one of {', '.join(METHODS)}")
@@ -392,9 +376,8 @@ def run_baseline(
             pred = (img < t).astype(np.uint8)
         valid = s.valid & np.isfinite(img)
         key = str(s.meta.extra.get("key", s.meta.chip_id))
-        conf.chips[key] = ChipRecord(
-            s.meta.event, _hard_histogram(pred, s.mask, valid, conf.nbins), s.meta.chip_id
-        )
+        hist = probability_histogram(pred, s.mask, valid, conf.nbins)  # a 0/1 map fills bins 0 and nbins
+        conf.chips[key] = ChipRecord(s.meta.event, hist, s.meta.chip_id)
         if keep_predictions:
             predictions[s.meta.chip_id] = pred
         units.add(s.meta.units)

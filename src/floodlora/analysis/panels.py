@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from floodlora.analysis._inputs import ignore_map
-from floodlora.data.sample import MASK_FLOOD, Sample
+from floodlora.data.sample import MASK_FLOOD, MASK_NODATA, Sample, centre_window
 from floodlora.errors import DataError, size_text
 
 if TYPE_CHECKING:
@@ -52,8 +52,7 @@ def _centre_to(arr: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
         return arr
     if th > h or tw > w:
         raise DataError(f"prediction {size_text(th, tw)} is larger than the chip {size_text(h, w)}")
-    y0, x0 = (h - th) // 2, (w - tw) // 2
-    return arr[..., y0 : y0 + th, x0 : x0 + tw]
+    return arr[(..., *centre_window(h, w, th, tw))]
 
 
 def error_map(pred: np.ndarray, mask: np.ndarray, ignore: np.ndarray | None = None) -> np.ndarray:
@@ -61,7 +60,7 @@ def error_map(pred: np.ndarray, mask: np.ndarray, ignore: np.ndarray | None = No
     p = np.asarray(pred).astype(bool)
     t = np.asarray(mask) == MASK_FLOOD
     codes = np.where(p & t, 1, np.where(p & ~t, 2, np.where(~p & t, 3, 0))).astype(np.uint8)
-    bad = np.asarray(mask) == 255
+    bad = np.asarray(mask) == MASK_NODATA
     if ignore is not None:
         bad = bad | ignore
     codes[bad] = 4

@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from floodlora.config import DataConfig
-from floodlora.data.sample import MASK_NODATA, VIEWS, Sample
+from floodlora.data.sample import MASK_NODATA, VIEWS, Sample, centre_window
 from floodlora.data.sar import (
     PER_SCENE,
     SCENE_MODES,
@@ -243,7 +243,8 @@ class GroupedBatchSampler(Sampler[list[int]]):
 def _crop_window(h: int, w: int, size: int, rng: np.random.Generator | None) -> tuple[int, int]:
     """Top-left corner of a `size` crop: random when `rng` is given (training), else centred."""
     if rng is None:
-        return max(0, (h - size) // 2), max(0, (w - size) // 2)
+        rows, cols = centre_window(h, w, min(h, size), min(w, size))
+        return rows.start, cols.start
     return int(rng.integers(0, max(0, h - size) + 1)), int(rng.integers(0, max(0, w - size) + 1))
 
 
@@ -360,7 +361,7 @@ class FloodDataset(Dataset):
             if self.crop_size is not None:
                 y0, x0 = _crop_window(h, w, th, rng)
             else:
-                y0, x0 = (h - th) // 2, (w - tw) // 2
+                y0, x0 = (s.start for s in centre_window(h, w, th, tw))
             arrays = {v: a[:, y0 : y0 + th, x0 : x0 + tw] for v, a in arrays.items()}
             mask, valid = mask[y0 : y0 + th, x0 : x0 + tw], valid[y0 : y0 + th, x0 : x0 + tw]
         if th != tw:  # evaluation of a non-square chip: Clay needs a square; pad with nodata (not scored)
@@ -405,7 +406,11 @@ def check_chip_size(ref: ChipRef, sample: Sample) -> None:
 
 
 def augment_array(a: np.ndarray, k: int, flip: bool) -> np.ndarray:
-    """rot90 by k quarter turns then an optional left-right flip, on the last two axes."""
+    """rot90 by k quarter turns then an optional left-right flip, on the last two axes.
+
+    The feature cache applies the same function to token grids, so token (i, j) stays over the
+    pixels it encodes.
+    """
     a = np.rot90(a, k, axes=(-2, -1))
     return a[..., ::-1] if flip else a
 

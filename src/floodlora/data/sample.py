@@ -79,6 +79,12 @@ class Sample:
         return float(bad.mean())
 
 
+def centre_window(h: int, w: int, th: int, tw: int) -> tuple[slice, slice]:
+    """Rows and columns of the `th` x `tw` window centred in an `h` x `w` array (the one centre crop)."""
+    y0, x0 = (h - th) // 2, (w - tw) // 2
+    return slice(y0, y0 + th), slice(x0, x0 + tw)
+
+
 def compute_valid(views: dict[str, dict[str, np.ndarray]], shape: tuple[int, int]) -> np.ndarray:
     """Valid = finite in every present view and band (readers encode nodata as NaN).
 

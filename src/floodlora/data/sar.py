@@ -284,13 +284,20 @@ def normalize_sample(
 
 
 def compute_stats(refs: Iterable[Any], max_chips: int | None = None) -> dict[str, Any]:
-    """Per-band mean/std/min/max over the valid pixels of every view, streamed chip by chip.
+    """:func:`sample_stats` of the chips `refs` point to, read one at a time (at most `max_chips`)."""
+    import itertools
 
-    Linear chips are converted to dB so that db and linear sources can be pooled; mixing
-    ``scaled-uint8`` with calibrated data is an error (their numbers mean different things).
-    """
     from floodlora.data.sources import read_sample
 
+    return sample_stats(read_sample(ref) for ref in itertools.islice(refs, max_chips))
+
+
+def sample_stats(samples: Iterable[Sample]) -> dict[str, Any]:
+    """Per-band mean/std/min/max over the valid pixels of every view, streamed sample by sample.
+
+    Linear samples are converted to dB so that db and linear sources can be pooled; mixing
+    ``scaled-uint8`` with calibrated data is an error (their numbers mean different things).
+    """
     acc = {b: np.zeros(3, dtype=np.float64) for b in BANDS}  # count, sum, sum of squares
     lo = {b: np.inf for b in BANDS}
     hi = {b: -np.inf for b in BANDS}
@@ -298,16 +305,13 @@ def compute_stats(refs: Iterable[Any], max_chips: int | None = None) -> dict[str
     sources: set[str] = set()
     events: set[str] = set()
     n = 0
-    for ref in refs:
-        if max_chips is not None and n >= max_chips:
-            break
-        s = read_sample(ref)
+    for s in samples:
         u = "db" if s.meta.units == "linear" else s.meta.units
         if units is None:
             units = u
         elif u != units:
             raise DataError(
-                f"{ref.chip_id}: units {s.meta.units} differ from {units}; compute stats per source"
+                f"{s.meta.chip_id}: units {s.meta.units} differ from {units}; compute stats per source"
             )
         for band_arrays in s.views.values():
             for band, arr in band_arrays.items():

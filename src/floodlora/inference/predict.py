@@ -24,13 +24,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from floodlora.data.sample import MASK_NODATA
 from floodlora.encodings import encode_latlon, encode_time, parse_date
 from floodlora.errors import ConfigError, DataError, size_text
 from floodlora.inference.tiling import StripBlender, Tile, plan_tiles
 from floodlora.precision import autocast, resolve_precision
 
 UNITS = ("db", "linear")
-MASK_NODATA = 255
 POST_VIEWS = ("post", "post_asc", "post_desc")
 TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
 

@@ -43,7 +43,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from floodlora.config import RunConfig
-from floodlora.data.datamodule import WorkerRng
+from floodlora.data.datamodule import WorkerRng, augment_array
+from floodlora.data.sample import MASK_NODATA, centre_window
 from floodlora.errors import ConfigError, DataError
 
 CACHE_VERSION = 2
@@ -52,7 +53,6 @@ FEATURES_FILE = "features.f32"
 MASK_FILE = "mask.u8"
 VALID_FILE = "valid.u8"
 PIXELS_FILE = "pixels.f32"  # the normalised input views, for decoders with a pixel path
-MASK_NODATA = 255
 
 
 def check_feature_cache_config(config: RunConfig) -> None:
@@ -77,26 +77,15 @@ def square_chip(item: dict[str, Any], min_size: int) -> dict[str, Any]:
     """Centre-crop an item's views / mask / valid to a square; pad (nodata) up to `min_size`."""
     h, w = (int(s) for s in item["mask"].shape)
     side = min(h, w)
-    y0, x0 = (h - side) // 2, (w - side) // 2
-    views = {v: t[:, y0 : y0 + side, x0 : x0 + side] for v, t in item["views"].items()}
-    mask = item["mask"][y0 : y0 + side, x0 : x0 + side]
-    valid = item["valid"][y0 : y0 + side, x0 : x0 + side]
+    rows, cols = centre_window(h, w, side, side)
+    views = {v: t[:, rows, cols] for v, t in item["views"].items()}
+    mask, valid = item["mask"][rows, cols], item["valid"][rows, cols]
     if side < min_size:
         pad = (0, min_size - side, 0, min_size - side)
         views = {v: torch.nn.functional.pad(t, pad) for v, t in views.items()}
         mask = torch.nn.functional.pad(mask, pad, value=MASK_NODATA)
         valid = torch.nn.functional.pad(valid.to(torch.uint8), pad).bool()
     return {**item, "views": views, "mask": mask, "valid": valid}
-
-
-def augment_grid(a: np.ndarray, k: int, flip: bool) -> np.ndarray:
-    """rot90 by k quarter turns then an optional left-right flip on the last two axes.
-
-    The same operation as the data pipeline's pixel augmentation, so applying it to a token grid
-    and to the mask keeps token (i, j) over the pixels it encodes.
-    """
-    a = np.rot90(a, k, axes=(-2, -1))
-    return a[..., ::-1] if flip else a
 
 
 # --------------------------------------------------------------------------------------------------
@@ -331,9 +320,9 @@ class CachedFeatureDataset(Dataset):
             valid = valid[ty * p : (ty + c) * p, tx * p : (tx + c) * p]
         if self.augment and rng is not None:
             k, flip = int(rng.integers(0, 4)), bool(rng.integers(0, 2))
-            feats = {v: augment_grid(f, k, flip) for v, f in feats.items()}
-            mask, valid = augment_grid(mask, k, flip), augment_grid(valid, k, flip)
-            pixels = {v: augment_grid(a, k, flip) for v, a in pixels.items()}
+            feats = {v: augment_array(f, k, flip) for v, f in feats.items()}
+            mask, valid = augment_array(mask, k, flip), augment_array(valid, k, flip)
+            pixels = {v: augment_array(a, k, flip) for v, a in pixels.items()}
         return {
             # copies: the cache is a read-only memory map
             "features": {v: torch.from_numpy(np.array(f, order="C")) for v, f in feats.items()},

@@ -11,12 +11,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-NODATA = 255
+from floodlora.data.sample import MASK_NODATA
 
 
 def label_weights(mask: Tensor, valid: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """(target in {0, 1} as float, weight 1 where the pixel is labelled and valid, else 0)."""
-    keep = mask != NODATA
+    keep = mask != MASK_NODATA
     if valid is not None:
         keep = keep & valid.bool()
     target = (mask == 1).to(torch.float32)
