@@ -134,7 +134,7 @@ def test_vit_stitching_equals_tile_prediction_where_one_tile_counts(
         count[t.row : t.row + 32, t.col : t.col + 32] += tile_weights(t, plan)[: H - t.row, : W - t.col] > 0
     x = {v: torch.from_numpy(_norm(p))[None] for v, p in scene.items()}
     with rasterio.open(scene["post"]) as ds:
-        from floodlora.inference.predict import Grid
+        from floodlora.inference.views import Grid
 
         grid = Grid(ds.crs, ds.transform, H, W, "post")
     checked = 0
