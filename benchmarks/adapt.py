@@ -254,6 +254,7 @@ def run_group(
     work: Path,
     start_from: Path | None = None,
     log: Any = print,
+    on_row: Any = lambda group: None,
 ) -> dict[str, Any]:
     """Zero-shot, k-chip adaptations (from the starting model and from the encoder), fitted threshold."""
     from floodlora.analysis.baselines import subsample
@@ -289,6 +290,23 @@ def run_group(
     zero = score_run(start_dir, eval_root)
     log(f"{group.name}: zero-shot F1 {_pct(zero['f1'])} on {zero['n_chips']} chips")
     rows: list[dict[str, Any]] = []
+
+    def entry() -> dict[str, Any]:
+        return {
+            "name": group.name,
+            "label": group.label,
+            "n_chips": len(refs),
+            "n_usable": len(usable),
+            "n_flooded": len(flooded),
+            "n_eval": len(eval_refs),
+            "start": start,
+            "uncertainty_seconds": unc_seconds,
+            "zero_shot": zero,
+            "rows": rows,
+            "complete": False,
+            "wall_seconds": time.perf_counter() - t_group,
+        }
+
     selections = [("random", k, randoms[:k]) for k in ks]
     if uncertain_k:
         selections.append(("uncertain", uncertain_k, uncertain))
@@ -308,19 +326,8 @@ def run_group(
             rows.append({**base, "method": method, **r})
             msg = r.get("error") or f"F1 {_pct(r['score']['f1'])} ({r['wall_seconds']:.0f} s)"
             log(f"{group.name}: k={k:2d} {selection:9s} {method:13s} {msg}")
-    return {
-        "name": group.name,
-        "label": group.label,
-        "n_chips": len(refs),
-        "n_usable": len(usable),
-        "n_flooded": len(flooded),
-        "n_eval": len(eval_refs),
-        "start": start,
-        "uncertainty_seconds": unc_seconds,
-        "zero_shot": zero,
-        "rows": rows,
-        "wall_seconds": time.perf_counter() - t_group,
-    }
+            on_row(entry())
+    return {**entry(), "complete": True}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -360,6 +367,11 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
     return targets
 
 
+def _label(method: str, result: dict[str, Any]) -> str:
+    """The method's label, naming the encoder the run actually adapted."""
+    return METHODS[method].replace(f"`{ENCODER}`", f"`{result.get('encoder', ENCODER)}`")
+
+
 def markdown(result: dict[str, Any]) -> str:
     t = result["summary"]
     m = result["machine"]
@@ -393,7 +405,8 @@ def markdown(result: dict[str, Any]) -> str:
     ]
     for g in result["groups"]:
         lines += [
-            f"### {g['label']} held out",
+            f"### {g['label']} held out"
+            + ("" if g.get("complete", True) else " (cut short: rows below only)"),
             "",
             f"{g['n_chips']} chips ({g['n_flooded']} with flood); scored on {g['n_eval']}. "
             f"Zero-shot (starting model, threshold {g['zero_shot']['threshold']:.2f}): "
@@ -408,7 +421,7 @@ def markdown(result: dict[str, Any]) -> str:
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in g["rows"]:
-            label = METHODS[r["method"]]
+            label = _label(r["method"], result)
             if "error" in r:
                 lines.append(f"| {r['k']} | {r['selection']} | {label} | error: {r['error']} | | | | | | |")
                 continue
@@ -438,7 +451,7 @@ def markdown(result: dict[str, Any]) -> str:
         for method in ("adapt-start", "adapt-encoder"):
             if f"{method}_met" in e:
                 lines.append(
-                    f"* {name}, k = {k}, {METHODS[method]}: F1 {_pct(e[method])} against fitted threshold "
+                    f"* {name}, k = {k}, {_label(method, result)}: F1 {_pct(e[method])} against fitted threshold "
                     f"{_pct(e['fitted'])} + 5 and zero-shot {_pct(e['zero_shot'])}: "
                     f"**{'met' if e[f'{method}_met'] else 'not met'}**."
                 )
@@ -471,7 +484,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
             pts = [(k, _row(g, method, k)) for k in result["ks"]]
             pts = [(k, 100 * r["score"]["f1"]) for k, r in pts if r]
             if pts:
-                ax.plot(*zip(*pts, strict=True), style, label=METHODS[method].replace("`", ""))
+                ax.plot(*zip(*pts, strict=True), style, label=_label(method, result).replace("`", ""))
         ax.axhline(100 * g["zero_shot"]["f1"], color="grey", ls=":", label="zero-shot (starting model)")
         ur = _row(g, "adapt-start", result["uncertain_k"], "uncertain")
         if ur:
@@ -607,16 +620,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     work_ctx = tempfile.TemporaryDirectory(prefix="adapt-") if args.workdir is None else None
     work = Path(args.workdir) if args.workdir else Path(work_ctx.name)  # type: ignore[union-attr]
+    done: list[dict[str, Any]] = []
+
+    def partial(current: dict[str, Any] | None) -> None:
+        """Write what finished so far (a group in progress is marked incomplete): a cut-short run keeps it."""
+        result["groups"] = done + ([current] if current else [])
+        result["wall_seconds"] = time.perf_counter() - t0
+        write_outputs(result, json_path, png, doc)
+
     try:
         for group in groups:
             g = run_group(
                 real, group, ks, uncertain_k or None, start_budget, adapt_budget, encoder, args.seed,
                 args.max_eval, work, Path(args.start_from) if args.start_from else None,
-                log=lambda msg: print(msg, flush=True),
+                log=lambda msg: print(msg, flush=True), on_row=partial,
             )  # fmt: skip
-            result["groups"].append(g)
-            result["wall_seconds"] = time.perf_counter() - t0
-            write_outputs(result, json_path, png, doc)  # partial results survive a cut-short run
+            done.append(g)
+            partial(None)
     finally:
         if work_ctx is not None:
             work_ctx.cleanup()

@@ -46,7 +46,7 @@ def test_tiny_benchmark_end_to_end(bench: ModuleType, real_data: Path, tmp_path:
     assert saved["tiny"] is True and saved["ks"] == list(bench.TINY_KS)
     assert saved["uncertain_k"] == bench.TINY_KS[0]
     (g,) = saved["groups"]
-    assert g["name"] == "ombria-france" and g["n_chips"] == 8
+    assert g["name"] == "ombria-france" and g["n_chips"] == 8 and g["complete"] is True
     chosen = {c for r in g["rows"] for c in r["chips"]}
     assert g["n_eval"] == g["n_usable"] - len(chosen) and g["n_eval"] > 0
     assert 0.0 <= g["zero_shot"]["f1"] <= 1.0 and g["zero_shot"]["n_chips"] == g["n_eval"]
