@@ -451,8 +451,8 @@ def markdown(result: dict[str, Any]) -> str:
         for method in ("adapt-start", "adapt-encoder"):
             if f"{method}_met" in e:
                 lines.append(
-                    f"* {name}, k = {k}, {_label(method, result)}: F1 {_pct(e[method])} against fitted threshold "
-                    f"{_pct(e['fitted'])} + 5 and zero-shot {_pct(e['zero_shot'])}: "
+                    f"* {name}, k = {k}, {_label(method, result)}: F1 {_pct(e[method])} against "
+                    f"fitted threshold {_pct(e['fitted'])} + 5 and zero-shot {_pct(e['zero_shot'])}: "
                     f"**{'met' if e[f'{method}_met'] else 'not met'}**."
                 )
     if t["max_adapt_seconds"] is not None:
