@@ -379,6 +379,9 @@ def markdown(result: dict[str, Any]) -> str:
     tiny = " — tiny mode, not a measurement" if result["tiny"] else ""
     cap = "" if result["max_eval"] is None else f", at most {result['max_eval']} evenly spaced"
     not_run = [g.label + f" (`{g.name}`)" for g in GROUPS if g.name not in run_names]
+    words = result["command"].split()
+    asked = words[words.index("--groups") + 1].split(",") if "--groups" in words[:-1] else []
+    stopped = [f"`{n}`" for n in asked if n not in run_names]
     lines = [
         SECTION_BEGIN,
         "",
@@ -390,7 +393,8 @@ def markdown(result: dict[str, Any]) -> str:
         "Held-out groups run: "
         + ", ".join(f"{g['label']} (`{g['name']}`)" for g in result["groups"])
         + ". "
-        + ("Not run: " + ", ".join(not_run) + "." if not_run else "Every group was run."),
+        + ("Not run: " + ", ".join(not_run) + "." if not_run else "Every group was run.")
+        + (f" Asked for but stopped before they finished: {', '.join(stopped)}." if stopped else ""),
         "",
         f"Starting model (zero-shot row): {result['start_text']}. Adaptation budget: {result['adapt_text']}. "
         f"k chips drawn with seed {result['seed']} among the group's chips with flood (nested across k); "
