@@ -1,0 +1,82 @@
+"""benchmarks/adapt.py in its tiny mode: real chips (a symlinked subset), JSON, PNG, the generated doc."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from tests.conftest import load_benchmark
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    return load_benchmark("adapt")
+
+
+def test_subset_tree_holds_only_the_chosen_chips(bench: ModuleType, real_data: Path, tmp_path: Path) -> None:
+    from floodlora.data.sources import discover, read_sample
+
+    group = next(g for g in bench.GROUPS if g.name == "etci-northal")
+    refs = bench.group_refs(real_data, group)[:5]
+    tree = bench.subset_tree(real_data, refs[1:4], tmp_path / "sub")
+    found = [r for r in discover([tree]) if r.labelled]
+    assert sorted(r.chip_id for r in found) == sorted(r.chip_id for r in refs[1:4])
+    for r in found:
+        read_sample(r)  # every file the reader pairs was linked
+
+
+def test_random_choice_is_nested_and_seeded(bench: ModuleType) -> None:
+    items = list(range(30))
+    a, b = bench.random_choice(items, 10, seed=3), bench.random_choice(items, 20, seed=3)
+    assert b[:10] == a and len(set(b)) == 20
+    assert bench.random_choice(items, 10, seed=4) != a
+
+
+def test_tiny_benchmark_end_to_end(bench: ModuleType, real_data: Path, tmp_path: Path) -> None:
+    doc = tmp_path / "quality.md"
+    doc.write_text("# Quality\n\nkept text\n")
+    out = tmp_path / "adapt.json"
+    result = bench.main(
+        ["--tiny", "--groups", "ombria-france", "--real", str(real_data), "--json", str(out),
+         "--markdown", str(doc)]
+    )  # fmt: skip
+    saved = json.loads(out.read_text())
+    assert saved["tiny"] is True and saved["ks"] == list(bench.TINY_KS)
+    assert saved["uncertain_k"] == bench.TINY_KS[0]
+    (g,) = saved["groups"]
+    assert g["name"] == "ombria-france" and g["n_chips"] == 8 and g["complete"] is True
+    chosen = {c for r in g["rows"] for c in r["chips"]}
+    assert g["n_eval"] == g["n_usable"] - len(chosen) and g["n_eval"] > 0
+    assert 0.0 <= g["zero_shot"]["f1"] <= 1.0 and g["zero_shot"]["n_chips"] == g["n_eval"]
+    rows = {(r["k"], r["selection"], r["method"]): r for r in g["rows"]}
+    expected = {(k, "random", m) for k in bench.TINY_KS for m in ("fitted", "adapt-start", "adapt-encoder")}
+    expected |= {(bench.TINY_KS[0], "uncertain", m) for m in ("fitted", "adapt-start")}
+    assert set(rows) == expected
+    for key, r in rows.items():
+        assert "error" not in r, (key, r)
+        assert len(r["chips"]) == key[0]
+        assert 0.0 <= r["score"]["f1"] <= 1.0 and 0.0 <= r["score"]["iou"] <= r["score"]["f1"] + 1e-9
+        assert r["score"]["n_chips"] == g["n_eval"]  # every method scores the same chips
+        if key[2] != "fitted":
+            assert r["wall_seconds"] > 0 and r["epochs"] == 1
+    # nested random draws, and the uncertainty-chosen chips are not the random ones
+    k1, k2 = bench.TINY_KS
+    assert set(rows[(k1, "random", "fitted")]["chips"]) <= set(rows[(k2, "random", "fitted")]["chips"])
+    assert not set(rows[(k1, "uncertain", "fitted")]["chips"]) & set(rows[(k1, "random", "fitted")]["chips"])
+    summary = saved["summary"]
+    assert summary["max_adapt_seconds"] == pytest.approx(
+        max(r["wall_seconds"] for r in g["rows"] if r["method"] != "fitted")
+    )
+    assert "adapt-start_met" in summary["groups"]["ombria-france"]
+    assert (tmp_path / "adapt.png").stat().st_size > 1000
+    text = doc.read_text()
+    assert "kept text" in text and bench.SECTION_BEGIN in text and bench.SECTION_END in text
+    assert "OMBRIA FRANCE 2021 held out" in text and "Not run: OMBRIA test" in text
+    assert saved["command"] in text
+    # the doc is a function of the JSON alone
+    again = tmp_path / "again.md"
+    bench.main(["--from-json", "--json", str(out), "--markdown", str(again)])
+    assert text.split(bench.SECTION_BEGIN)[1] == again.read_text().split(bench.SECTION_BEGIN)[1]
+    assert result["summary"] == summary
