@@ -71,3 +71,28 @@ def test_base_checkpoint_mismatch_is_refused(tmp_path: Path) -> None:
 def test_not_a_run_dir(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="not a floodlora run directory"):
         load_run(tmp_path)
+
+
+def test_loading_a_full_run_registers_no_encoder_preset(tmp_path: Path) -> None:
+    """A full run rebuilds its encoder from the stored size without touching the global presets."""
+    from floodlora.models.clay import PRESETS
+
+    before = dict(PRESETS)
+    from floodlora.config import ModelConfig
+    from floodlora.models.factory import build_segmentor
+    from floodlora.runs import load_run, save_run
+
+    cfg = ModelConfig(checkpoint="random:test-micro", strategy="full")
+    from floodlora.config import RunConfig
+
+    config = RunConfig()
+    config.model = cfg
+    config.data.views = ["post"]
+    model = build_segmentor(cfg, ["post"], ["vv", "vh"])
+    save_run(tmp_path / "run", config, model)
+    loaded = load_run(tmp_path / "run")
+    assert dict(PRESETS) == before
+    import torch
+
+    for (k, a), (_, b) in zip(model.state_dict().items(), loaded.model.state_dict().items(), strict=True):
+        assert torch.equal(a, b), k

@@ -176,13 +176,12 @@ def load_run(
                 f"but this run was trained on {base['checkpoint']!r} ({base['sha256'][:12]}...)"
             )
     # A full run stores every weight, so the base file itself is not needed to rebuild it.
-    if base["strategy"] == "full":
-        config.model.checkpoint = f"random:{_preset_for(base)}"
+    blank = _blank_encoder(base) if base["strategy"] == "full" else None
     config.model.strategy = base["strategy"]
     config.model.decoder = base.get("decoder", "paper")  # runs from before the decoder option
     # the order the run was trained with (runs from before the option: lat first)
     config.model.latlon_order = base.get("latlon_order", "lat-lon")
-    model = build_segmentor(config.model, base["views"], base["bands"])
+    model = build_segmentor(config.model, base["views"], base["bands"], encoder=blank)
     try:
         state = load_file(str(weights_path))
     except Exception as err:
@@ -202,20 +201,19 @@ def load_run(
     return LoadedRun(run_dir, config, model, base, load_presets(run_dir), load_threshold(run_dir))
 
 
-def _preset_for(base: dict[str, Any]) -> str:
-    """Register the stored encoder size as an ad-hoc preset so a full run can be rebuilt blind."""
-    from floodlora.models.clay import PRESETS, ClayEncoderConfig
+def _blank_encoder(base: dict[str, Any]) -> Any:
+    """An encoder of the stored size (its weights come from the run), without a checkpoint file."""
+    import torch
+
+    from floodlora.models.clay import ClayEncoder, ClayEncoderConfig
 
     try:
         cfg = ClayEncoderConfig(**base["encoder"])
     except TypeError as err:
         raise CheckpointError(f"{BASE_FILE}: invalid 'encoder' mapping ({err})") from None
-    for name, preset in PRESETS.items():
-        if preset == cfg:
-            return name
-    name = f"run-{cfg.dim}x{cfg.depth}x{cfg.heads}x{cfg.dim_head}"
-    PRESETS[name] = cfg
-    return name
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return ClayEncoder(cfg)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from floodlora.config import ModelConfig
+from floodlora.models.clay import ClayEncoder
 from floodlora.models.registry import checkpoint_latlon_order, load_encoder
 from floodlora.models.segmentor import FloodSegmentor
 from floodlora.models.strategies import LoraSettings, apply_strategy
@@ -22,14 +23,20 @@ def resolve_latlon_order(cfg: ModelConfig) -> str:
 
 
 def build_segmentor(
-    cfg: ModelConfig, views: Sequence[str], bands: Sequence[str], crop_size: int | None = None
+    cfg: ModelConfig,
+    views: Sequence[str],
+    bands: Sequence[str],
+    crop_size: int | None = None,
+    encoder: ClayEncoder | None = None,
 ) -> FloodSegmentor:
-    """Load the encoder named by `cfg.checkpoint`, add the decoder and apply `cfg.strategy`.
+    """Load the encoder named by `cfg.checkpoint` (or take `encoder`), add the decoder and apply
+    `cfg.strategy`.
 
     Activation checkpointing follows `cfg.gradient_checkpointing`; when unset it is switched on for
     full fine-tuning at 512 px and above, where activations dominate memory.
     """
-    encoder = load_encoder(cfg.checkpoint)
+    if encoder is None:
+        encoder = load_encoder(cfg.checkpoint)
     model = FloodSegmentor(
         encoder,
         views=views,
