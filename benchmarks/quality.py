@@ -560,6 +560,26 @@ def explorations_markdown(path: Path) -> list[str]:
             ours = " / ".join(_pct(m[k]) for k in ("f1", "precision", "recall"))
             recipe = " / ".join(_pct(c[k]) for k in ("f1", "precision", "recall"))
             lines.append(f"| {r['held_out']} | {ours} | {_pct(r['at_0.5']['f1'])} | {recipe} |")
+    mix = data.get("label_mix", [])
+    if mix:
+        lines += [
+            "",
+            "### Training only on sources whose labels mean the same",
+            "",
+            "The recipe, same budget, an ETCI event held out, trained on the other ETCI event and the "
+            "dB chips only (labels: all water) instead of every other group (OMBRIA's labels are new "
+            "water, seen with a pre-event view). F1 / precision / recall in % at the run's threshold:",
+            "",
+            "| Held out | Water-label sources only | At 0.5 | Threshold | Recipe (every group) |",
+            "|---|---|---|---|---|",
+        ]
+        for r in mix:
+            m, c = r["at_run_threshold"], r["compared_with"]
+            ours = " / ".join(_pct(m[k]) for k in ("f1", "precision", "recall"))
+            recipe = " / ".join(_pct(c[k]) for k in ("f1", "precision", "recall"))
+            lines.append(
+                f"| {r['held_out']} | {ours} | {_pct(r['at_0.5']['f1'])} | {r['threshold']:.2f} | {recipe} |"
+            )
     lines += ["", f"Commands and raw numbers: `benchmarks/results/{path.name}`."]
     return lines
 
