@@ -37,7 +37,19 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from quality import GROUPS, REAL, REPO, Group, _chip_key, _pct, _score, machine, mini_tree
+from quality import (
+    BUDGET,
+    GROUPS,
+    REAL,
+    REPO,
+    TINY_BUDGET,
+    Group,
+    _chip_key,
+    _pct,
+    _score,
+    machine,
+    mini_tree,
+)
 
 SECTION_BEGIN = "<!-- benchmarks/adapt.py: begin -->"
 SECTION_END = "<!-- benchmarks/adapt.py: end -->"
@@ -47,20 +59,8 @@ KS: tuple[int, ...] = (5, 10, 20)
 UNCERTAIN_K = 10
 #: The starting model's documented budget: the quality benchmark's (4 epochs x 20 batches), so that a
 #: group's starting model trains in about 4 minutes; the full generalist (12 x 150) takes ~45 min.
-START_BUDGET: dict[str, Any] = {
-    "train.max_epochs": 4,
-    "train.limit_train_batches": 20,
-    "train.limit_val_batches": 6,
-}
-TINY_START: dict[str, Any] = {
-    "train.max_epochs": 1,
-    "train.limit_train_batches": 2,
-    "train.limit_val_batches": 1,
-    "data.batch_size": 2,
-    "data.crop_size": 32,
-    "data.limit_train": 12,
-    "model.checkpoint": "random:test-micro",
-}
+START_BUDGET: dict[str, Any] = dict(BUDGET)
+TINY_START: dict[str, Any] = dict(TINY_BUDGET)
 #: `adapt`'s own defaults (AdaptOptions) unless overridden with --adapt-set.
 ADAPT_BUDGET: dict[str, Any] = {}
 TINY_ADAPT: dict[str, Any] = {

@@ -493,6 +493,29 @@ def markdown(result: dict[str, Any]) -> str:
 EXPLORATIONS = "quality-explorations.json"
 
 
+def _comparison_table(runs: list[dict[str, Any]], title: str, what: str, ours: str, theirs: str) -> list[str]:
+    """One exploratory change against the recipe row, per held-out group (F1 / precision / recall)."""
+    if not runs:
+        return []
+    lines = [
+        "",
+        f"### {title}",
+        "",
+        what + " F1 / precision / recall in % at the run's threshold:",
+        "",
+        f"| Held out | {ours} | At 0.5 | Threshold | {theirs} |",
+        "|---|---|---|---|---|",
+    ]
+    for r in runs:
+        cells = [
+            " / ".join(_pct(m[k]) for k in ("f1", "precision", "recall"))
+            for m in (r["at_run_threshold"], r["compared_with"])
+        ]
+        half = _pct(r["at_0.5"]["f1"])
+        lines.append(f"| {r['held_out']} | {cells[0]} | {half} | {r['threshold']:.2f} | {cells[1]} |")
+    return lines
+
+
 def explorations_markdown(path: Path) -> list[str]:
     """The exploratory runs made while choosing the recipe (held-out group, what changed, F1)."""
     if not path.is_file():
@@ -542,44 +565,24 @@ def explorations_markdown(path: Path) -> list[str]:
                 *(f"{_pct(o[b]['f1'])}" for b in ("vh", "vv", "both")),
             ]
             lines.append("| " + " | ".join(cells) + " |")
-    norm = data.get("normalisation", [])
-    if norm:
-        lines += [
-            "",
-            "### Per-scene normalisation (`data.normalization: per-scene`)",
-            "",
-            "The recipe with every scene standardised by robust statistics of its own pixels instead of "
-            "per-source statistics (8-bit) and the encoder's dB preset (calibrated), same budget, one "
-            "group held out. F1 / precision / recall in % at the run's threshold:",
-            "",
-            "| Held out | Per-scene | At 0.5 | Recipe (`auto`) |",
-            "|---|---|---|---|",
-        ]
-        for r in norm:
-            m, c = r["at_run_threshold"], r["compared_with"]
-            ours = " / ".join(_pct(m[k]) for k in ("f1", "precision", "recall"))
-            recipe = " / ".join(_pct(c[k]) for k in ("f1", "precision", "recall"))
-            lines.append(f"| {r['held_out']} | {ours} | {_pct(r['at_0.5']['f1'])} | {recipe} |")
-    mix = data.get("label_mix", [])
-    if mix:
-        lines += [
-            "",
-            "### Training only on sources whose labels mean the same",
-            "",
-            "The recipe, same budget, an ETCI event held out, trained on the other ETCI event and the "
-            "dB chips only (labels: all water) instead of every other group (OMBRIA's labels are new "
-            "water, seen with a pre-event view). F1 / precision / recall in % at the run's threshold:",
-            "",
-            "| Held out | Water-label sources only | At 0.5 | Threshold | Recipe (every group) |",
-            "|---|---|---|---|---|",
-        ]
-        for r in mix:
-            m, c = r["at_run_threshold"], r["compared_with"]
-            ours = " / ".join(_pct(m[k]) for k in ("f1", "precision", "recall"))
-            recipe = " / ".join(_pct(c[k]) for k in ("f1", "precision", "recall"))
-            lines.append(
-                f"| {r['held_out']} | {ours} | {_pct(r['at_0.5']['f1'])} | {r['threshold']:.2f} | {recipe} |"
-            )
+    lines += _comparison_table(
+        data.get("normalisation", []),
+        "Per-scene normalisation (`data.normalization: per-scene`)",
+        "The recipe with every scene standardised by robust statistics of its own pixels instead of "
+        "per-source statistics (8-bit) and the encoder's dB preset (calibrated), same budget, one "
+        "group held out.",
+        "Per-scene",
+        "Recipe (`auto`)",
+    )
+    lines += _comparison_table(
+        data.get("label_mix", []),
+        "Training only on sources whose labels mean the same",
+        "The recipe, same budget, an ETCI event held out, trained on the other ETCI event and the "
+        "dB chips only (labels: all water) instead of every other group (OMBRIA's labels are new "
+        "water, seen with a pre-event view).",
+        "Water-label sources only",
+        "Recipe (every group)",
+    )
     lines += ["", f"Commands and raw numbers: `benchmarks/results/{path.name}`."]
     return lines
 
