@@ -101,7 +101,8 @@ def resolve_presets(
     if normalization in SCENE_MODES:
         per_scene = [r for r in refs if normalization == PER_SCENE or r.units == "scaled-uint8"]
         presets = scene_presets(per_scene, fixed)
-        rest = [r for r in refs if r.format not in {s.format for s in per_scene}]
+        scene_formats = {r.format for r in per_scene}
+        rest = [r for r in refs if r.format not in scene_formats]
         if rest:
             run_calibrated = {k: v for k, v in fixed.items() if not k.startswith("event:")}
             presets |= resolve_presets("auto", rest, train_refs, base, run_calibrated, stats_from_data)
