@@ -329,6 +329,13 @@ def predict(
     precision: Annotated[
         str, typer.Option(help="auto | 32 | bf16 for the forward passes (auto: bf16 where fast).")
     ] = "auto",
+    target: Annotated[
+        str | None,
+        typer.Option(
+            help="flood (new water) | water (all water), for a run with both outputs "
+            "(default: flood when a pre-event view is given, else water)."
+        ),
+    ] = None,
 ) -> None:
     """Flood map of whole georeferenced Sentinel-1 scenes (tiled, blended, CRS preserved)."""
     from floodlora.inference.commands import run_predict
@@ -338,7 +345,7 @@ def predict(
         adapter=adapter, checkpoint=checkpoint, units=units, tile=tile, overlap=overlap,
         batch_size=batch_size, threshold=threshold, tta=tta, mc_dropout=mc_dropout, date=date,
         align=align, cog=cog, progress=progress, simplify=simplify, min_area=min_area,
-        precision=precision,
+        precision=precision, target=target,
     )  # fmt: skip
     typer.echo(summary)
 

@@ -69,6 +69,10 @@ class ModelConfig:
     decoder: str = "hires"  # hires: + full-resolution pixel path | paper: the reference decoder
     decoder_channels: list[int] | None = None  # None: sized from the encoder width
     share_decoder: bool = False
+    # One output channel per label kind the training data holds: flood (new water, OMBRIA-style) and
+    # water (all water in the post image: ETCI, C2S-MS, Sen1Floods11). Each chip trains its own kind's
+    # channel; with a single output every label trains it, whatever it means.
+    outputs: list[str] = field(default_factory=lambda: ["flood"])
     view_dropout: float = 0.0
     gradient_checkpointing: bool | None = None  # None: on for `full` at >= 512 px
     # Order of Clay's location code: lat-lon [sin lat, cos lat, sin lon, cos lon] (Clay's tutorials),
@@ -92,6 +96,12 @@ class ModelConfig:
             raise ConfigError(
                 f"model.latlon_order: must be one of {', '.join(LATLON_ORDERS)}, got {self.latlon_order!r}"
             )
+        if (
+            not self.outputs
+            or len(set(self.outputs)) != len(self.outputs)
+            or any(o not in ("flood", "water") for o in self.outputs)
+        ):
+            raise ConfigError(f"model.outputs: distinct label kinds from flood, water; got {self.outputs!r}")
         if not 0.0 <= self.lora_dropout < 1.0:
             raise ConfigError(f"model.lora_dropout: must be in [0, 1), got {self.lora_dropout!r}")
 

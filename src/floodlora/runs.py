@@ -98,6 +98,7 @@ def save_run(
         "views": list(model.views),
         "bands": list(model.bands),
         "decoder": model.decoder_kind,
+        "outputs": list(model.outputs),
         "encoder": model.clay_encoder.config.to_dict(),
         "latlon_order": model.latlon_order,
     }
@@ -179,6 +180,7 @@ def load_run(
     blank = _blank_encoder(base) if base["strategy"] == "full" else None
     config.model.strategy = base["strategy"]
     config.model.decoder = base.get("decoder", "paper")  # runs from before the decoder option
+    config.model.outputs = list(base.get("outputs", ["flood"]))  # runs from before label kinds
     # the order the run was trained with (runs from before the option: lat first)
     config.model.latlon_order = base.get("latlon_order", "lat-lon")
     model = build_segmentor(config.model, base["views"], base["bands"], encoder=blank)
@@ -259,6 +261,7 @@ def save_adapter(
         "base_checkpoint": str(base.get("checkpoint", config.model.checkpoint)),
         "base_sha256": str(base["sha256"]),
         "decoder": model.decoder_kind,
+        "outputs": json.dumps(list(model.outputs)),
         "views": json.dumps(list(model.views)),
         "bands": json.dumps(list(model.bands)),
         "encoder": json.dumps(model.clay_encoder.config.to_dict()),
@@ -313,6 +316,7 @@ def load_adapter(path: str | Path, checkpoint: str | None = None) -> LoadedRun:
     config.model.checkpoint = checkpoint or meta["base_checkpoint"]
     config.model.strategy = meta["strategy"]
     config.model.decoder = meta.get("decoder", "paper")
+    config.model.outputs = json.loads(meta.get("outputs", '["flood"]'))
     config.model.latlon_order = meta.get("latlon_order", "lat-lon")  # older adapters: lat first
     found = base_fingerprint(config.model.checkpoint)
     if found != meta["base_sha256"]:

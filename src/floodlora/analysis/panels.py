@@ -242,7 +242,9 @@ def predict_refs(
     with torch.no_grad():
         for batch in DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=collate):
             views, time, latlon = model_inputs(model, batch)
-            probs = torch.sigmoid(model(views, time, latlon))[:, 0].float().numpy()
+            logits = model.forward_all(views, time, latlon)  # each chip: its own label kind's output
+            logits = model.select_outputs(logits, batch.get("label_kind"), list(views))
+            probs = torch.sigmoid(logits)[:, 0].float().numpy()
             for chip, p in zip(batch["chip_id"], probs, strict=True):
                 out[str(chip)] = p
     return out

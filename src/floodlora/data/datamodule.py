@@ -391,6 +391,7 @@ class FloodDataset(Dataset):
             "chip_id": ref.chip_id,
             "chip_key": ref.key,
             "event": ref.event,
+            "label_kind": ref.label_kind,
             "missing_bands": missing,
         }
 
@@ -450,6 +451,7 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
         "chip_id": [it["chip_id"] for it in items],
         "chip_key": [it.get("chip_key", it["chip_id"]) for it in items],
         "event": [it["event"] for it in items],
+        "label_kind": [it.get("label_kind", "flood") for it in items],
         "missing_bands": [it["missing_bands"] for it in items],
         "dropped_views": sorted(every - set(common)),
     }

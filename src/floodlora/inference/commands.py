@@ -67,6 +67,7 @@ def run_predict(
     simplify: float | None = None,
     min_area: float | None = None,
     precision: str = "auto",
+    target: str | None = None,
 ) -> str:
     """Run :func:`floodlora.inference.predict.predict_run` and describe what was written."""
     from floodlora.inference.predict import PredictOptions, predict_run
@@ -76,7 +77,7 @@ def run_predict(
         tile=tile, overlap=overlap, batch_size=batch_size, threshold=threshold, tta=tta,
         mc_samples=mc_dropout, units=units, align=align, cog=cog, date=post_date, dates=dates,
         progress=progress, simplify_m=simplify, min_area_m2=min_area,
-        precision=precision,
+        precision=precision, target=target,
     )  # fmt: skip
     res = predict_run(
         run_dir, parse_views(view), out, probabilities=probabilities, uncertainty=uncertainty,

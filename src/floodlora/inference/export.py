@@ -59,7 +59,8 @@ class ExportableSegmentor(nn.Module):
     """Positional-tensor front end for graph export: (*views in model order, time, latlon) -> logits.
 
     Skips the missing-view bookkeeping of FloodSegmentor.forward (a Python side effect); every view
-    is an input.
+    is an input. A model with several outputs (label kinds) exports the one its `target` (or, unset,
+    its full set of views) selects, so an exported graph always returns `[B, 1, H, W]`.
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -68,11 +69,13 @@ class ExportableSegmentor(nn.Module):
             raise ConfigError("merge the LoRA adapters before graph export (floodlora export --merge)")
         self.model = model
         self.view_names = tuple(model.views)
+        self.output = model.output_index(None, self.view_names)
 
     def forward(self, *inputs: Tensor) -> Tensor:
         *views, time_, latlon = inputs
         named = dict(zip(self.view_names, views, strict=True))
-        return self.model.decode(self.model.encode(named, time_, latlon), named)
+        logits = self.model.decode(self.model.encode(named, time_, latlon), named)
+        return logits[:, self.output : self.output + 1]
 
 
 def _example(model: nn.Module, tile: int) -> tuple[Tensor, ...]:

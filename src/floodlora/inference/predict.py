@@ -62,6 +62,7 @@ class PredictOptions:
     simplify_m: float | None = None  # polygon simplification tolerance in metres
     min_area_m2: float | None = None  # drop flood polygons smaller than this
     precision: str = "auto"  # auto | 32 | bf16: autocast of the forward passes (floodlora.precision)
+    target: str | None = None  # flood | water for a model with both outputs; None: flood with a pre view
 
 
 @dataclass
@@ -662,6 +663,10 @@ def predict_run(
         opts.tile = int(loaded.config.data.crop_size)
     if opts.threshold is None:
         opts.threshold = loaded.threshold
+    if opts.target is not None:
+        if opts.target not in loaded.model.outputs and len(loaded.model.outputs) > 1:
+            raise ConfigError(f"--target {opts.target}: this run maps {' or '.join(loaded.model.outputs)}")
+        loaded.model.target = opts.target
     base_norm = checkpoint_normalization(str(loaded.base.get("checkpoint", loaded.config.model.checkpoint)))
     preset = resolve_preset(loaded.config, opts.units, run_dir, loaded.presets, base_norm)
     tags = {"run": str(run_dir.resolve()), "base_checkpoint": str(loaded.base.get("checkpoint", ""))}

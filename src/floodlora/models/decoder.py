@@ -62,11 +62,11 @@ class ViewDecoder(nn.Module):
 
 
 class FusionHead(nn.Module):
-    """Concatenate the per-view feature maps and produce 1-channel flood logits."""
+    """Concatenate the per-view feature maps and produce flood logits, one channel per output."""
 
-    def __init__(self, n_views: int, channels: int) -> None:
+    def __init__(self, n_views: int, channels: int, n_outputs: int = 1) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(n_views * channels, 1, 3, padding=1)
+        self.conv = nn.Conv2d(n_views * channels, n_outputs, 3, padding=1)
 
     def forward(self, features: Tensor) -> Tensor:
         return self.conv(features)
@@ -98,14 +98,16 @@ class PixelStem(nn.Module):
 
 
 class HiResFusionHead(nn.Module):
-    """Token-decoder features and pixel-stem features of every view -> 3x3 conv -> 1x1 logits."""
+    """Token-decoder features and pixel-stem features of every view -> 3x3 conv -> 1x1 logits per output."""
 
-    def __init__(self, n_views: int, decoder_channels: int, stem_channels: int, hidden: int = 32) -> None:
+    def __init__(
+        self, n_views: int, decoder_channels: int, stem_channels: int, n_outputs: int = 1, hidden: int = 32
+    ) -> None:
         super().__init__()
         self.net = nn.Sequential(
             nn.Conv2d(n_views * (decoder_channels + stem_channels), hidden, 3, padding=1),
             nn.ReLU(inplace=True),
-            nn.Conv2d(hidden, 1, 1),
+            nn.Conv2d(hidden, n_outputs, 1),
         )
 
     def forward(self, features: Tensor) -> Tensor:

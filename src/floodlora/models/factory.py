@@ -45,6 +45,7 @@ def build_segmentor(
         share_decoder=cfg.share_decoder,
         view_dropout=cfg.view_dropout,
         decoder=cfg.decoder,
+        outputs=cfg.outputs,
     )
     checkpointing = cfg.gradient_checkpointing
     if checkpointing is None:

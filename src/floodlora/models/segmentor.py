@@ -4,6 +4,13 @@ Missing views. A model declares the views it was built for. At prediction time a
 may be absent (a responder often has only the post-event pass): its decoder features are set to
 zero, which is exactly what `view_dropout` exposes the fusion layer to during training, and its
 name is recorded in `last_missing_views`. Passing a view the model was not built for is an error.
+
+Label kinds. Public flood datasets label different things: new flood water (judged against a
+pre-event view) or all water in the post-event image. Trained together through one output, the
+two disagree on every permanent lake and river and the model learns neither. A model may therefore
+have one output channel per label kind (``outputs``); each training chip supervises the channel of
+its own kind, the encoder and decoder are shared, and `target` picks the channel that `forward`
+returns (``None``: ``flood`` when a pre-event view is given, else ``water``).
 """
 
 from __future__ import annotations
@@ -26,6 +33,10 @@ from floodlora.models.decoder import (
 
 VIEW_NAMES = ("pre", "post", "pre_asc", "pre_desc", "post_asc", "post_desc")
 BAND_NAMES = ("vv", "vh")
+#: What a label marks. ``flood``: water that the event brought (what rapid-mapping services
+#: delineate, judged against a pre-event view). ``water``: every open-water pixel in the post-event
+#: image, permanent water included (ETCI 2021, C2S-MS, Sen1Floods11).
+LABEL_KINDS = ("flood", "water")
 
 MetaInput = Tensor | Mapping[str, Tensor] | None
 
@@ -54,8 +65,16 @@ class FloodSegmentor(nn.Module):
         view_dropout: float = 0.0,
         gsd: float = SENTINEL1_GSD,
         decoder: str = "paper",
+        outputs: Sequence[str] = ("flood",),
     ) -> None:
         super().__init__()
+        bad_outputs = [o for o in outputs if o not in LABEL_KINDS]
+        if bad_outputs or not outputs or len(set(outputs)) != len(outputs):
+            raise ValueError(
+                f"outputs must be distinct label kinds out of {', '.join(LABEL_KINDS)}, got {list(outputs)}"
+            )
+        self.outputs = tuple(outputs)
+        self.target: str | None = None  # None: chosen from the views given (see forward)
         unknown = [v for v in views if v not in VIEW_NAMES]
         if unknown or not views:
             raise ValueError(f"unknown view(s) {unknown}; views are any of {', '.join(VIEW_NAMES)}")
@@ -83,9 +102,9 @@ class FloodSegmentor(nn.Module):
             PixelStem(len(self.bands)) for _ in range(n_decoders if decoder == "hires" else 0)
         )
         self.head: nn.Module = (
-            HiResFusionHead(len(self.views), channels[-1], self.stems[0].out_channels)
+            HiResFusionHead(len(self.views), channels[-1], self.stems[0].out_channels, len(self.outputs))
             if decoder == "hires"
-            else FusionHead(len(self.views), channels[-1])
+            else FusionHead(len(self.views), channels[-1], len(self.outputs))
         )
         self.register_buffer("waves", band_wavelengths(self.bands), persistent=False)
         self.last_missing_views: tuple[str, ...] = ()
@@ -209,9 +228,37 @@ class FloodSegmentor(nn.Module):
             keep[none_kept, rescue[none_kept]] = True
         return {v: keep[:, i].to(ref.dtype) for i, v in enumerate(present)}
 
-    def forward(
+    def output_index(self, kind: str | None, views: Sequence[str] = ()) -> int:
+        """The channel for label kind `kind`; None: `target`, else flood with a pre view, else water.
+
+        A single-output model answers every kind with its one channel (it was trained that way).
+        """
+        if len(self.outputs) == 1:
+            return 0
+        kind = kind or self.target
+        if kind is None:
+            has_pre = any(v.startswith("pre") for v in views)
+            kind = "flood" if has_pre or "water" not in self.outputs else "water"
+        if kind not in self.outputs:
+            raise ValueError(f"this model has no {kind!r} output (it has {list(self.outputs)})")
+        return self.outputs.index(kind)
+
+    def select_outputs(
+        self, logits: Tensor, kinds: Sequence[str | None] | None, views: Sequence[str]
+    ) -> Tensor:
+        """Per sample, its label kind's channel of all-output logits `[B, K, H, W]` -> `[B, 1, H, W]`."""
+        if logits.shape[1] == 1:
+            return logits
+        if kinds is None:
+            i = self.output_index(None, views)
+            return logits[:, i : i + 1]
+        index = torch.tensor([self.output_index(k, views) for k in kinds], device=logits.device)
+        return logits.gather(1, index.view(-1, 1, 1, 1).expand(-1, 1, *logits.shape[2:]))
+
+    def forward_all(
         self, views: Mapping[str, Tensor], time: MetaInput = None, latlon: MetaInput = None
     ) -> Tensor:
+        """Logits of every output channel, `[B, len(outputs), H, W]`."""
         features = self.encode(views, time, latlon)
         missing = tuple(v for v in self.views if v not in features)
         self.last_missing_views = missing
@@ -221,6 +268,13 @@ class FloodSegmentor(nn.Module):
                 f"view(s) {list(missing)} missing: predicting from {list(features)} only", stacklevel=2
             )
         return self.decode(features, views)
+
+    def forward(
+        self, views: Mapping[str, Tensor], time: MetaInput = None, latlon: MetaInput = None
+    ) -> Tensor:
+        """Flood logits `[B, 1, H, W]` of the `target` output (one channel: exports and prediction)."""
+        logits = self.forward_all(views, time, latlon)
+        return self.select_outputs(logits, None, [v for v in views if views[v] is not None])
 
     def decoder_parameters(self) -> list[nn.Parameter]:
         return [*self.decoders.parameters(), *self.stems.parameters(), *self.head.parameters()]

@@ -66,6 +66,11 @@ def check_feature_cache_config(config: RunConfig) -> None:
         )
     if config.train.devices * config.train.num_nodes > 1:
         raise ConfigError("train.feature_cache runs in a single process; set train.devices: 1, num_nodes: 1")
+    if len(config.model.outputs) > 1:
+        raise ConfigError(
+            "train.feature_cache trains one output; set model.outputs to one label kind "
+            f"(got {config.model.outputs})"
+        )
 
 
 # --------------------------------------------------------------------------------------------------

@@ -36,10 +36,15 @@ class FloodSegmentationTask(pl.LightningModule):
         self.strict_loading = False  # checkpoints omit frozen base weights
 
     def forward(self, batch: Mapping[str, Any]) -> Tensor:
+        """Logits `[B, 1, H, W]`: for each chip, the output of its own label kind (flood or water)."""
         if "features" in batch:  # feature-cache batches (frozen encoder): the decoder only
-            return self.model.decode(batch["features"], batch.get("views"))
-        views, time, latlon = model_inputs(self.model, batch)
-        return self.model(views, time, latlon)
+            logits = self.model.decode(batch["features"], batch.get("views"))
+            present = list(batch["features"])
+        else:
+            views, time, latlon = model_inputs(self.model, batch)
+            logits = self.model.forward_all(views, time, latlon)
+            present = list(views)
+        return self.model.select_outputs(logits, batch.get("label_kind"), present)
 
     def _loss(self, logits: Tensor, batch: Mapping[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
         return bce_dice_loss(

@@ -47,6 +47,11 @@ class ChipRef:
         return Path(self.files[role])
 
     @property
+    def label_kind(self) -> str:
+        """What the chip's label marks: ``flood`` (new water) or ``water`` (all water), per source."""
+        return str(self.extra.get("labels") or getattr(self.reader, "LABELS", "flood"))
+
+    @property
     def key(self) -> str:
         """A chip's identity across roots: source format and file path (chip ids repeat between roots)."""
         return f"{self.format}:{sorted(self.files.values())[0]}"

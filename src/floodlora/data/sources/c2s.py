@@ -17,6 +17,8 @@ from floodlora.errors import DataError, size_text
 
 FORMAT = "c2s"
 UNITS = "db"
+# what a label marks: all open water in the post-event image, permanent water included
+LABELS = "water"
 _VV = re.compile(r"^(.+)_vv\.tif{1,2}$", re.IGNORECASE)
 _FLOOD_ID = re.compile(r"^([A-Za-z]+)\d*$")
 

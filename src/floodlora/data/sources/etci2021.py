@@ -20,6 +20,8 @@ from floodlora.errors import DataError, size_text
 
 FORMAT = "etci2021"
 UNITS = "scaled-uint8"
+# what a label marks: all open water in the post-event image, permanent water included
+LABELS = "water"
 _VV = re.compile(r"^(.+)_vv\.png$", re.IGNORECASE)
 _STAMP = re.compile(r"(\d{4})(\d{2})(\d{2})t(\d{2})(\d{2})(\d{2})", re.IGNORECASE)
 

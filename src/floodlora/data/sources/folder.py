@@ -2,7 +2,7 @@
 
 ::
 
-    <root>/dataset.yaml                  units, views, bands (and a default event)
+    <root>/dataset.yaml                  units, views, bands (and a default event; labels: flood | water)
     <root>/<split>/<chip>/<view>.tif     one GeoTIFF per view, bands in the declared order
     <root>/<split>/<chip>/mask.tif       optional uint8 label: 0 dry, 1 flood, 255 nodata
     <root>/<split>/<chip>/meta.yaml      optional: event, date (post-event), dates (view -> date), lat, lon
@@ -60,7 +60,16 @@ def load_dataset_yaml(root: Path) -> dict[str, Any]:
         raise DataError(f"{path}: views must be a list from {', '.join(VIEWS)}, got {views!r}")
     if not isinstance(bands, list) or not bands or any(b not in BANDS for b in bands):
         raise DataError(f"{path}: bands must be a list from {', '.join(BANDS)}, got {bands!r}")
-    return {"units": units, "views": views, "bands": bands, "event": str(spec.get("event", Path(root).name))}
+    labels = spec.get("labels", "flood")
+    if labels not in ("flood", "water"):
+        raise DataError(f"{path}: labels must be flood (new water) or water (all water), got {labels!r}")
+    return {
+        "units": units,
+        "views": views,
+        "bands": bands,
+        "labels": labels,
+        "event": str(spec.get("event", Path(root).name)),
+    }
 
 
 def _is_chip(path: Path) -> bool:
@@ -83,7 +92,7 @@ def discover(root: Path) -> list[ChipRef]:
             if labelled:
                 files["mask"] = str(chip / "mask.tif")
             event = spec["event"]
-            extra: dict[str, Any] = {"views": spec["views"], "bands": spec["bands"]}
+            extra: dict[str, Any] = {"views": spec["views"], "bands": spec["bands"], "labels": spec["labels"]}
             if (chip / "meta.yaml").is_file():
                 meta = _load_yaml(chip / "meta.yaml")
                 event = str(meta.get("event", event))

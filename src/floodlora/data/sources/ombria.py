@@ -17,6 +17,8 @@ from floodlora.data.sources._common import ChipRef, binary_mask, read_png, walk
 
 FORMAT = "ombria"
 UNITS = "scaled-uint8"
+# what a label marks: water the event brought (EMS rapid mapping, judged against the pre view)
+LABELS = "flood"
 _AFTER = re.compile(r"^(?:S1_after_|imafter_)(\d+)\.png$", re.IGNORECASE)
 _SPLITS = {"train": "train", "test": "test", "val": "val", "valid": "val", "validation": "val"}
 

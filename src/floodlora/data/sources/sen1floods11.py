@@ -16,6 +16,8 @@ from floodlora.data.sources._common import ChipRef, binary_mask, georeferenced_m
 
 FORMAT = "sen1floods11"
 UNITS = "db"
+# what a label marks: all open water in the post-event image, permanent water included
+LABELS = "water"
 _IMG = re.compile(r"^(.+)_S1Hand\.tif{1,2}$", re.IGNORECASE)
 
 

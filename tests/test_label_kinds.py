@@ -1,0 +1,171 @@
+"""One output per label kind: new flood water (OMBRIA) and all water (ETCI, C2S-MS, Sen1Floods11).
+
+Each chip must train only its own kind's channel, the kind must come from the chip's source, and a
+run must keep its outputs through save, load, adapters and export.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from floodlora.config import ModelConfig, RunConfig
+from floodlora.errors import ConfigError, DataError
+from floodlora.models.clay import ClayEncoder, get_preset
+from floodlora.models.factory import build_segmentor
+from floodlora.models.segmentor import FloodSegmentor
+from floodlora.runs import load_run, save_run
+from floodlora.training.task import FloodSegmentationTask
+
+KINDS = ("flood", "water")
+
+
+def _model(outputs: tuple[str, ...] = KINDS, **kw) -> FloodSegmentor:
+    torch.manual_seed(0)
+    return FloodSegmentor(ClayEncoder(get_preset("test-micro")), outputs=outputs, decoder="hires", **kw)
+
+
+def _views(views: tuple[str, ...] = ("pre", "post"), b: int = 2) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return {v: torch.randn(b, 2, 32, 32, generator=g) for v in views}
+
+
+def test_forward_gives_one_channel_and_forward_all_one_per_kind() -> None:
+    model = _model().eval()
+    x = _views()
+    every = model.forward_all(x)
+    assert every.shape == (2, 2, 32, 32)
+    # with a pre view the default output is flood; post only: water
+    assert torch.equal(model(x), every[:, :1])
+    post_only = model.forward_all({"post": x["post"]})
+    assert torch.equal(model({"post": x["post"]}), post_only[:, 1:2])
+    model.target = "water"
+    assert torch.equal(model(x), every[:, 1:2])
+
+
+def test_select_outputs_picks_each_chips_own_kind() -> None:
+    model = _model()
+    logits = torch.stack([torch.full((4, 4), 1.0), torch.full((4, 4), 2.0)])[None].repeat(3, 1, 1, 1)
+    picked = model.select_outputs(logits, ["water", "flood", "water"], ["post"])
+    assert picked.shape == (3, 1, 4, 4)
+    assert picked[:, 0, 0, 0].tolist() == [2.0, 1.0, 2.0]
+    single = _model(outputs=("flood",))
+    one = logits[:, :1]
+    assert torch.equal(single.select_outputs(one, ["water", "flood", "water"], ["post"]), one)
+
+
+def test_a_chip_trains_only_its_own_kinds_channel() -> None:
+    model = _model()
+    task = FloodSegmentationTask(model)
+    batch = {
+        "views": _views(("post",)),
+        "mask": torch.randint(0, 2, (2, 32, 32), dtype=torch.uint8),
+        "valid": torch.ones(2, 32, 32, dtype=torch.bool),
+        "label_kind": ["water", "water"],
+    }
+    loss, _ = task._loss(task(batch), batch)
+    loss.backward()
+    last = model.head.net[-1]
+    assert last.weight.grad.shape[0] == 2
+    assert float(last.weight.grad[0].abs().sum()) == 0.0  # flood channel untouched
+    assert float(last.weight.grad[1].abs().sum()) > 0.0
+
+
+@pytest.mark.parametrize(
+    "outputs", [[], ["flood", "flood"], ["river"]], ids=["empty", "duplicate", "unknown"]
+)
+def test_bad_outputs_are_config_errors(outputs: list[str]) -> None:
+    with pytest.raises(ConfigError, match="model.outputs"):
+        ModelConfig(outputs=outputs)
+    with pytest.raises(ValueError, match="outputs must be"):
+        _model(outputs=tuple(outputs))
+
+
+def test_asking_for_a_kind_the_model_lacks_fails() -> None:
+    model = _model(outputs=("water", "flood"))
+    model.target = "water"
+    assert model.output_index(None, ["pre", "post"]) == 0
+    with pytest.raises(ValueError, match="no 'snow' output"):
+        model.output_index("snow")
+
+
+def test_outputs_survive_save_and_load(tmp_path: Path) -> None:
+    cfg = RunConfig()
+    cfg.model.checkpoint = "random:test-micro"
+    cfg.model.lora_rank = 2
+    cfg.model.outputs = ["flood", "water"]
+    model = build_segmentor(cfg.model, ["pre", "post"], ["vv", "vh"])
+    with torch.no_grad():
+        for p in model.head.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    model.eval()
+    x = _views(b=1)
+    expected = model.forward_all(x)
+    save_run(tmp_path / "run", cfg, model)
+    loaded = load_run(tmp_path / "run")
+    assert loaded.model.outputs == ("flood", "water")
+    assert loaded.base["outputs"] == ["flood", "water"]
+    assert torch.allclose(loaded.model.forward_all(x), expected, atol=1e-6)
+
+
+def test_feature_cache_refuses_two_outputs() -> None:
+    from floodlora.training.feature_cache import check_feature_cache_config
+
+    cfg = RunConfig()
+    cfg.model.strategy = "frozen"
+    cfg.train.feature_cache = True
+    cfg.model.outputs = ["flood", "water"]
+    with pytest.raises(ConfigError, match="one label kind"):
+        check_feature_cache_config(cfg)
+
+
+def test_sources_declare_what_their_labels_mark(real_data: Path) -> None:
+    from floodlora.data.sources import discover
+
+    kinds = {}
+    for sub in ("ombria/2021/FRANCE", "etci2021/northal_20190302t234651", "c2s_ms_floods", "sen1floods11"):
+        refs = discover([real_data / sub])
+        kinds[sub.split("/")[0]] = {r.label_kind for r in refs}
+    assert kinds == {
+        "ombria": {"flood"},
+        "etci2021": {"water"},
+        "c2s_ms_floods": {"water"},
+        "sen1floods11": {"water"},
+    }
+
+
+def test_dataset_items_carry_the_label_kind(real_data: Path) -> None:
+    from floodlora.data.datamodule import FloodDataset, collate, resolve_presets
+    from floodlora.data.sources import discover
+
+    refs = discover([real_data / "ombria" / "2021" / "FRANCE"])[:1]
+    refs += discover([real_data / "c2s_ms_floods"])[:1]
+    presets = resolve_presets("auto", refs, refs)
+    ds = FloodDataset(refs, presets, ["pre", "post"], ["vv", "vh"], crop_size=64)
+    batch = collate([ds[0], ds[1]])
+    assert batch["label_kind"] == ["flood", "water"]
+
+
+def test_folder_dataset_declares_its_labels(tmp_path: Path) -> None:
+    from floodlora.data.sources import folder
+
+    root = tmp_path / "ds"
+    (root / "chips" / "c1").mkdir(parents=True)
+    import rasterio
+
+    for name, arr in (("post", np.zeros((2, 16, 16), np.float32)), ("mask", np.zeros((1, 16, 16), np.uint8))):
+        with rasterio.open(
+            root / "chips" / "c1" / f"{name}.tif", "w", driver="GTiff", width=16, height=16,
+            count=arr.shape[0], dtype=arr.dtype,
+        ) as ds:  # fmt: skip
+            ds.write(arr)
+    (root / "dataset.yaml").write_text("units: db\nviews: [post]\nlabels: water\n")
+    assert [r.label_kind for r in folder.discover(root)] == ["water"]
+    (root / "dataset.yaml").write_text("units: db\nviews: [post]\n")
+    assert [r.label_kind for r in folder.discover(root)] == ["flood"]  # the default
+    (root / "dataset.yaml").write_text("units: db\nviews: [post]\nlabels: lakes\n")
+    with pytest.raises(DataError, match=r"dataset\.yaml: labels must be flood .* got 'lakes'"):
+        folder.discover(root)
