@@ -46,6 +46,7 @@ from floodlora.config import RunConfig
 from floodlora.data.datamodule import WorkerRng, augment_array
 from floodlora.data.sample import MASK_NODATA, centre_window
 from floodlora.errors import ConfigError, DataError
+from floodlora.models.strategies import REGISTRY, strategy_class
 
 CACHE_VERSION = 2
 INDEX_FILE = "index.json"
@@ -59,9 +60,10 @@ def check_feature_cache_config(config: RunConfig) -> None:
     """Fail early, in one line, when `train.feature_cache` cannot apply to this run."""
     if not config.train.feature_cache:
         return
-    if config.model.strategy != "frozen":
+    if not strategy_class(config.model.strategy).constant_encoder:
+        constant = " | ".join(n for n, cls in REGISTRY.items() if cls.constant_encoder)
         raise ConfigError(
-            "train.feature_cache needs model.strategy: frozen (a cached encoder output would go stale "
+            f"train.feature_cache needs model.strategy: {constant} (a cached encoder output would go stale "
             f"while the encoder trains); got {config.model.strategy!r}"
         )
     if config.train.devices * config.train.num_nodes > 1:
