@@ -14,16 +14,10 @@ from torch import nn
 
 from floodlora.config import DataConfig, ModelConfig, RunConfig
 from floodlora.data.datamodule import FloodDataModule, FloodDataset, collate
+from floodlora.data.feature_cache import INDEX_FILE, CachedFeatureDataset, FeatureCache, collate_features
 from floodlora.errors import ConfigError
 from floodlora.models.factory import build_segmentor
-from floodlora.training.feature_cache import (
-    INDEX_FILE,
-    CachedFeatureDataset,
-    FeatureCache,
-    build_feature_cache,
-    collate_features,
-    prepare_feature_cache,
-)
+from floodlora.training.feature_cache import build_feature_cache, prepare_feature_cache
 from floodlora.training.task import FloodSegmentationTask
 
 VIEWS = ["pre", "post"]

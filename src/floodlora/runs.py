@@ -32,6 +32,7 @@ from floodlora.models.clay import checkpoint_sha256
 from floodlora.models.factory import build_segmentor
 from floodlora.models.registry import resolve_checkpoint
 from floodlora.models.segmentor import FloodSegmentor
+from floodlora.models.strategies import AdaptationStrategy, strategy_class, strategy_of
 
 CONFIG_FILE = "config.yaml"
 WEIGHTS_FILE = "weights.safetensors"
@@ -68,13 +69,8 @@ def base_fingerprint(checkpoint: str) -> str:
 
 
 def trainable_state(model: FloodSegmentor) -> dict[str, torch.Tensor]:
-    """The tensors a run must store: everything for `full`, decoder + adapters otherwise."""
-    state = model.state_dict()
-    if model.strategy == "full":
-        keep = state
-    else:
-        keep = {k: v for k, v in state.items() if not k.startswith("encoder.") or "lora_" in k}
-    return {k: v.detach().contiguous().cpu() for k, v in keep.items()}
+    """The tensors a run must store (the model's strategy decides: everything for `full`)."""
+    return strategy_of(model).trainable_state(model)
 
 
 def save_run(
@@ -121,9 +117,17 @@ def read_base(run_dir: str | Path) -> dict[str, Any]:
     missing = [k for k in ("checkpoint", "sha256", "strategy", "views", "bands") if k not in base]
     if missing:
         raise CheckpointError(f"{path}: missing key(s) {', '.join(missing)}")
-    if base["strategy"] == "full" and not isinstance(base.get("encoder"), dict):
+    if not _stored_strategy(base["strategy"], path).needs_base and not isinstance(base.get("encoder"), dict):
         raise CheckpointError(f"{path}: a full fine-tuning run needs the 'encoder' size mapping")
     return base
+
+
+def _stored_strategy(name: Any, where: Path) -> type[AdaptationStrategy]:
+    """The strategy class a run or adapter file names; an unknown one is a CheckpointError."""
+    try:
+        return strategy_class(name)
+    except ConfigError as err:
+        raise CheckpointError(f"{where}: {err}") from None
 
 
 def load_presets(run_dir: str | Path) -> dict[str, NormalizationPreset]:
@@ -169,7 +173,8 @@ def load_run(
     weights_path = Path(weights) if weights else run_dir / WEIGHTS_FILE
     if not weights_path.is_file():
         raise CheckpointError(f"{weights_path}: weights file not found")
-    if base["strategy"] != "full":
+    stored = _stored_strategy(base["strategy"], run_dir / BASE_FILE)
+    if stored.needs_base:
         found = base_fingerprint(config.model.checkpoint)
         if found != base["sha256"]:
             raise CheckpointError(
@@ -177,7 +182,7 @@ def load_run(
                 f"but this run was trained on {base['checkpoint']!r} ({base['sha256'][:12]}...)"
             )
     # A full run stores every weight, so the base file itself is not needed to rebuild it.
-    blank = _blank_encoder(base) if base["strategy"] == "full" else None
+    blank = None if stored.needs_base else _blank_encoder(base)
     config.model.strategy = base["strategy"]
     config.model.decoder = base.get("decoder", "paper")  # runs from before the decoder option
     config.model.outputs = list(base.get("outputs", ["flood"]))  # runs from before label kinds
@@ -188,17 +193,7 @@ def load_run(
         state = load_file(str(weights_path))
     except Exception as err:
         raise CheckpointError(f"{weights_path}: cannot read weights ({str(err).splitlines()[0]})") from None
-    result = model.load_state_dict(state, strict=False)
-    if result.unexpected_keys:
-        raise CheckpointError(
-            f"{weights_path}: weights do not fit this model: "
-            f"unexpected {', '.join(result.unexpected_keys[:4])}"
-        )
-    stored_missing = [k for k in result.missing_keys if not k.startswith("encoder.") or "lora_" in k]
-    if base["strategy"] == "full":
-        stored_missing = result.missing_keys
-    if stored_missing:
-        raise CheckpointError(f"{weights_path}: weights are missing {', '.join(stored_missing[:4])}")
+    strategy_of(model).load_state(model, state, str(weights_path))
     model.eval()
     return LoadedRun(run_dir, config, model, base, load_presets(run_dir), load_threshold(run_dir))
 
@@ -225,12 +220,7 @@ def _blank_encoder(base: dict[str, Any]) -> Any:
 
 def adapter_state(model: FloodSegmentor) -> dict[str, torch.Tensor]:
     """LoRA tensors + decoder/head: everything a run adds to its base checkpoint."""
-    if model.strategy == "full":
-        raise ConfigError(
-            "a full fine-tuning run changes every encoder weight, so it has no adapter; "
-            "export it as a standalone model instead"
-        )
-    return trainable_state(model)
+    return strategy_of(model).adapter_state(model)
 
 
 def save_adapter(
@@ -252,7 +242,7 @@ def save_adapter(
     from safetensors.torch import save_file
 
     path = Path(path)
-    settings = getattr(model, "lora_settings", None)
+    strategy = strategy_of(model)
     meta = {
         "format": ADAPTER_FORMAT,
         "version": "1",
@@ -265,23 +255,14 @@ def save_adapter(
         "views": json.dumps(list(model.views)),
         "bands": json.dumps(list(model.bands)),
         "encoder": json.dumps(model.clay_encoder.config.to_dict()),
-        "lora": json.dumps(
-            {
-                "rank": settings.rank,
-                "alpha": settings.resolved_alpha,
-                "dropout": settings.dropout,
-                "targets": settings.targets,
-            }
-            if settings is not None
-            else None
-        ),
+        "lora": json.dumps(strategy.adapter_metadata()),
         "config": yaml.safe_dump(config.to_dict(), sort_keys=False),
         "normalization": json.dumps({f: p.to_dict() for f, p in sorted(presets.items())}),
         "threshold": json.dumps(threshold),
         "latlon_order": str(getattr(model, "latlon_order", "lat-lon")),
     }
     with atomic_path(path) as tmp:
-        save_file(adapter_state(model), str(tmp), metadata=meta)
+        save_file(strategy.adapter_state(model), str(tmp), metadata=meta)
     return path
 
 
@@ -314,6 +295,8 @@ def load_adapter(path: str | Path, checkpoint: str | None = None) -> LoadedRun:
     meta = read_adapter_metadata(path)
     config = from_dict(RunConfig, yaml.safe_load(meta["config"]) or {}, f"{path}:config")
     config.model.checkpoint = checkpoint or meta["base_checkpoint"]
+    if not _stored_strategy(meta.get("strategy"), path).needs_base:
+        raise CheckpointError(f"{path}: strategy {meta['strategy']!r} stores every weight: no adapter")
     config.model.strategy = meta["strategy"]
     config.model.decoder = meta.get("decoder", "paper")
     config.model.outputs = json.loads(meta.get("outputs", '["flood"]'))
@@ -326,17 +309,7 @@ def load_adapter(path: str | Path, checkpoint: str | None = None) -> LoadedRun:
         )
     views, bands = json.loads(meta["views"]), json.loads(meta["bands"])
     model = build_segmentor(config.model, views, bands)
-    state = load_file(str(path))
-    try:
-        result = model.load_state_dict(state, strict=False)
-    except RuntimeError as err:
-        raise CheckpointError(
-            f"{path}: adapter tensors do not fit the model ({str(err).splitlines()[1:2]})"
-        ) from None
-    stored_missing = [k for k in result.missing_keys if not k.startswith("encoder.") or "lora_" in k]
-    if result.unexpected_keys or stored_missing:
-        bad = result.unexpected_keys[:3] + stored_missing[:3]
-        raise CheckpointError(f"{path}: adapter tensors do not fit the model ({', '.join(bad)})")
+    strategy_of(model).load_state(model, load_file(str(path)), str(path))
     model.eval()
     base = {
         "checkpoint": config.model.checkpoint,

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from floodlora.errors import ConfigError, FloodLoraError
-from floodlora.models.strategies import is_peft, merge_lora
+from floodlora.models.strategies import strategy_of
 from floodlora.runs import load_run, save_adapter, save_run
 
 EXPORT_FILE = "export.json"
@@ -65,7 +65,7 @@ class ExportableSegmentor(nn.Module):
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        if is_peft(model.encoder):
+        if strategy_of(model).has_adapters:
             raise ConfigError("merge the LoRA adapters before graph export (floodlora export --merge)")
         self.model = model
         self.view_names = tuple(model.views)
@@ -215,9 +215,9 @@ def export_run(
     if not (merge or torch_export or onnx):
         return report
     tile = tile or int(config.data.crop_size)
-    merged = copy.deepcopy(model)
-    if is_peft(merged.encoder):
-        merge_lora(merged)
+    strategy = strategy_of(model)
+    merged = strategy.standalone(copy.deepcopy(model))
+    if strategy.has_adapters:
         probe = min(tile, 64)
         report.merge_max_abs_diff = max_prediction_difference(model, merged, size=probe)
         if report.merge_max_abs_diff > tolerance:
@@ -226,22 +226,21 @@ def export_run(
                 f"(> {tolerance:g}); not writing it"
             )
     else:
-        report.messages.append(f"strategy {model.strategy}: no LoRA to merge; exporting the model as is")
-        merged.strategy = "full"
+        report.messages.append(f"strategy {strategy.name}: no LoRA to merge; exporting the model as is")
     merged.eval()
     info: dict[str, Any] = {
         "source_run": str(run_dir.resolve()),
         "source_strategy": loaded.base["strategy"],
         "base_checkpoint": loaded.base.get("checkpoint"),
         "base_sha256": loaded.base.get("sha256"),
-        "merged": is_peft(model.encoder),
+        "merged": strategy.has_adapters,
         "merge_max_abs_diff": report.merge_max_abs_diff,
         "tile": tile,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     if merge:
         cfg = copy.deepcopy(config)
-        cfg.model.strategy = "full"
+        cfg.model.strategy = merged.strategy
         save_run(out_dir, cfg, merged, loaded.presets)
         threshold = {"best_threshold": loaded.best_threshold, "source_run": str(run_dir)}
         atomic_write_json(out_dir / "metrics.json", threshold)

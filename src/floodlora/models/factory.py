@@ -8,13 +8,19 @@ from floodlora.config import ModelConfig
 from floodlora.models.clay import ClayEncoder
 from floodlora.models.registry import checkpoint_latlon_order, load_encoder
 from floodlora.models.segmentor import FloodSegmentor
-from floodlora.models.strategies import LoraSettings, apply_strategy
+from floodlora.models.strategies import AdaptationStrategy, LoraSettings, get_strategy, strategy_class
 
 
 def lora_settings(cfg: ModelConfig) -> LoraSettings:
     return LoraSettings(
         rank=cfg.lora_rank, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, targets=cfg.lora_targets
     )
+
+
+def strategy_for(cfg: ModelConfig) -> AdaptationStrategy:
+    """`cfg.strategy` as a strategy object (LoRA settings read only for `lora`)."""
+    lora = lora_settings(cfg) if strategy_class(cfg.strategy).has_adapters else None
+    return get_strategy(cfg.strategy, lora=lora)
 
 
 def resolve_latlon_order(cfg: ModelConfig) -> str:
@@ -35,6 +41,7 @@ def build_segmentor(
     Activation checkpointing follows `cfg.gradient_checkpointing`; when unset it is switched on for
     full fine-tuning at 512 px and above, where activations dominate memory.
     """
+    strategy = strategy_for(cfg)  # a bad strategy or LoRA setting fails before the encoder is read
     if encoder is None:
         encoder = load_encoder(cfg.checkpoint)
     model = FloodSegmentor(
@@ -49,10 +56,10 @@ def build_segmentor(
     )
     checkpointing = cfg.gradient_checkpointing
     if checkpointing is None:
-        checkpointing = cfg.strategy == "full" and (crop_size or 0) >= 512
+        checkpointing = not strategy.needs_base and (crop_size or 0) >= 512  # every base weight trains
     model.clay_encoder.gradient_checkpointing = bool(checkpointing)
     model.latlon_order = resolve_latlon_order(cfg)
-    return apply_strategy(model, cfg.strategy, lora_settings(cfg) if cfg.strategy == "lora" else None)
+    return strategy.prepare(model)
 
 
 def compile_encoder(model: FloodSegmentor) -> FloodSegmentor:

@@ -293,14 +293,14 @@ def adapt_config(origin: Origin, roots: list[str], format: str | None, opts: Ada
 def _prepare_model(origin: Origin, cfg: RunConfig) -> Any:
     """FROM's model ready to train LoRA + decoder (None: train_run builds one from the config)."""
     from floodlora.models.factory import lora_settings
-    from floodlora.models.strategies import apply_strategy
+    from floodlora.models.strategies import LoraStrategy, strategy_of
 
     if origin.loaded is None:
         return None
     model = origin.loaded.model
-    if model.strategy != "lora":
+    if not strategy_of(model).has_adapters:
         # merged / full / frozen: fresh adapters on its encoder (decoder weights kept)
-        apply_strategy(model, "lora", lora_settings(cfg.model))
+        LoraStrategy(lora_settings(cfg.model)).prepare(model)
     model.train()
     return model
 
@@ -375,12 +375,12 @@ def adapt(
 
 def _save_merged(out: Path, cfg: RunConfig, model: Any, presets: dict[str, Any]) -> None:
     """A merged FROM stays standalone: fold the new adapters in and store every weight."""
-    from floodlora.models.strategies import merge_lora
+    from floodlora.models.strategies import strategy_of
     from floodlora.runs import save_run
 
-    merge_lora(model)
+    strategy_of(model).standalone(model)
     cfg = copy.deepcopy(cfg)
-    cfg.model.strategy = "full"
+    cfg.model.strategy = model.strategy
     save_run(out, cfg, model, presets)
 
 

@@ -399,9 +399,10 @@ def _restore_best(task: Any, best_path: str) -> None:
     if not best_path or not Path(best_path).is_file():
         return
     state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
+    from floodlora.models.strategies import strategy_of
+
     result = task.load_state_dict(state, strict=False)
-    trainable = {f"model.{n}" for n, p in task.model.named_parameters() if p.requires_grad}
-    missing = [k for k in result.missing_keys if k in trainable]
+    missing = strategy_of(task.model).missing_stored(result.missing_keys, prefix="model.")
     if missing or result.unexpected_keys:
         raise FloodLoraError(
             f"{best_path}: checkpoint does not fit the model ({(missing or result.unexpected_keys)[:3]})"

@@ -19,6 +19,7 @@ from typing import Any
 from floodlora.config import RunConfig
 from floodlora.errors import ConfigError
 from floodlora.io import atomic_write_json, atomic_write_text, atomic_write_with
+from floodlora.models.strategies import strategy_class
 from floodlora.training.accounting import OutOfMemoryError
 
 TABLE_STEM = "sweep"
@@ -83,7 +84,7 @@ def sweep(
         if rank is not None:
             cfg.model.lora_rank = rank
         # The feature cache serves frozen encoders only; in a sweep it applies to the frozen rows.
-        cfg.train.feature_cache = cfg.train.feature_cache and strategy == "frozen"
+        cfg.train.feature_cache = cfg.train.feature_cache and strategy_class(strategy).constant_encoder
         run_dir = out / label.replace(":", "-")
         row: dict[str, Any] = {"strategy": label, "run_dir": run_dir.name}
         t0 = time.perf_counter()

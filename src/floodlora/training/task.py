@@ -20,6 +20,7 @@ from floodlora.config import TrainConfig
 from floodlora.metrics import ChipConfusion, FloodConfusion, best_f1_threshold
 from floodlora.models.inputs import model_inputs
 from floodlora.models.segmentor import FloodSegmentor
+from floodlora.models.strategies import strategy_of
 from floodlora.training.losses import bce_dice_loss
 
 
@@ -116,11 +117,6 @@ class FloodSegmentationTask(pl.LightningModule):
         }
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self.model.strategy == "full":
-            return
-        trainable = {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
-        checkpoint["state_dict"] = {
-            k: v
-            for k, v in checkpoint["state_dict"].items()
-            if not k.startswith("model.encoder.") or k in trainable or "lora_" in k
-        }
+        """Keep what the strategy stores: frozen base weights stay in the base checkpoint."""
+        strategy = strategy_of(self.model)
+        checkpoint["state_dict"] = strategy.checkpoint_filter(checkpoint["state_dict"], prefix="model.")
