@@ -78,7 +78,7 @@ def test_a_chip_trains_only_its_own_kinds_channel() -> None:
     "outputs", [[], ["flood", "flood"], ["river"]], ids=["empty", "duplicate", "unknown"]
 )
 def test_bad_outputs_are_config_errors(outputs: list[str]) -> None:
-    with pytest.raises(ConfigError, match="model.outputs"):
+    with pytest.raises(ConfigError, match=r"model\.outputs"):
         ModelConfig(outputs=outputs)
     with pytest.raises(ValueError, match="outputs must be"):
         _model(outputs=tuple(outputs))
@@ -111,15 +111,27 @@ def test_outputs_survive_save_and_load(tmp_path: Path) -> None:
     assert torch.allclose(loaded.model.forward_all(x), expected, atol=1e-6)
 
 
-def test_feature_cache_refuses_two_outputs() -> None:
-    from floodlora.training.feature_cache import check_feature_cache_config
+def test_feature_cache_keeps_each_chips_label_kind(tmp_path: Path) -> None:
+    from floodlora.data.feature_cache import CachedFeatureDataset, collate_features
+    from floodlora.training.feature_cache import build_feature_cache
 
-    cfg = RunConfig()
-    cfg.model.strategy = "frozen"
-    cfg.train.feature_cache = True
-    cfg.model.outputs = ["flood", "water"]
-    with pytest.raises(ConfigError, match="one label kind"):
-        check_feature_cache_config(cfg)
+    model = _model().eval()
+    items = [
+        {"views": {v: torch.rand(2, 32, 32) for v in ("pre", "post")},
+         "mask": torch.zeros(32, 32, dtype=torch.uint8), "valid": torch.ones(32, 32, dtype=torch.bool),
+         "time": torch.zeros(4), "latlon": torch.zeros(4), "chip_id": f"c{i}", "event": "e",
+         "label_kind": kind}
+        for i, kind in enumerate(("water", "flood", "water"))
+    ]  # fmt: skip
+    cache = build_feature_cache(model, items, tmp_path / "c", key="k", min_size=32)
+    ds = CachedFeatureDataset(cache)
+    batch = collate_features([ds[i] for i in range(len(ds))])
+    assert batch["label_kind"] == ["water", "flood", "water"]
+    task = FloodSegmentationTask(model)
+    with torch.no_grad():
+        picked = task(batch)
+        every = model.decode(batch["features"], batch["views"])
+    assert torch.equal(picked[:, 0], torch.stack([every[0, 1], every[1, 0], every[2, 1]]))
 
 
 def test_sources_declare_what_their_labels_mark(real_data: Path) -> None:

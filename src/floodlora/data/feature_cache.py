@@ -29,7 +29,7 @@ from floodlora.data.datamodule import WorkerRng, augment_array
 from floodlora.data.sample import MASK_NODATA
 from floodlora.errors import ConfigError, DataError
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: chips record their label kind
 INDEX_FILE = "index.json"
 FEATURES_FILE = "features.f32"
 MASK_FILE = "mask.u8"
@@ -47,6 +47,7 @@ class CachedChip:
     mask: np.ndarray
     valid: np.ndarray
     pixels: dict[str, np.ndarray]
+    label_kind: str = "flood"  # what the mask marks (floodlora.data.sources: LABELS)
 
 
 class FeatureCache:
@@ -101,6 +102,7 @@ class FeatureCache:
             mask=masks[px].reshape(h, w),
             valid=valids[px].reshape(h, w).astype(bool),
             pixels={v: image[i] for i, v in enumerate(views)},
+            label_kind=meta.get("label_kind", "flood"),
         )
 
     @property
@@ -165,6 +167,7 @@ class CachedFeatureDataset(Dataset):
             "valid": torch.from_numpy(np.array(valid, order="C")),
             "chip_id": chip.chip_id,
             "event": chip.event,
+            "label_kind": chip.label_kind,
         }
 
 
@@ -198,6 +201,7 @@ def collate_features(items: list[dict[str, Any]]) -> dict[str, Any]:
         "valid": torch.stack([pad(it["valid"], h, w, False) for it in items]),
         "chip_id": [it["chip_id"] for it in items],
         "event": [it["event"] for it in items],
+        "label_kind": [it.get("label_kind", "flood") for it in items],
     }
 
 

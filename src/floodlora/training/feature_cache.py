@@ -69,11 +69,6 @@ def check_feature_cache_config(config: RunConfig) -> None:
         )
     if config.train.devices * config.train.num_nodes > 1:
         raise ConfigError("train.feature_cache runs in a single process; set train.devices: 1, num_nodes: 1")
-    if len(config.model.outputs) > 1:
-        raise ConfigError(
-            "train.feature_cache trains one output; set model.outputs to one label kind "
-            f"(got {config.model.outputs})"
-        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -181,6 +176,7 @@ def build_feature_cache(
                 chips.append({
                     "chip_id": item["chip_id"],
                     "event": item["event"],
+                    "label_kind": item.get("label_kind", "flood"),
                     "views": present,
                     "grid": list(block.shape[-2:]),
                     "offset": offset,
