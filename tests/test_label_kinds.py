@@ -181,3 +181,36 @@ def test_folder_dataset_declares_its_labels(tmp_path: Path) -> None:
     (root / "dataset.yaml").write_text("units: db\nviews: [post]\nlabels: lakes\n")
     with pytest.raises(DataError, match=r"dataset\.yaml: labels must be flood .* got 'lakes'"):
         folder.discover(root)
+
+
+def test_calibration_moves_each_outputs_threshold_to_one_half() -> None:
+    model = _model().eval()
+    x = _views()
+    before = torch.sigmoid(model.forward_all(x))
+    offsets = model.calibrate_outputs({"water": 0.9})
+    after = torch.sigmoid(model.forward_all(x))
+    assert torch.equal(after[:, 0], before[:, 0])  # flood untouched
+    # a pixel at the old water threshold 0.9 now sits at 0.5: logits moved by -logit(0.9)
+    assert offsets == {"water": pytest.approx(float(torch.logit(torch.tensor(0.9))), abs=1e-6)}
+    z_before, z_after = torch.logit(before[:, 1].double()), torch.logit(after[:, 1].double())
+    assert torch.allclose(z_before - z_after, torch.full_like(z_before, offsets["water"]), atol=1e-4)
+
+
+def test_engine_calibrates_each_kind_on_its_own_val_chips() -> None:
+    from floodlora.metrics import ChipConfusion
+    from floodlora.training.engine import _calibrate_outputs
+
+    model = _model()
+    chips = ChipConfusion()
+    g = torch.Generator().manual_seed(0)
+    mask = (torch.rand(2, 16, 16, generator=g) < 0.3).to(torch.uint8)
+    # water chips: flood pixels at p 0.85, dry at 0.7 -> best threshold near 0.8; flood chips: 0.6 / 0.2
+    water = torch.where(mask.bool(), 0.85, 0.7)[:, None]
+    flood = torch.where(mask.bool(), 0.6, 0.2)[:, None]
+    chips.update(water, mask, None, ["w1", "w2"], ["e", "e"], kinds=["water", "water"])
+    chips.update(flood, mask, None, ["f1", "f2"], ["e", "e"], kinds=["flood", "flood"])
+    assert int(chips.total("water").sum()) == 2 * 256 and int(chips.total().sum()) == 4 * 256
+    report = _calibrate_outputs(model, chips)
+    assert 0.7 < report["water"]["val_threshold"] <= 0.85
+    assert 0.2 < report["flood"]["val_threshold"] <= 0.6
+    assert _calibrate_outputs(_model(outputs=("flood",)), chips) == {}

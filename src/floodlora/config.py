@@ -73,6 +73,9 @@ class ModelConfig:
     # water (all water in the post image: ETCI, C2S-MS, Sen1Floods11). Each chip trains its own kind's
     # channel; with a single output every label trains it, whatever it means.
     outputs: list[str] = field(default_factory=lambda: ["flood"])
+    # A per-pixel logistic term on the inputs, fitted on the training chips before training
+    # (floodlora.training.pixel_prior): the model starts from a fitted threshold.
+    pixel_prior: bool = False
     view_dropout: float = 0.0
     gradient_checkpointing: bool | None = None  # None: on for `full` at >= 512 px
     # Order of Clay's location code: lat-lon [sin lat, cos lat, sin lon, cos lon] (Clay's tutorials),

@@ -167,6 +167,7 @@ class ChipRecord:
     event: str
     hist: Tensor  # [2, nbins + 1], int64, CPU
     chip_id: str = ""
+    label_kind: str = "flood"  # what the chip's label marks (floodlora.models.segmentor.LABEL_KINDS)
 
 
 @dataclass
@@ -192,21 +193,25 @@ class ChipConfusion:
         chip_ids: Sequence[str],
         events: Sequence[str],
         keys: Sequence[str] | None = None,
+        kinds: Sequence[str] | None = None,
     ) -> None:
         hist = probability_histogram(probs, target, valid, self.nbins, per_sample=True).cpu()
         keys = chip_ids if keys is None else keys
-        for i, (chip, event, key) in enumerate(zip(chip_ids, events, keys, strict=True)):
-            self.chips[str(key)] = ChipRecord(str(event), hist[i].clone(), str(chip))
+        kinds = ["flood"] * len(chip_ids) if kinds is None else kinds
+        for i, (chip, event, key, kind) in enumerate(zip(chip_ids, events, keys, kinds, strict=True)):
+            self.chips[str(key)] = ChipRecord(str(event), hist[i].clone(), str(chip), str(kind))
 
     def merge(self, others: Iterable[ChipConfusion]) -> ChipConfusion:
         for other in others:
             self.chips.update(other.chips)
         return self
 
-    def total(self) -> Tensor:
+    def total(self, label_kind: str | None = None) -> Tensor:
+        """The summed histogram of every chip, or of the chips whose labels are of `label_kind`."""
         out = torch.zeros(2, self.nbins + 1, dtype=torch.long)
         for rec in self.chips.values():
-            out += rec.hist
+            if label_kind is None or rec.label_kind == label_kind:
+                out += rec.hist
         return out
 
     def by_event(self) -> dict[str, Tensor]:

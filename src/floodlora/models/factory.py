@@ -53,6 +53,7 @@ def build_segmentor(
         view_dropout=cfg.view_dropout,
         decoder=cfg.decoder,
         outputs=cfg.outputs,
+        pixel_prior=cfg.pixel_prior,
     )
     checkpointing = cfg.gradient_checkpointing
     if checkpointing is None:

@@ -66,6 +66,7 @@ class FloodSegmentor(nn.Module):
         gsd: float = SENTINEL1_GSD,
         decoder: str = "paper",
         outputs: Sequence[str] = ("flood",),
+        pixel_prior: bool = False,
     ) -> None:
         super().__init__()
         bad_outputs = [o for o in outputs if o not in LABEL_KINDS]
@@ -106,6 +107,15 @@ class FloodSegmentor(nn.Module):
             if decoder == "hires"
             else FusionHead(len(self.views), channels[-1], len(self.outputs))
         )
+        # A per-pixel logistic term on the normalised inputs, added to the logits: the classical
+        # threshold as part of the model. floodlora.training.pixel_prior fits it on the training
+        # chips before training, so the network starts where a fitted threshold ends and learns
+        # the context a threshold cannot see. Zero (no effect) until fitted.
+        self.prior: nn.Conv2d | None = None
+        if pixel_prior:
+            self.prior = nn.Conv2d(len(self.views) * len(self.bands), len(self.outputs), 1)
+            nn.init.zeros_(self.prior.weight)
+            nn.init.zeros_(self.prior.bias)
         self.register_buffer("waves", band_wavelengths(self.bands), persistent=False)
         self.last_missing_views: tuple[str, ...] = ()
         self._warned_missing: set[tuple[str, ...]] = set()
@@ -197,8 +207,10 @@ class FloodSegmentor(nn.Module):
         ref = next(iter(features.values()))
         b, _, gh, gw = ref.shape
         p = self.patch_size
-        if self.decoder_kind == "hires" and (pixels is None or any(v not in pixels for v in features)):
-            raise ValueError("the hires decoder needs the input pixels of every present view")
+        if (self.decoder_kind == "hires" or self.prior is not None) and (
+            pixels is None or any(v not in pixels for v in features)
+        ):
+            raise ValueError(f"the {self.decoder_kind} decoder needs the input pixels of every present view")
         drop = self._sample_view_dropout(list(features), b, ref)
         outputs = []
         for i, view in enumerate(self.views):
@@ -215,7 +227,20 @@ class FloodSegmentor(nn.Module):
             else:
                 out = ref.new_zeros(b, sum(parts), gh * p, gw * p)
             outputs.append(out)
-        return self.head(torch.cat(outputs, dim=1))
+        logits = self.head(torch.cat(outputs, dim=1))
+        if self.prior is not None:
+            assert pixels is not None
+            logits = logits + self.prior(self.prior_inputs(pixels, b, gh * p, gw * p, ref).to(logits.dtype))
+        return logits
+
+    def prior_inputs(self, pixels: Mapping[str, Tensor], batch: int, h: int, w: int, ref: Tensor) -> Tensor:
+        """The pixel prior's input: every declared view's bands in model order, zeros for absent views."""
+        c = len(self.bands)
+        parts = [
+            pixels[v] if v in pixels and pixels[v] is not None else ref.new_zeros(batch, c, h, w)
+            for v in self.views
+        ]
+        return torch.cat([x.to(ref.dtype) for x in parts], dim=1)
 
     def _sample_view_dropout(self, present: list[str], batch: int, ref: Tensor) -> dict[str, Tensor] | None:
         """Per sample, drop whole views at rate `view_dropout`, always keeping at least one."""
@@ -276,5 +301,24 @@ class FloodSegmentor(nn.Module):
         logits = self.forward_all(views, time, latlon)
         return self.select_outputs(logits, None, [v for v in views if views[v] is not None])
 
+    def calibrate_outputs(self, thresholds: Mapping[str, float]) -> dict[str, float]:
+        """Shift each named output's logits so that its threshold becomes probability 0.5.
+
+        Outputs of different label kinds reach their best F1 at different probabilities (each kind
+        comes from other sources and other label conventions); one run threshold cannot serve both.
+        Moving each output's final bias by -logit(t) puts every kind's operating point at 0.5, so
+        evaluation, prediction and exported graphs keep one threshold. Returns the logit offsets.
+        """
+        last = self.head.net[-1] if isinstance(self.head, HiResFusionHead) else self.head.conv
+        offsets: dict[str, float] = {}
+        with torch.no_grad():
+            for kind, t in thresholds.items():
+                t = min(max(float(t), 0.02), 0.98)
+                offset = float(torch.logit(torch.tensor(t)))
+                last.bias[self.outputs.index(kind)] -= offset
+                offsets[kind] = offset
+        return offsets
+
     def decoder_parameters(self) -> list[nn.Parameter]:
-        return [*self.decoders.parameters(), *self.stems.parameters(), *self.head.parameters()]
+        prior = list(self.prior.parameters()) if self.prior is not None else []
+        return [*self.decoders.parameters(), *self.stems.parameters(), *self.head.parameters(), *prior]

@@ -207,6 +207,22 @@ def _test(trainer: Any, task: Any, loader: Any) -> Any:
     return task.test_chips
 
 
+def _calibrate_outputs(model: Any, val_chips: Any) -> dict[str, dict[str, float]]:
+    """Per output (label kind) with val chips: its val-F1-optimal threshold moved to 0.5.
+
+    Only for models with several outputs; a kind without val chips keeps its logits.
+    """
+    if len(model.outputs) < 2:
+        return {}
+    thresholds = {}
+    for kind in model.outputs:
+        hist = val_chips.total(kind)
+        if int(hist[1].sum()) > 0:  # the kind has flood pixels on val
+            thresholds[kind], _ = best_f1_threshold(hist)
+    offsets = model.calibrate_outputs(thresholds)
+    return {k: {"val_threshold": thresholds[k], "logit_offset": round(offsets[k], 4)} for k in thresholds}
+
+
 def split_report(chips: Any, threshold: float = 0.5, best_threshold: float | None = None) -> dict[str, Any]:
     """Metrics at `threshold` (+ per event / per chip) and, when given, at the val-F1-optimal threshold."""
     out = chips.report(threshold)
@@ -290,8 +306,13 @@ def train_run(
             config.data, base_normalization=checkpoint_normalization(config.model.checkpoint)
         )
     datamodule.setup("fit")
+    prior_fit: dict[str, Any] | None = None
     if model is None:
         model = build_segmentor(config.model, config.data.views, config.data.bands, config.data.crop_size)
+        if model.prior is not None:  # a fresh model starts from a threshold fitted on its training chips
+            from floodlora.training.pixel_prior import fit_pixel_prior
+
+            prior_fit = fit_pixel_prior(model, datamodule.dataset("train"), seed=config.data.seed, log=log)
     accelerator = resolve_accelerator(tcfg)
     precision = precision_choice(tcfg, accelerator)
     if log is not None:
@@ -362,8 +383,13 @@ def train_run(
 
     # Evaluate with the same trainer, so that DDP ranks share the work and the results.
     val_chips = _test(trainer, task, datamodule.val_dataloader())
+    calibration = _calibrate_outputs(model, val_chips)
+    if calibration:  # re-score val with every output at its own operating point
+        val_chips = _test(trainer, task, datamodule.val_dataloader())
     threshold, _ = best_f1_threshold(val_chips.total())
     metrics: dict[str, Any] = {"best_threshold": threshold, "val": split_report(val_chips, 0.5, threshold)}
+    if calibration:
+        metrics["output_calibration"] = calibration
     for split in ("test", "ood"):
         if datamodule.splits.get(split):
             loader = datamodule.test_dataloader() if split == "test" else datamodule.ood_dataloader()
@@ -379,6 +405,8 @@ def train_run(
     }
     if tcfg.feature_cache:
         summary["feature_cache"] = fit_data.describe()
+    if prior_fit is not None:
+        summary["pixel_prior"] = prior_fit
     if trainer.is_global_zero:
         save_run(run_dir, config, model, datamodule.presets)
         atomic_write_json(run_dir / METRICS_FILE, metrics)

@@ -94,7 +94,8 @@ class FloodSegmentationTask(pl.LightningModule):
         ids = batch.get("chip_id") or [f"{batch_idx}:{i}" for i in range(probs.shape[0])]
         events = batch.get("event") or ["unknown"] * probs.shape[0]
         keys = batch.get("chip_key") or ids
-        self.test_chips.update(probs, batch["mask"], batch.get("valid"), ids, events, keys)
+        kinds = batch.get("label_kind")
+        self.test_chips.update(probs, batch["mask"], batch.get("valid"), ids, events, keys, kinds)
 
     def on_test_epoch_end(self) -> None:
         """Gather every rank's chips so that each rank holds the full, de-duplicated split."""
