@@ -74,7 +74,10 @@ class ModelRow:
 
 RECIPE = "cpu-small"  # the packaged config that is the recommended recipe
 MODEL_ROWS: tuple[ModelRow, ...] = (
-    ModelRow("recipe", "Recommended recipe (cpu-small: LoRA r-8, hires decoder)"),
+    ModelRow(
+        "recipe",
+        "Recommended recipe (cpu-small: LoRA r-8, hires decoder, flood + water outputs, pixel prior)",
+    ),
     ModelRow("lora-paper", "LoRA r-8, paper decoder", {"model.decoder": "paper"}),
     ModelRow(
         "frozen", "Frozen encoder, hires decoder", {"model.strategy": "frozen", "train.feature_cache": True}
