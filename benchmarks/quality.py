@@ -586,6 +586,28 @@ def explorations_markdown(path: Path) -> list[str]:
         "Water-label sources only",
         "Recipe (every group)",
     )
+    steps = data.get("label_kinds", [])
+    if steps:
+        lines += [
+            "",
+            "### Outputs per label kind, pixel prior, calibration: step by step",
+            "",
+            "The recipe with an ETCI event held out, same budget, adding one change at a time. "
+            "F1 / precision / recall in % at the run's threshold:",
+            "",
+            "| Held out | Step | F1 / P / R | At 0.5 | Threshold |",
+            "|---|---|---|---|---|",
+        ]
+        for r in steps:
+            m = r["at_run_threshold"]
+            cells = [
+                r["held_out"],
+                r["what"],
+                " / ".join(_pct(m[k]) for k in ("f1", "precision", "recall")),
+                _pct(r["at_0.5"]["f1"]),
+                f"{r['threshold']:.2f}",
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"Commands and raw numbers: `benchmarks/results/{path.name}`."]
     return lines
 
