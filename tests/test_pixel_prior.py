@@ -102,3 +102,12 @@ def test_fitted_prior_survives_save_and_load(tmp_path: Path) -> None:
     assert loaded.base["pixel_prior"] is True
     assert torch.equal(loaded.model.prior.weight, model.prior.weight)
     assert torch.allclose(loaded.model.forward_all(x), expected, atol=1e-6)
+
+
+def test_prior_kinds_limit_which_outputs_are_fitted() -> None:
+    model = _model()
+    chips = _chips("flood", 3, dark_is=1, seed=0) + _chips("water", 3, dark_is=1, seed=1)
+    summary = fit_pixel_prior(model, chips, kinds=["water"])
+    assert summary["flood"]["fitted"] is False and summary["water"]["fitted"] is True
+    w = model.prior.weight.detach()
+    assert float(w[0].abs().sum()) == 0.0 and float(w[1].abs().sum()) > 0

@@ -76,6 +76,7 @@ class ModelConfig:
     # A per-pixel logistic term on the inputs, fitted on the training chips before training
     # (floodlora.training.pixel_prior): the model starts from a fitted threshold.
     pixel_prior: bool = False
+    prior_kinds: list[str] | None = None  # outputs whose prior is fitted (None: every output)
     view_dropout: float = 0.0
     gradient_checkpointing: bool | None = None  # None: on for `full` at >= 512 px
     # Order of Clay's location code: lat-lon [sin lat, cos lat, sin lon, cos lon] (Clay's tutorials),

@@ -312,7 +312,10 @@ def train_run(
         if model.prior is not None:  # a fresh model starts from a threshold fitted on its training chips
             from floodlora.training.pixel_prior import fit_pixel_prior
 
-            prior_fit = fit_pixel_prior(model, datamodule.dataset("train"), seed=config.data.seed, log=log)
+            prior_fit = fit_pixel_prior(
+                model, datamodule.dataset("train"), seed=config.data.seed, log=log,
+                kinds=config.model.prior_kinds,
+            )  # fmt: skip
     accelerator = resolve_accelerator(tcfg)
     precision = precision_choice(tcfg, accelerator)
     if log is not None:

@@ -10,7 +10,7 @@ learns what a threshold cannot see (context, edges, change) on top of it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -58,11 +58,13 @@ def fit_pixel_prior(
     dataset: Any,
     seed: int = 0,
     log: Callable[[str], None] | None = None,
+    kinds: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Fit `model.prior` on `dataset` (the training split) in place; returns what was fitted.
 
     Each output is fitted on the chips of its label kind; a single-output model on every chip. An
-    output whose kind has no training chip, or whose pixels hold one class only, stays at zero.
+    output whose kind has no training chip, whose pixels hold one class only, or that is not in
+    `kinds` (None: every output) stays at zero.
     """
     from sklearn.linear_model import LogisticRegression
 
@@ -74,6 +76,9 @@ def fit_pixel_prior(
         samples = {model.outputs[0]: (np.concatenate(xs), np.concatenate(ys))}
     summary: dict[str, Any] = {}
     for k, kind in enumerate(model.outputs):
+        if kinds is not None and kind not in kinds:
+            summary[kind] = {"fitted": False, "pixels": 0, "reason": "not in model.prior_kinds"}
+            continue
         x, y = samples.get(kind, (np.zeros((0, 1)), np.zeros(0)))
         if len(np.unique(y)) < 2:
             summary[kind] = {"fitted": False, "pixels": len(y)}
