@@ -592,7 +592,8 @@ def explorations_markdown(path: Path) -> list[str]:
             "",
             "### Outputs per label kind, pixel prior, calibration: step by step",
             "",
-            "The recipe with an ETCI event held out, same budget, adding one change at a time. "
+            "The recipe with one group held out, same budget, one change at a time (the new recipe's "
+            "other rows are in the main table above). "
             "F1 / precision / recall in % at the run's threshold:",
             "",
             "| Held out | Step | F1 / P / R | At 0.5 | Threshold |",
