@@ -19,6 +19,10 @@ T = TypeVar("T")
 #: The adaptation strategies (kept here, free of torch, so that a config validates without importing models).
 STRATEGIES: tuple[str, ...] = ("frozen", "lora", "full")
 LATLON_ORDERS: tuple[str, ...] = ("auto", "lat-lon", "lon-lat", "zeros")
+#: What a label marks. ``flood``: water the event brought (rapid-mapping style, judged against a
+#: pre-event view). ``water``: all open water in the post-event image, permanent water included.
+LABEL_KINDS: tuple[str, ...] = ("flood", "water")
+DEFAULT_LABEL_KIND = "flood"  # chips whose source declares nothing
 
 
 @dataclass
@@ -103,7 +107,7 @@ class ModelConfig:
         if (
             not self.outputs
             or len(set(self.outputs)) != len(self.outputs)
-            or any(o not in ("flood", "water") for o in self.outputs)
+            or any(o not in LABEL_KINDS for o in self.outputs)
         ):
             raise ConfigError(f"model.outputs: distinct label kinds from flood, water; got {self.outputs!r}")
         if not 0.0 <= self.lora_dropout < 1.0:

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from floodlora.config import DEFAULT_LABEL_KIND
 from floodlora.data.sample import MASK_NODATA
 
 NBINS = 100
@@ -167,7 +168,7 @@ class ChipRecord:
     event: str
     hist: Tensor  # [2, nbins + 1], int64, CPU
     chip_id: str = ""
-    label_kind: str = "flood"  # what the chip's label marks (floodlora.models.segmentor.LABEL_KINDS)
+    label_kind: str = DEFAULT_LABEL_KIND  # what the chip's label marks (floodlora.config.LABEL_KINDS)
 
 
 @dataclass

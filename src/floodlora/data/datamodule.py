@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
-from floodlora.config import DataConfig
+from floodlora.config import DEFAULT_LABEL_KIND, DataConfig
 from floodlora.data.sample import MASK_NODATA, VIEWS, Sample, centre_window
 from floodlora.data.sar import (
     PER_SCENE,
@@ -451,7 +451,7 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
         "chip_id": [it["chip_id"] for it in items],
         "chip_key": [it.get("chip_key", it["chip_id"]) for it in items],
         "event": [it["event"] for it in items],
-        "label_kind": [it.get("label_kind", "flood") for it in items],
+        "label_kind": [it.get("label_kind", DEFAULT_LABEL_KIND) for it in items],
         "missing_bands": [it["missing_bands"] for it in items],
         "dropped_views": sorted(every - set(common)),
     }

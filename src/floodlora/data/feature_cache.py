@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from floodlora.config import DEFAULT_LABEL_KIND
 from floodlora.data.datamodule import WorkerRng, augment_array
 from floodlora.data.sample import MASK_NODATA
 from floodlora.errors import ConfigError, DataError
@@ -47,7 +48,7 @@ class CachedChip:
     mask: np.ndarray
     valid: np.ndarray
     pixels: dict[str, np.ndarray]
-    label_kind: str = "flood"  # what the mask marks (floodlora.data.sources: LABELS)
+    label_kind: str = DEFAULT_LABEL_KIND  # what the mask marks (floodlora.config.LABEL_KINDS)
 
 
 class FeatureCache:
@@ -102,7 +103,7 @@ class FeatureCache:
             mask=masks[px].reshape(h, w),
             valid=valids[px].reshape(h, w).astype(bool),
             pixels={v: image[i] for i, v in enumerate(views)},
-            label_kind=meta.get("label_kind", "flood"),
+            label_kind=meta.get("label_kind", DEFAULT_LABEL_KIND),
         )
 
     @property
@@ -201,7 +202,7 @@ def collate_features(items: list[dict[str, Any]]) -> dict[str, Any]:
         "valid": torch.stack([pad(it["valid"], h, w, False) for it in items]),
         "chip_id": [it["chip_id"] for it in items],
         "event": [it["event"] for it in items],
-        "label_kind": [it.get("label_kind", "flood") for it in items],
+        "label_kind": [it.get("label_kind", DEFAULT_LABEL_KIND) for it in items],
     }
 
 

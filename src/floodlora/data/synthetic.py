@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from floodlora.config import LABEL_KINDS
 from floodlora.data.sample import BANDS, MASK_NODATA, VIEWS, Sample, SampleMeta
 from floodlora.errors import ConfigError
 
@@ -310,8 +311,8 @@ def generate_scene(
     bad_bands = [b for b in bands if b not in BANDS]
     if bad_views or bad_bands or not views or not bands:
         raise ConfigError(f"synthetic scene: unknown views/bands {bad_views + bad_bands}")
-    if target not in ("flood", "water"):
-        raise ConfigError(f"synthetic target must be 'flood' or 'water', got {target!r}")
+    if target not in LABEL_KINDS:
+        raise ConfigError(f"synthetic target must be one of {', '.join(LABEL_KINDS)}, got {target!r}")
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), size, list(DOMAINS).index(domain)]))
     geo = _geography(rng, size, p)
     flood = geo["flood"]

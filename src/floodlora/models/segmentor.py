@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from floodlora.config import LABEL_KINDS
 from floodlora.models.clay import SENTINEL1_GSD, ClayEncoder, band_wavelengths
 from floodlora.models.decoder import (
     DECODERS,
@@ -33,10 +34,6 @@ from floodlora.models.decoder import (
 
 VIEW_NAMES = ("pre", "post", "pre_asc", "pre_desc", "post_asc", "post_desc")
 BAND_NAMES = ("vv", "vh")
-#: What a label marks. ``flood``: water that the event brought (what rapid-mapping services
-#: delineate, judged against a pre-event view). ``water``: every open-water pixel in the post-event
-#: image, permanent water included (ETCI 2021, C2S-MS, Sen1Floods11).
-LABEL_KINDS = ("flood", "water")
 
 MetaInput = Tensor | Mapping[str, Tensor] | None
 
@@ -210,7 +207,7 @@ class FloodSegmentor(nn.Module):
         if (self.decoder_kind == "hires" or self.prior is not None) and (
             pixels is None or any(v not in pixels for v in features)
         ):
-            raise ValueError(f"the {self.decoder_kind} decoder needs the input pixels of every present view")
+            raise ValueError("the hires decoder (or pixel prior) needs the input pixels of each present view")
         drop = self._sample_view_dropout(list(features), b, ref)
         outputs = []
         for i, view in enumerate(self.views):

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from floodlora.config import RunConfig
+from floodlora.config import DEFAULT_LABEL_KIND, RunConfig
 from floodlora.data.feature_cache import (
     CACHE_VERSION,
     FEATURES_FILE,
@@ -176,7 +176,7 @@ def build_feature_cache(
                 chips.append({
                     "chip_id": item["chip_id"],
                     "event": item["event"],
-                    "label_kind": item.get("label_kind", "flood"),
+                    "label_kind": item.get("label_kind", DEFAULT_LABEL_KIND),
                     "views": present,
                     "grid": list(block.shape[-2:]),
                     "offset": offset,

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from floodlora.config import DEFAULT_LABEL_KIND
 from floodlora.data.sample import MASK_NODATA
 from floodlora.models.segmentor import FloodSegmentor
 
@@ -46,7 +47,7 @@ def sample_pixels(
         features = model.prior_inputs(pixels, 1, h, w, ref)[0].numpy()  # [V*C, H, W]
         idx = np.flatnonzero(keep)
         idx = rng.choice(idx, size=min(pixels_per_chip, idx.size), replace=False)
-        kind = str(item.get("label_kind", "flood"))
+        kind = str(item.get("label_kind", DEFAULT_LABEL_KIND))
         xs, ys = out.setdefault(kind, ([], []))
         xs.append(features.reshape(features.shape[0], -1)[:, idx].T)
         ys.append(mask.reshape(-1)[idx])

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from floodlora.config import DEFAULT_LABEL_KIND
 from floodlora.errors import DataError
 
 if TYPE_CHECKING:
@@ -49,7 +50,7 @@ class ChipRef:
     @property
     def label_kind(self) -> str:
         """What the chip's label marks: ``flood`` (new water) or ``water`` (all water), per source."""
-        return str(self.extra.get("labels") or getattr(self.reader, "LABELS", "flood"))
+        return str(self.extra.get("labels") or getattr(self.reader, "LABELS", DEFAULT_LABEL_KIND))
 
     @property
     def key(self) -> str:

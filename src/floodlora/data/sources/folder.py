@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from floodlora.config import DEFAULT_LABEL_KIND, LABEL_KINDS
 from floodlora.data.sample import BANDS, UNITS, VIEWS, Sample, SampleMeta, check_sample
 from floodlora.data.sources._common import ChipRef, binary_mask, center_latlon, read_tif, to_float
 from floodlora.errors import DataError
@@ -60,8 +61,8 @@ def load_dataset_yaml(root: Path) -> dict[str, Any]:
         raise DataError(f"{path}: views must be a list from {', '.join(VIEWS)}, got {views!r}")
     if not isinstance(bands, list) or not bands or any(b not in BANDS for b in bands):
         raise DataError(f"{path}: bands must be a list from {', '.join(BANDS)}, got {bands!r}")
-    labels = spec.get("labels", "flood")
-    if labels not in ("flood", "water"):
+    labels = spec.get("labels", DEFAULT_LABEL_KIND)
+    if labels not in LABEL_KINDS:
         raise DataError(f"{path}: labels must be flood (new water) or water (all water), got {labels!r}")
     return {
         "units": units,
