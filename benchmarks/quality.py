@@ -184,6 +184,8 @@ def worker(real: Path, group_name: str, row_name: str, budget: dict[str, Any], o
         "at_run_threshold": _score({**held["at_best_threshold"], "n_chips": held["n_chips"]}),
         "at_0.5": _score(held),
         "val_f1_at_run_threshold": result.metrics["val"]["at_best_threshold"]["f1"],
+        # the held-out group's own best threshold (its labels used): a diagnostic, not a result
+        "oracle": held.get("oracle"),
         "wall_seconds": wall,
         "peak_rss_gb": _peak_rss_gb(),
         "trainable_params": acc.get("trainable_params"),

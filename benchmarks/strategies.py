@@ -52,6 +52,17 @@ PAPER_VIEWS = ["pre_asc", "pre_desc", "post_asc", "post_desc"]
 ALL_CONFIGS = ["frozen", "frozen-cached", "lora-8", "lora-64", "lora-256", "lora-1024", "full", "full-ckpt"]
 
 #: name -> (preset, size, views, batch, timed steps, warm-up steps, epoch chips, epochs, configs)
+#: The embedded encoder's measurement sizes, shared by its speed suite and its precision suite.
+_EMBEDDED_SIZES: dict[str, Any] = {
+    "preset": "floodlora-mini",
+    "size": 128,
+    "views": ["pre", "post"],
+    "batch": 8,
+    "steps": 3,
+    "warmup": 1,
+    "epoch_chips": 16,
+    "epochs": 3,
+}
 SUITES: dict[str, dict[str, Any]] = {
     "base": {
         "preset": "clay-v1-base",
@@ -65,17 +76,7 @@ SUITES: dict[str, dict[str, Any]] = {
         "epochs": 2,
         "configs": [*ALL_CONFIGS, "lora-256-ckpt"],
     },
-    "embedded": {
-        "preset": "floodlora-mini",
-        "size": 128,
-        "views": ["pre", "post"],
-        "batch": 8,
-        "steps": 3,
-        "warmup": 1,
-        "epoch_chips": 16,
-        "epochs": 3,
-        "configs": [*ALL_CONFIGS, "lora-8-compile"],
-    },
+    "embedded": {**_EMBEDDED_SIZES, "configs": [*ALL_CONFIGS, "lora-8-compile"]},
     # fp32 against bf16 autocast at sizes that take minutes, not hours (issue: 256 px x 4 images)
     "precision-base": {
         "preset": "clay-v1-base",
@@ -89,14 +90,7 @@ SUITES: dict[str, dict[str, Any]] = {
         "configs": ["lora-256", "lora-256-bf16", "full", "full-bf16"],
     },
     "precision-embedded": {
-        "preset": "floodlora-mini",
-        "size": 128,
-        "views": ["pre", "post"],
-        "batch": 8,
-        "steps": 3,
-        "warmup": 1,
-        "epoch_chips": 16,
-        "epochs": 3,
+        **_EMBEDDED_SIZES,
         "configs": ["lora-8", "lora-8-bf16", "lora-256", "lora-256-bf16", "full", "full-bf16"],
     },
     "tiny": {

@@ -85,6 +85,10 @@ def test_cli_train_then_evaluate(tiny_data: Path, tmp_path: Path) -> None:
     assert all(0.0 <= report[k] <= 1.0 for k in METRIC_KEYS)
     assert list(report["per_event"]) == ["synthetic-in"] and len(report["per_chip"]) == 2
     assert report["f1"] == pytest.approx(metrics["test"]["at_best_threshold"]["f1"])  # same weights, chips
+    # the split's own best threshold bounds every threshold's F1 on it, the run's and 0.5 included
+    oracle = report["oracle"]
+    assert 0.0 <= oracle["threshold"] <= 1.0
+    assert oracle["f1"] >= max(report["f1"], metrics["test"]["f1"]) - 1e-9
     if report["threshold"] != 0.5:
         assert report["at_threshold_0.5"]["f1"] == pytest.approx(metrics["test"]["f1"])
     assert json.loads((run / "normalization.json").read_text())  # the presets travel with the run

@@ -224,8 +224,17 @@ def _calibrate_outputs(model: Any, val_chips: Any) -> dict[str, dict[str, float]
 
 
 def split_report(chips: Any, threshold: float = 0.5, best_threshold: float | None = None) -> dict[str, Any]:
-    """Metrics at `threshold` (+ per event / per chip) and, when given, at the val-F1-optimal threshold."""
+    """Metrics at `threshold` (+ per event / per chip) and, when given, at the val-F1-optimal threshold.
+
+    ``oracle`` is the best F1 any one threshold reaches on these chips, found with their own labels:
+    never a result, but it tells a model that ranks pixels badly from one whose operating point
+    (learned on other events) does not fit this event.
+    """
+    from floodlora.metrics import best_f1_threshold
+
     out = chips.report(threshold)
+    oracle_t, oracle_f1 = best_f1_threshold(chips.total())
+    out["oracle"] = {"threshold": oracle_t, "f1": oracle_f1}
     if best_threshold is not None:
         best = chips.report(best_threshold, per_chip=False)
         out["best_threshold"] = best_threshold
