@@ -555,14 +555,15 @@ def explorations_markdown(path: Path) -> list[str]:
             "scored on every chip of the other, against global (per-event) Otsu on that event. "
             "F1 / precision / recall in %:",
             "",
-            "| Trained on | Scored on | Model at its threshold | Model at 0.5 "
+            "| Recipe | Trained on | Scored on | Model at its threshold | Model at 0.5 "
             "| Otsu VH per event | Otsu VV | Otsu VV+VH |",
-            "|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for r in transfer:
             m, h = r["model_at_run_threshold"], r["model_at_0.5"]
             o = r["otsu_per_event"]
             cells = [
+                r.get("recipe", "–"),
                 r["trained_on"],
                 r["scored_on"],
                 f"{_pct(m['f1'])} / {_pct(m['precision'])} / {_pct(m['recall'])} (t {r['threshold']:.2f})",
@@ -609,6 +610,52 @@ def explorations_markdown(path: Path) -> list[str]:
                 " / ".join(_pct(m[k]) for k in ("f1", "precision", "recall")),
                 _pct(r["at_0.5"]["f1"]),
                 f"{r['threshold']:.2f}",
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+    later = data.get("after_label_kinds", [])
+    if later:
+        lines += [
+            "",
+            "### Tried on the recipe with outputs per label kind",
+            "",
+            "One change at a time on top of the recipe in the main table, same budget, one group held "
+            "out. F1 / precision / recall in % at the run's threshold:",
+            "",
+            "| Held out | Change | F1 / P / R | At 0.5 | Threshold | Recipe F1 / P / R |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in later:
+            cells = [
+                r["held_out"],
+                r["what"],
+                " / ".join(_pct(r["at_run_threshold"][k]) for k in ("f1", "precision", "recall")),
+                _pct(r["at_0.5"]["f1"]),
+                f"{r['threshold']:.2f}",
+                " / ".join(_pct(r["compared_with"][k]) for k in ("f1", "precision", "recall")),
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+    oracle = data.get("operating_point", [])
+    if oracle:
+        lines += [
+            "",
+            "### Ranking against operating point",
+            "",
+            "The recipe (same budget, the group held out) at its own threshold, and at the one "
+            "threshold that would be best on the held-out group's labels (the `oracle` of each "
+            "split report: a diagnostic, not a result). A large gap means the model ranks the "
+            "event's pixels well but its operating point, learned on other events, does not fit; "
+            "a small best F1 means it ranks them badly. F1 in %:",
+            "",
+            "| Held out | At the run's threshold | Threshold | Best on the group's own labels | At |",
+            "|---|---|---|---|---|",
+        ]
+        for r in oracle:
+            cells = [
+                r["held_out"],
+                _pct(r["at_run_threshold"]["f1"]),
+                f"{r['threshold']:.2f}",
+                _pct(r["oracle"]["f1"]),
+                f"{r['oracle']['threshold']:.2f}",
             ]
             lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"Commands and raw numbers: `benchmarks/results/{path.name}`."]
