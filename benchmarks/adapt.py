@@ -29,6 +29,7 @@ import argparse
 import copy
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -73,10 +74,13 @@ TINY_ADAPT: dict[str, Any] = {
 }
 TINY_KS: tuple[int, ...] = (1, 2)
 METHODS = {
+    "calibrate-start": "operating point set on the k chips, nothing trained (`adapt --calibrate-only`)",
     "adapt-start": "adapt from the starting model",
     "adapt-encoder": f"adapt from the bare `{ENCODER}` encoder",
     "fitted": "threshold fitted on the k chips",
 }
+#: AdaptOptions each method sets on top of the benchmark's adaptation budget.
+METHOD_OPTIONS: dict[str, dict[str, Any]] = {"calibrate-start": {"calibrate_only": True}}
 MAX_ADAPT_SECONDS = 300.0  # the issue's target: each adaptation in 5 minutes or less on 2 cores
 
 
@@ -314,13 +318,13 @@ def run_group(
         data = subset_tree(real, chips, work / group.name / f"{selection}-{k}" / "chips")
         base = {"k": k, "selection": selection, "chips": [r.chip_id for r in chips]}
         rows.append({**base, "method": "fitted", **fitted_row(chips, eval_refs)})
-        froms: list[tuple[str, str | Path]] = [("adapt-start", start_dir)]
+        froms: list[tuple[str, str | Path]] = [("calibrate-start", start_dir), ("adapt-start", start_dir)]
         if selection == "random":
             froms.append(("adapt-encoder", encoder))
         for method, from_ in froms:
             out = work / group.name / f"{selection}-{k}" / method
             try:
-                r = run_adapt(from_, data, out, adapt_options, eval_root)
+                r = run_adapt(from_, data, out, _options(adapt_options, method), eval_root)
             except Exception as exc:  # one failed adaptation must not lose the others
                 r = {"error": f"{type(exc).__name__}: {exc}"[:400]}
             rows.append({**base, "method": method, **r})
@@ -328,6 +332,43 @@ def run_group(
             log(f"{group.name}: k={k:2d} {selection:9s} {method:13s} {msg}")
             on_row(entry())
     return {**entry(), "complete": True}
+
+
+def _options(adapt_options: dict[str, Any], method: str) -> dict[str, Any]:
+    return {**adapt_options, **METHOD_OPTIONS.get(method, {})}
+
+
+#: Methods that start from the group's starting run: the ones `--add-methods` can add later.
+FROM_START = ("calibrate-start", "adapt-start")
+
+
+def add_rows(
+    result: dict[str, Any],
+    methods: Sequence[str],
+    adapt_options: dict[str, Any],
+    work: Path,
+    log: Any = print,
+) -> None:
+    """Methods a finished result lacks, on the same chips: its starting runs, k-chip folders and
+    scoring folder, kept under `work` (the first run's --workdir). Each new row follows the group's
+    fitted-threshold row of the same k and selection."""
+    for g in result["groups"]:
+        start_dir = Path(g["start"]["run_dir"])
+        eval_root = work / g["name"] / "eval"
+        for fit in [r for r in g["rows"] if r["method"] == "fitted"]:
+            k, selection = fit["k"], fit["selection"]
+            data = work / g["name"] / f"{selection}-{k}" / "chips"
+            for method in methods:
+                if _row(g, method, k, selection) is not None:
+                    continue
+                if not data.is_dir() or not eval_root.is_dir():
+                    raise SystemExit(f"{data}: the first run's chips are gone; pass its --workdir")
+                out = work / g["name"] / f"{selection}-{k}" / method
+                shutil.rmtree(out, ignore_errors=True)  # a row the result lacks: an earlier try's run
+                r = run_adapt(start_dir, data, out, _options(adapt_options, method), eval_root)
+                row = {"k": k, "selection": selection, "chips": fit.get("chips"), "method": method, **r}
+                g["rows"].insert(g["rows"].index(fit) + 1, row)
+                log(f"{g['name']}: k={k:2d} {selection:9s} {method:15s} F1 {_pct(r['score']['f1'])}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -358,7 +399,8 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
         entry: dict[str, Any] = {"zero_shot": zero}
         if fit:
             entry["fitted"] = fit["score"]["f1"]
-        for name, r in (("adapt-start", start), ("adapt-encoder", enc)):
+        cal = _row(g, "calibrate-start", k)
+        for name, r in (("calibrate-start", cal), ("adapt-start", start), ("adapt-encoder", enc)):
             if r and fit:
                 f1 = r["score"]["f1"]
                 entry[name] = f1
@@ -452,7 +494,7 @@ def markdown(result: dict[str, Any]) -> str:
     lines += ["### Targets (issue 12)", ""]
     k = t["k"]
     for name, e in t["groups"].items():
-        for method in ("adapt-start", "adapt-encoder"):
+        for method in ("calibrate-start", "adapt-start", "adapt-encoder"):
             if f"{method}_met" in e:
                 lines.append(
                     f"* {name}, k = {k}, {_label(method, result)}: F1 {_pct(e[method])} against "
@@ -484,7 +526,12 @@ def plot(result: dict[str, Any], path: Path) -> None:
     groups = result["groups"]
     fig, axes = plt.subplots(1, max(1, len(groups)), figsize=(5 * max(1, len(groups)), 4), squeeze=False)
     for ax, g in zip(axes[0], groups, strict=False):
-        for method, style in (("adapt-start", "o-"), ("adapt-encoder", "s-"), ("fitted", "^--")):
+        for method, style in (
+            ("calibrate-start", "d-."),
+            ("adapt-start", "o-"),
+            ("adapt-encoder", "s-"),
+            ("fitted", "^--"),
+        ):
             pts = [(k, _row(g, method, k)) for k in result["ks"]]
             pts = [(k, 100 * r["score"]["f1"]) for k, r in pts if r]
             if pts:
@@ -556,14 +603,34 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--markdown", default=None, help="doc to update (default docs/quality.md)")
     p.add_argument("--workdir", default=None, help="keep the runs here (default: a temporary folder)")
     p.add_argument("--from-json", action="store_true", help="only regenerate the doc and PNG from the JSON")
+    p.add_argument(
+        "--add-methods",
+        default=None,
+        help="comma-separated methods to add to the JSON's groups, on the chips kept in --workdir",
+    )
     args = p.parse_args(argv)
     json_path = Path(args.json) if args.json else REPO / "benchmarks" / "results" / "adapt.json"
     png = Path(args.png) if args.png else (
         json_path.with_suffix(".png") if args.json else REPO / "docs" / "images" / "adapt-f1-vs-k.png"
     )  # fmt: skip
     doc = Path(args.markdown) if args.markdown else REPO / "docs" / "quality.md"
-    if args.from_json:
+    if args.from_json or args.add_methods:
         result = json.loads(json_path.read_text())
+        if args.add_methods:
+            if not args.workdir:
+                raise SystemExit(
+                    "--add-methods needs the first run's --workdir (its chips and starting runs)"
+                )
+            methods = [m for m in args.add_methods.split(",") if m]
+            unknown = [m for m in methods if m not in FROM_START]
+            if unknown:
+                raise SystemExit(f"--add-methods: cannot add {unknown}; choose from {', '.join(FROM_START)}")
+            t0 = time.perf_counter()
+            add_rows(result, methods, result["adapt_budget"], Path(args.workdir))
+            command = " ".join(["python benchmarks/adapt.py", *(argv if argv is not None else sys.argv[1:])])
+            result.setdefault("added", []).append(
+                {"command": command, "methods": methods, "wall_seconds": time.perf_counter() - t0}
+            )
         write_outputs(result, json_path, png, doc)
         return result
     real = Path(args.real)

@@ -196,3 +196,35 @@ def test_generalist_config_trains_every_source_within_45_minutes() -> None:
     assert max(per_step) * t.max_epochs * t.limit_train_batches / 60 <= t.max_minutes <= 40
     repo = Path(__file__).resolve().parents[1] / "configs" / "generalist.yaml"
     assert load_config(repo) == cfg
+
+
+def test_calibrate_only_moves_the_threshold_and_trains_nothing(from_run: Path, tmp_path: Path) -> None:
+    from floodlora.runs import load_run
+
+    data = _chips(tmp_path / "chips", 5, seed=3)
+    out = tmp_path / "calibrated"
+    argv = ["adapt", str(from_run), "--data", str(data), "--out", str(out), "--calibrate-only"]
+    res = CliRunner().invoke(app, [*argv, "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert "operating point set on all 5 labelled chips" in res.output
+    s = json.loads((out / "adapt.json").read_text())
+    assert s["calibrate_only"] is True and s["epochs"] == 0 and len(s["chips"]["calibrated_on"]) == 5
+    (cal,) = s["output_calibration"].values()
+    assert 0.0 <= cal["threshold"] <= 1.0
+    # the best threshold found on the chips is now 0.5: F1 there is at least what FROM reached
+    assert s["f1"] >= s["f1_before"] - 1e-9
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["threshold_source"] == "calibrated on every labelled chip"
+    assert metrics["best_threshold"] == pytest.approx(0.5, abs=0.02)
+    before, after = load_run(from_run).model, load_run(out).model
+    changed = [k for k, v in after.state_dict().items() if not v.equal(before.state_dict()[k])]
+    assert changed == [k for k in changed if k.startswith("head.")] and len(changed) == 1  # the bias only
+    assert json.loads((out / "normalization.json").read_text()) == FROM_NORM
+
+
+def test_calibrate_only_needs_a_trained_model(tmp_path: Path) -> None:
+    from floodlora.errors import ConfigError
+
+    data = _chips(tmp_path / "chips", 3)
+    with pytest.raises(ConfigError, match="bare encoder"):
+        adapt("random:test-micro", data, tmp_path / "o", options=AdaptOptions(calibrate_only=True))

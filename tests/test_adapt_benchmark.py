@@ -40,7 +40,7 @@ def test_tiny_benchmark_end_to_end(bench: ModuleType, real_data: Path, tmp_path:
     out = tmp_path / "adapt.json"
     result = bench.main(
         ["--tiny", "--groups", "ombria-france", "--real", str(real_data), "--json", str(out),
-         "--markdown", str(doc)]
+         "--markdown", str(doc), "--workdir", str(tmp_path / "work")]
     )  # fmt: skip
     saved = json.loads(out.read_text())
     assert saved["tiny"] is True and saved["ks"] == list(bench.TINY_KS)
@@ -51,8 +51,9 @@ def test_tiny_benchmark_end_to_end(bench: ModuleType, real_data: Path, tmp_path:
     assert g["n_eval"] == g["n_usable"] - len(chosen) and g["n_eval"] > 0
     assert 0.0 <= g["zero_shot"]["f1"] <= 1.0 and g["zero_shot"]["n_chips"] == g["n_eval"]
     rows = {(r["k"], r["selection"], r["method"]): r for r in g["rows"]}
-    expected = {(k, "random", m) for k in bench.TINY_KS for m in ("fitted", "adapt-start", "adapt-encoder")}
-    expected |= {(bench.TINY_KS[0], "uncertain", m) for m in ("fitted", "adapt-start")}
+    methods = ("fitted", "calibrate-start", "adapt-start", "adapt-encoder")
+    expected = {(k, "random", m) for k in bench.TINY_KS for m in methods}
+    expected |= {(bench.TINY_KS[0], "uncertain", m) for m in methods[:3]}
     assert set(rows) == expected
     for key, r in rows.items():
         assert "error" not in r, (key, r)
@@ -60,7 +61,7 @@ def test_tiny_benchmark_end_to_end(bench: ModuleType, real_data: Path, tmp_path:
         assert 0.0 <= r["score"]["f1"] <= 1.0 and 0.0 <= r["score"]["iou"] <= r["score"]["f1"] + 1e-9
         assert r["score"]["n_chips"] == g["n_eval"]  # every method scores the same chips
         if key[2] != "fitted":
-            assert r["wall_seconds"] > 0 and r["epochs"] == 1
+            assert r["wall_seconds"] > 0 and r["epochs"] == (0 if key[2] == "calibrate-start" else 1)
     # nested random draws, and the uncertainty-chosen chips are not the random ones
     k1, k2 = bench.TINY_KS
     assert set(rows[(k1, "random", "fitted")]["chips"]) <= set(rows[(k2, "random", "fitted")]["chips"])
@@ -80,3 +81,18 @@ def test_tiny_benchmark_end_to_end(bench: ModuleType, real_data: Path, tmp_path:
     bench.main(["--from-json", "--json", str(out), "--markdown", str(again)])
     assert text.split(bench.SECTION_BEGIN)[1] == again.read_text().split(bench.SECTION_BEGIN)[1]
     assert result["summary"] == summary
+
+    # --add-methods: rows a result lacks, on the chips and starting run the first run kept
+    calibrated = {key: r for key, r in rows.items() if key[2] == "calibrate-start"}
+    g["rows"] = [r for r in g["rows"] if r["method"] != "calibrate-start"]
+    out.write_text(json.dumps(saved))
+    args = ["--add-methods", "calibrate-start", "--json", str(out), "--markdown", str(again)]
+    bench.main([*args, "--workdir", str(tmp_path / "work")])
+    added = json.loads(out.read_text())
+    again_rows = {(r["k"], r["selection"], r["method"]): r for r in added["groups"][0]["rows"]}
+    assert set(again_rows) == expected
+    for key, r in calibrated.items():
+        assert again_rows[key]["score"]["f1"] == pytest.approx(r["score"]["f1"])
+    assert added["added"][0]["methods"] == ["calibrate-start"]
+    with pytest.raises(SystemExit, match="cannot add"):
+        bench.main(["--add-methods", "adapt-encoder", "--json", str(out), "--workdir", str(tmp_path)])

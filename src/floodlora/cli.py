@@ -267,15 +267,22 @@ def adapt(
     lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-3,
     rank: Annotated[int | None, typer.Option(help="LoRA rank when FROM is a bare encoder.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the held-back choice and the crops.")] = 0,
+    calibrate_only: Annotated[
+        bool, typer.Option(help="Train nothing: set each output's threshold on every chip (seconds).")
+    ] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
-    """Fine-tune a model's LoRA + decoder on a few labelled chips of a new flood (minutes on a CPU)."""
+    """Fine-tune a model's LoRA + decoder on a few labelled chips of a new flood (minutes on a CPU).
+
+    With --calibrate-only only each output's operating point moves, to its best threshold on the
+    labelled chips: for a model that ranks the new event's pixels well at the wrong threshold.
+    """
     from floodlora.training.adapt import AdaptOptions, format_summary
     from floodlora.training.adapt import adapt as run_adapt
 
     opts = AdaptOptions(
         steps_per_epoch=steps, crop_size=crop_size, max_epochs=max_epochs, lr=lr, max_minutes=max_minutes,
-        seed=seed, lora_rank=rank,
+        seed=seed, lora_rank=rank, calibrate_only=calibrate_only,
     )  # fmt: skip
     result = run_adapt(
         from_, data, out, format=format, options=opts, checkpoint=checkpoint, progress=progress

@@ -17,6 +17,11 @@ loops, checkpoints and the run directory, and changes only what few labels need:
   no held-back label could choose another.
 * **How long.** Epochs of `steps_per_epoch` batches of random crops drawn with replacement
   (flooded chips favoured), at most `max_epochs`, and a wall-clock cap (`max_minutes`).
+* **Or only the operating point** (`calibrate_only`): no weight but each output's final bias
+  changes. Its F1-optimal threshold on *every* labelled chip is moved to 0.5, in seconds. On
+  events held out of the quality benchmark the model often ranks pixels well while the threshold
+  learned on other events does not fit (docs/quality.md); one number per output is all a few chips
+  need to set, so none is held back.
 
 `RUN/adapt.json` records where it started (kind, path, sha256 of FROM's weights file or
 checkpoint, FROM's base checkpoint), which chips trained and which were held back, the budget and
@@ -60,6 +65,7 @@ class AdaptOptions:
     seed: int = 0
     recipe: str = DEFAULT_RECIPE  # config a bare encoder starts from (model + data settings)
     lora_rank: int | None = None  # bare encoder only; None: the recipe's rank
+    calibrate_only: bool = False  # no training: each output's threshold set on every labelled chip
 
     def __post_init__(self) -> None:
         if self.steps_per_epoch < 1 or self.batch_size < 1 or self.max_epochs < 1:
@@ -202,6 +208,8 @@ class FewShotDataModule(FloodDataModule):
                 "(mask value 1); label at least one flooded area"
             )
         opts = self.options
+        if opts.calibrate_only:  # every chip scores; nothing trains
+            return {"train": [], "val": labelled, "test": [], "ood": []}
         self.holdout = choose_holdout(
             labelled, flood, opts.holdout_fraction, opts.min_holdout_chips, opts.seed
         )
@@ -342,6 +350,8 @@ def adapt(
     presets = _presets_for(roots, format, fixed, cfg.data.normalization, base_norm)
     datamodule = FewShotDataModule(cfg.data, opts, base_normalization=base_norm, presets=presets or None)
     datamodule.setup("fit")
+    if opts.calibrate_only:
+        return _calibrate_only(origin, cfg, out, datamodule, t0, progress)
     model = _prepare_model(origin, cfg)
     merged = origin.loaded is not None and origin.loaded.base["strategy"] == "full"
     result = train_run(cfg, out, progress=progress, model=model, datamodule=datamodule)
@@ -373,6 +383,82 @@ def adapt(
     return AdaptResult(out, summary, metrics)
 
 
+def _calibrate_only(
+    origin: Origin, cfg: RunConfig, out: Path, datamodule: FewShotDataModule, t0: float, progress: bool
+) -> AdaptResult:
+    """FROM with each output's F1-optimal threshold on every labelled chip moved to 0.5."""
+    from floodlora.metrics import best_f1_threshold
+    from floodlora.runs import save_run
+    from floodlora.training.engine import (
+        _test,
+        _trainer,
+        precision_choice,
+        resolve_accelerator,
+        split_report,
+    )
+    from floodlora.training.task import FloodSegmentationTask
+
+    if origin.loaded is None:
+        raise ConfigError(
+            f"adapt --calibrate-only: {origin.path} is a bare encoder with no trained decoder; "
+            "calibrate a trained run or export, or adapt without --calibrate-only"
+        )
+    model = origin.loaded.model
+    model.eval()
+    tcfg = copy.deepcopy(cfg.train)
+    choice = precision_choice(tcfg, resolve_accelerator(tcfg))
+    task = FloodSegmentationTask(model, tcfg)
+
+    def score() -> Any:
+        trainer = _trainer(tcfg, None, [], progress, fit=False, precision=choice.precision)
+        return _test(trainer, task, datamodule.val_dataloader())
+
+    chips = score()
+    kinds = model.outputs if len(model.outputs) > 1 else [None]
+    thresholds: dict[str, float] = {}
+    for kind in kinds:
+        hist = chips.total(kind)
+        if int(hist[1].sum()) > 0:  # this output's kind has flood pixels among the chips
+            thresholds[kind or model.outputs[0]], _ = best_f1_threshold(hist)
+    if not thresholds:
+        raise DataError(f"{', '.join(cfg.data.roots)}: no flood pixels to set a threshold with")
+    from_threshold = origin.loaded.threshold if origin.loaded.threshold is not None else 0.5
+    before = chips.report(from_threshold, per_chip=False)["f1"]
+    offsets = model.calibrate_outputs(thresholds)
+    chips = score()
+    threshold, _ = best_f1_threshold(chips.total())
+    cfg = copy.deepcopy(cfg)
+    cfg.model.strategy = model.strategy
+    save_run(out, cfg, model, datamodule.presets)
+    calibration = {k: {"threshold": thresholds[k], "logit_offset": round(offsets[k], 4)} for k in thresholds}
+    metrics = {
+        "best_threshold": threshold,
+        "threshold_source": "calibrated on every labelled chip",
+        "calibrated_chips": split_report(chips, 0.5, threshold),
+        "output_calibration": calibration,
+    }
+    atomic_write_json(out / "metrics.json", metrics)
+    refs = datamodule.splits["val"]
+    summary = {
+        "from": origin.describe(),
+        "calibrate_only": True,
+        "chips": {"train": [], "held_back": [], "calibrated_on": sorted(r.chip_id for r in refs)},
+        "early_stopping_on": None,
+        "threshold": threshold,
+        "f1_before": before,
+        "f1": metrics["calibrated_chips"]["at_best_threshold"]["f1"],
+        "output_calibration": calibration,
+        "epochs": 0,
+        "early_stopped": False,
+        "trainable_params": 0,
+        "budget": {"calibrate_only": True},
+        "normalization": sorted(datamodule.presets),
+        "wall_seconds": time.perf_counter() - t0,
+    }
+    atomic_write_json(out / ADAPT_FILE, summary)
+    return AdaptResult(out, summary, metrics)
+
+
 def _save_merged(out: Path, cfg: RunConfig, model: Any, presets: dict[str, Any]) -> None:
     """A merged FROM stays standalone: fold the new adapters in and store every weight."""
     from floodlora.models.strategies import strategy_of
@@ -388,6 +474,17 @@ def format_summary(summary: dict[str, Any]) -> str:
     """The lines `floodlora adapt` prints."""
     src = summary["from"]
     chips = summary["chips"]
+    if summary.get("calibrate_only"):
+        n = len(chips["calibrated_on"])
+        moved = ", ".join(f"{k} {v['threshold']:.2f}" for k, v in summary["output_calibration"].items())
+        return "\n".join(
+            [
+                f"calibrated from {src['kind']} {src['path']} (sha256 {src['sha256'][:16]})",
+                f"operating point set on all {n} labelled chips (best thresholds: {moved}; now 0.5)",
+                f"F1 on those chips {100 * summary['f1_before']:.1f} -> {100 * summary['f1']:.1f}, "
+                f"wall {summary['wall_seconds']:.0f} s",
+            ]
+        )
     held = len(chips["held_back"])
     scored = f"the {held} held-back chips" if held else "the training chips (too few to hold any back)"
     return "\n".join(
