@@ -430,7 +430,12 @@ def markdown(result: dict[str, Any]) -> str:
         "## Few-label adaptation to a new flood (`floodlora adapt`)",
         "",
         f"Command: `{result['command']}` ({result['created']}, {m['cpus']} CPUs, torch {m['torch']}, "
-        f"{result['wall_seconds'] / 60:.0f} min in all){tiny}.",
+        f"{result['wall_seconds'] / 60:.0f} min in all){tiny}."
+        + "".join(
+            f" Rows of {', '.join(f'`{m}`' for m in a['methods'])} added on the same chips and starting runs "
+            f"by `{a['command']}` ({a['wall_seconds'] / 60:.0f} min)."
+            for a in result.get("added", [])
+        ),
         "",
         "Held-out groups run: "
         + ", ".join(f"{g['label']} (`{g['name']}`)" for g in result["groups"])
@@ -442,7 +447,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"k chips drawn with seed {result['seed']} among the group's chips with flood (nested across k); "
         f"every method of a group is scored on the same chips: the group's chips chosen by no selection, "
         f"with at most half nodata{cap}. "
-        "Adapted runs score at their own threshold (0.5 below 8 chips, else optimal on the held-back chips).",
+        "Adapted runs score at their own threshold (0.5 below 8 chips, else optimal on the held-back chips); "
+        "`--calibrate-only` runs at their best threshold on all k chips, moved to 0.5.",
         "",
         "![F1 against k](" + os.path.relpath(REPO / result["png"], REPO / "docs") + ")"
         if not Path(result["png"]).is_absolute()
@@ -546,8 +552,13 @@ def plot(result: dict[str, Any], path: Path) -> None:
         ax.set_xlabel("k labelled chips")
         ax.set_ylabel("F1 (%)")
         ax.set_xticks(result["ks"])
-        ax.legend(fontsize=7)
-    fig.tight_layout()
+    # one legend for every panel, below them, so that no line is hidden under it
+    handles: dict[str, Any] = {}
+    for ax in axes[0]:
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(lab, h)
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=3, fontsize=8)
+    fig.tight_layout(rect=(0, 0.14, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".tmp.png")
     fig.savefig(tmp, dpi=110)

@@ -94,5 +94,6 @@ def test_tiny_benchmark_end_to_end(bench: ModuleType, real_data: Path, tmp_path:
     for key, r in calibrated.items():
         assert again_rows[key]["score"]["f1"] == pytest.approx(r["score"]["f1"])
     assert added["added"][0]["methods"] == ["calibrate-start"]
+    assert "Rows of `calibrate-start` added on the same chips" in again.read_text()
     with pytest.raises(SystemExit, match="cannot add"):
         bench.main(["--add-methods", "adapt-encoder", "--json", str(out), "--workdir", str(tmp_path)])
