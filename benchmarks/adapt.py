@@ -479,7 +479,7 @@ def markdown(result: dict[str, Any]) -> str:
                 continue
             s = r["score"]
             thr = s.get("threshold")
-            wall = f"{r['wall_seconds']:.0f}" if r["method"].startswith("adapt") else "–"
+            wall = f"{r['wall_seconds']:.0f}" if r["method"] != "fitted" else "–"
             lines.append(
                 f"| {r['k']} | {r['selection']} | {label} | {_pct(s['f1'])} | {_pct(s['iou'])} | "
                 f"{_pct(s['precision'])} | {_pct(s['recall'])} | "
