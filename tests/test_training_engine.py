@@ -97,6 +97,11 @@ def test_cli_train_then_evaluate(tiny_data: Path, tmp_path: Path) -> None:
         and out_json.read_text()
     )
     assert forced["threshold"] == 0.5 and forced["threshold_source"] == "--threshold"
+    # an operating point far from the chips' own best one is named, with the command that fixes it
+    off = CliRunner().invoke(app, ["evaluate", str(run), "--threshold", "0.999", "--json", str(out_json)])
+    report_off = json.loads(out_json.read_text())
+    assert report_off["oracle"]["f1"] > report_off["f1"] + 0.05
+    assert "operating point does not fit these chips" in off.output and "--calibrate-only" in off.output
     assert forced["f1"] == pytest.approx(metrics["test"]["f1"])
 
 

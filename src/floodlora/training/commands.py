@@ -124,6 +124,14 @@ def run_evaluate(
         _echo("\nper event (F1 / IoU in %): " + ", ".join(
             f"{ev} {100 * m['f1']:.2f} / {100 * m['iou']:.2f}" for ev, m in report["per_event"].items()
         ))  # fmt: skip
+    oracle = report.get("oracle")
+    if oracle is not None and oracle["f1"] > report["f1"] + 0.05:
+        # the model ranks these pixels far better than its threshold shows: a few labels fix that
+        _echo(
+            f"\nat its best threshold on these labels ({oracle['threshold']:.2f}) F1 would be "
+            f"{100 * oracle['f1']:.2f}: the run's operating point does not fit these chips; "
+            "`floodlora adapt RUN --data CHIPS --calibrate-only` sets it from a few labelled chips"
+        )
     if json_out:
         _echo(f"written: {json_out}")
 
