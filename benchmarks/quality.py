@@ -498,26 +498,31 @@ def markdown(result: dict[str, Any]) -> str:
 EXPLORATIONS = "quality-explorations.json"
 
 
-def _comparison_table(runs: list[dict[str, Any]], title: str, what: str, ours: str, theirs: str) -> list[str]:
-    """One exploratory change against the recipe row, per held-out group (F1 / precision / recall)."""
+def _comparison_table(
+    runs: list[dict[str, Any]], title: str, what: str, ours: str, theirs: str, change: str | None = None
+) -> list[str]:
+    """Exploratory runs against the recipe row, per held-out group (F1 / precision / recall); with
+    `change`, a column of that name says what each run changed (its ``what``)."""
     if not runs:
         return []
+    head = ["Held out", *([change] if change else []), ours, "At 0.5", "Threshold", theirs]
     lines = [
         "",
         f"### {title}",
         "",
         what + " F1 / precision / recall in % at the run's threshold:",
         "",
-        f"| Held out | {ours} | At 0.5 | Threshold | {theirs} |",
-        "|---|---|---|---|---|",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
     ]
     for r in runs:
-        cells = [
+        ours_cell, theirs_cell = (
             " / ".join(_pct(m[k]) for k in ("f1", "precision", "recall"))
             for m in (r["at_run_threshold"], r["compared_with"])
-        ]
-        half = _pct(r["at_0.5"]["f1"])
-        lines.append(f"| {r['held_out']} | {cells[0]} | {half} | {r['threshold']:.2f} | {cells[1]} |")
+        )
+        cells = [r["held_out"], *([r["what"]] if change else []), ours_cell, _pct(r["at_0.5"]["f1"])]
+        cells += [f"{r['threshold']:.2f}", theirs_cell]
+        lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
@@ -612,28 +617,14 @@ def explorations_markdown(path: Path) -> list[str]:
                 f"{r['threshold']:.2f}",
             ]
             lines.append("| " + " | ".join(cells) + " |")
-    later = data.get("after_label_kinds", [])
-    if later:
-        lines += [
-            "",
-            "### Tried on the recipe with outputs per label kind",
-            "",
-            "One change at a time on top of the recipe in the main table, same budget, one group held "
-            "out. F1 / precision / recall in % at the run's threshold:",
-            "",
-            "| Held out | Change | F1 / P / R | At 0.5 | Threshold | Recipe F1 / P / R |",
-            "|---|---|---|---|---|---|",
-        ]
-        for r in later:
-            cells = [
-                r["held_out"],
-                r["what"],
-                " / ".join(_pct(r["at_run_threshold"][k]) for k in ("f1", "precision", "recall")),
-                _pct(r["at_0.5"]["f1"]),
-                f"{r['threshold']:.2f}",
-                " / ".join(_pct(r["compared_with"][k]) for k in ("f1", "precision", "recall")),
-            ]
-            lines.append("| " + " | ".join(cells) + " |")
+    lines += _comparison_table(
+        data.get("after_label_kinds", []),
+        "Tried on the recipe with outputs per label kind",
+        "One change at a time on top of the recipe in the main table, same budget, one group held out.",
+        "F1 / P / R",
+        "Recipe F1 / P / R",
+        change="Change",
+    )
     oracle = data.get("operating_point", [])
     if oracle:
         lines += [
