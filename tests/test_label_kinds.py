@@ -198,7 +198,7 @@ def test_calibration_moves_each_outputs_threshold_to_one_half() -> None:
 
 def test_engine_calibrates_each_kind_on_its_own_val_chips() -> None:
     from floodlora.metrics import ChipConfusion
-    from floodlora.training.engine import _calibrate_outputs
+    from floodlora.training.engine import calibrate_outputs_on
 
     model = _model()
     chips = ChipConfusion()
@@ -210,7 +210,10 @@ def test_engine_calibrates_each_kind_on_its_own_val_chips() -> None:
     chips.update(water, mask, None, ["w1", "w2"], ["e", "e"], kinds=["water", "water"])
     chips.update(flood, mask, None, ["f1", "f2"], ["e", "e"], kinds=["flood", "flood"])
     assert int(chips.total("water").sum()) == 2 * 256 and int(chips.total().sum()) == 4 * 256
-    report = _calibrate_outputs(model, chips)
-    assert 0.7 < report["water"]["val_threshold"] <= 0.85
-    assert 0.2 < report["flood"]["val_threshold"] <= 0.6
-    assert _calibrate_outputs(_model(outputs=("flood",)), chips) == {}
+    report = calibrate_outputs_on(model, chips)
+    assert 0.7 < report["water"]["threshold"] <= 0.85
+    assert 0.2 < report["flood"]["threshold"] <= 0.6
+    assert calibrate_outputs_on(_model(outputs=("flood",)), chips) == {}
+    # adapt --calibrate-only: a one-output model's channel answers every chip, whatever its kind
+    (single,) = calibrate_outputs_on(_model(outputs=("flood",)), chips, single=True).items()
+    assert single[0] == "flood" and 0.0 < single[1]["threshold"] <= 0.85

@@ -392,6 +392,7 @@ def _calibrate_only(
     from floodlora.training.engine import (
         _test,
         _trainer,
+        calibrate_outputs_on,
         precision_choice,
         resolve_accelerator,
         split_report,
@@ -414,23 +415,16 @@ def _calibrate_only(
         return _test(trainer, task, datamodule.val_dataloader())
 
     chips = score()
-    kinds = model.outputs if len(model.outputs) > 1 else [None]
-    thresholds: dict[str, float] = {}
-    for kind in kinds:
-        hist = chips.total(kind)
-        if int(hist[1].sum()) > 0:  # this output's kind has flood pixels among the chips
-            thresholds[kind or model.outputs[0]], _ = best_f1_threshold(hist)
-    if not thresholds:
-        raise DataError(f"{', '.join(cfg.data.roots)}: no flood pixels to set a threshold with")
     from_threshold = origin.loaded.threshold if origin.loaded.threshold is not None else 0.5
     before = chips.report(from_threshold, per_chip=False)["f1"]
-    offsets = model.calibrate_outputs(thresholds)
+    calibration = calibrate_outputs_on(model, chips, single=True)
+    if not calibration:
+        raise DataError(f"{', '.join(cfg.data.roots)}: no flood pixels to set a threshold with")
     chips = score()
     threshold, _ = best_f1_threshold(chips.total())
     cfg = copy.deepcopy(cfg)
     cfg.model.strategy = model.strategy
     save_run(out, cfg, model, datamodule.presets)
-    calibration = {k: {"threshold": thresholds[k], "logit_offset": round(offsets[k], 4)} for k in thresholds}
     metrics = {
         "best_threshold": threshold,
         "threshold_source": "calibrated on every labelled chip",

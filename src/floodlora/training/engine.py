@@ -207,20 +207,25 @@ def _test(trainer: Any, task: Any, loader: Any) -> Any:
     return task.test_chips
 
 
-def _calibrate_outputs(model: Any, val_chips: Any) -> dict[str, dict[str, float]]:
-    """Per output (label kind) with val chips: its val-F1-optimal threshold moved to 0.5.
+def calibrate_outputs_on(model: Any, chips: Any, single: bool = False) -> dict[str, dict[str, float]]:
+    """Per output (label kind) with flood pixels among `chips`: its F1-optimal threshold on them,
+    moved to 0.5 (:meth:`FloodSegmentor.calibrate_outputs`). Returns each moved output's threshold
+    and logit offset.
 
-    Only for models with several outputs; a kind without val chips keeps its logits.
+    Training calls it on val chips for models with several outputs (one run threshold cannot fit
+    every kind); ``adapt --calibrate-only`` with `single` also for a one-output model, whose one
+    channel answers every chip.
     """
-    if len(model.outputs) < 2:
+    if len(model.outputs) < 2 and not single:
         return {}
+    kinds = model.outputs if len(model.outputs) > 1 else [None]
     thresholds = {}
-    for kind in model.outputs:
-        hist = val_chips.total(kind)
-        if int(hist[1].sum()) > 0:  # the kind has flood pixels on val
-            thresholds[kind], _ = best_f1_threshold(hist)
+    for kind in kinds:
+        hist = chips.total(kind)
+        if int(hist[1].sum()) > 0:  # the kind has flood pixels among the chips
+            thresholds[kind or model.outputs[0]], _ = best_f1_threshold(hist)
     offsets = model.calibrate_outputs(thresholds)
-    return {k: {"val_threshold": thresholds[k], "logit_offset": round(offsets[k], 4)} for k in thresholds}
+    return {k: {"threshold": thresholds[k], "logit_offset": round(offsets[k], 4)} for k in thresholds}
 
 
 def split_report(chips: Any, threshold: float = 0.5, best_threshold: float | None = None) -> dict[str, Any]:
@@ -395,7 +400,7 @@ def train_run(
 
     # Evaluate with the same trainer, so that DDP ranks share the work and the results.
     val_chips = _test(trainer, task, datamodule.val_dataloader())
-    calibration = _calibrate_outputs(model, val_chips)
+    calibration = calibrate_outputs_on(model, val_chips)
     if calibration:  # re-score val with every output at its own operating point
         val_chips = _test(trainer, task, datamodule.val_dataloader())
     threshold, _ = best_f1_threshold(val_chips.total())
