@@ -502,10 +502,13 @@ def _comparison_table(
     runs: list[dict[str, Any]], title: str, what: str, ours: str, theirs: str, change: str | None = None
 ) -> list[str]:
     """Exploratory runs against the recipe row, per held-out group (F1 / precision / recall); with
-    `change`, a column of that name says what each run changed (its ``what``)."""
+    `change`, a column of that name says what each run changed (its ``what``); runs that kept their
+    ``oracle`` diagnostic get a column for it (best F1 on the group's own labels, and where)."""
     if not runs:
         return []
-    head = ["Held out", *([change] if change else []), ours, "At 0.5", "Threshold", theirs]
+    best = any(r.get("oracle") for r in runs)
+    head = ["Held out", *([change] if change else []), ours, "At 0.5", "Threshold"]
+    head += [*(["Best on own labels (at)"] if best else []), theirs]
     lines = [
         "",
         f"### {title}",
@@ -521,7 +524,11 @@ def _comparison_table(
             for m in (r["at_run_threshold"], r["compared_with"])
         )
         cells = [r["held_out"], *([r["what"]] if change else []), ours_cell, _pct(r["at_0.5"]["f1"])]
-        cells += [f"{r['threshold']:.2f}", theirs_cell]
+        cells.append(f"{r['threshold']:.2f}")
+        if best:
+            o = r.get("oracle")
+            cells.append(f"{_pct(o['f1'])} ({o['threshold']:.2f})" if o else "-")
+        cells.append(theirs_cell)
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 

@@ -107,3 +107,79 @@ def test_per_scene_8bit_standardises_only_the_8bit_scenes() -> None:
 
     refs = [ChipRef("c0", "c2s-a", "c2s", None, {}, "db", True)]
     assert resolve_presets(PER_SCENE_8BIT, refs, [], "clay-v1.5") == {"c2s": PRESETS["clay-v1.5"]}
+
+
+def _two_view(pre: np.ndarray, post: np.ndarray) -> Sample:
+    meta = SampleMeta("c", "ev", "src", units="scaled-uint8")
+    return Sample(views={"pre": {"vv": pre}, "post": {"vv": post}}, mask=None, meta=meta)
+
+
+def test_per_view_statistics_remove_a_stretch_of_one_view() -> None:
+    """8-bit products stretch each image on its own: a dry scene brightened after the event by a
+    gain and offset must look the same in both views, which pooled statistics cannot give."""
+    rng = np.random.default_rng(1)
+    pre = (120 + 20 * rng.standard_normal((96, 96))).astype(np.float32)
+    post = (pre * 1.3 + 25).astype(np.float32)
+    sample = _two_view(pre, post)
+    per_view = scene_preset([sample], "ev", per_view=True)
+    assert sorted(per_view.mean) == ["post:vv", "pre:vv"]
+    a = normalize_sample(sample, ["vv"], per_view)
+    np.testing.assert_allclose(a["pre"], a["post"], atol=2e-3)
+    pooled = normalize_sample(sample, ["vv"], scene_preset([sample], "ev"))
+    assert float(np.median(pooled["post"] - pooled["pre"])) > 0.5  # pooled keeps the stretch
+    # a preset with band keys only serves every view (every other mode)
+    assert normalize_sample(_sample(pre, "scaled-uint8"), ["vv"], scene_preset([sample], "ev"))["post"].shape
+
+
+def test_per_view_8bit_aligns_ombria_dry_land_before_and_after(real_data: Path) -> None:
+    """On the real OMBRIA chips, dry land sits at one level before and after the event only with
+    per-view statistics."""
+    from floodlora.data.datamodule import FloodDataset
+    from floodlora.data.sar import PER_SCENE_8BIT, PER_VIEW_8BIT
+    from floodlora.data.sources import discover
+
+    refs = discover([real_data / "ombria" / "OmbriaS1" / "train"])[::12]
+
+    def dry_shift(mode: str) -> float:
+        ds = FloodDataset(refs, resolve_presets(mode, refs, refs), ["pre", "post"], ["vv"], crop_size=None)
+        pre, post = [], []
+        for i in range(len(ds)):
+            item = ds[i]
+            dry = (item["mask"] == 0) & item["valid"]
+            pre.append(item["views"]["pre"][0][dry].numpy())
+            post.append(item["views"]["post"][0][dry].numpy())
+        return float(np.median(np.concatenate(post)) - np.median(np.concatenate(pre)))
+
+    pooled, per_view = dry_shift(PER_SCENE_8BIT), dry_shift(PER_VIEW_8BIT)
+    assert pooled > 0.5
+    assert abs(per_view) < pooled / 2
+
+
+def test_no_change_pairs_show_the_pre_view_twice_with_nothing_flooded(tmp_path: Path) -> None:
+    from floodlora.data.datamodule import FloodDataset
+    from floodlora.data.sources import ChipRef
+    from floodlora.errors import ConfigError
+
+    rng = np.random.default_rng(2)
+    pre, post = rng.random((2, 32, 32), dtype=np.float32) * 200
+    mask = (rng.random((32, 32)) < 0.3).astype(np.uint8)
+    mask[:4] = 255
+    meta = SampleMeta("c", "ev", "src", units="scaled-uint8")
+    sample = Sample(views={"pre": {"vv": pre}, "post": {"vv": post}}, mask=mask, meta=meta)
+    preset = NormalizationPreset("p", "scaled-uint8", {"vv": 100.0}, {"vv": 50.0})
+
+    def item(kind: str, share: float, train: bool = True) -> dict:
+        ref = ChipRef("c", "ev", "ombria", None, {"post": "c.png"}, "scaled-uint8", True, {"labels": kind})
+        ds = FloodDataset([ref], {"ombria": preset}, ["pre", "post"], ["vv"], crop_size=None, train=train,
+                          no_change_pairs=share)  # fmt: skip
+        ds.load = lambda index: sample  # type: ignore[method-assign]
+        return ds[0]
+
+    pair = item("flood", 1.0)
+    torch.testing.assert_close(pair["views"]["post"], pair["views"]["pre"])
+    assert set(pair["mask"].unique().tolist()) == {0, 255} and bool((pair["mask"][:4] == 255).all())
+    for kept in (item("water", 1.0), item("flood", 0.0), item("flood", 1.0, train=False)):
+        assert not torch.equal(kept["views"]["post"], kept["views"]["pre"])
+        assert int((kept["mask"] == 1).sum()) == int((mask == 1).sum())
+    with pytest.raises(ConfigError, match="no_change_pairs"):
+        item("flood", 1.5)

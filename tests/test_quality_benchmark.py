@@ -96,3 +96,18 @@ def test_precision_check_stores_the_f1_difference(
     assert not calls and "nothing to compare" in skipped["skipped"] and "delta_f1_points" not in skipped
     with pytest.raises(SystemExit, match="unknown group"):
         bench.main(["--precision-check", "nowhere", "--real", str(tmp_path), "--json", str(out)])
+
+
+def test_exploration_tables_show_the_oracle_only_where_runs_kept_it(bench: ModuleType) -> None:
+    """The committed explorations: rows that kept their `oracle` show it; tables without any do not
+    grow the column."""
+    path = Path(bench.__file__).parent / "results" / "quality-explorations.json"
+    data = json.loads(path.read_text())
+    text = "\n".join(bench.explorations_markdown(path))
+    kept = [r for r in data["after_label_kinds"] if r.get("oracle")]
+    assert kept
+    for r in kept:
+        cell = f"{100 * r['oracle']['f1']:.1f} ({r['oracle']['threshold']:.2f})"
+        assert any(r["what"] in line and cell in line for line in text.splitlines()), cell
+    per_scene = text.split("### Per-scene normalisation")[1].split("###")[0]
+    assert "Best on own labels" not in per_scene and "| Held out |" in per_scene

@@ -34,7 +34,7 @@ class DataConfig:
     views: list[str] = field(default_factory=lambda: ["pre", "post"])
     bands: list[str] = field(default_factory=lambda: ["vv", "vh"])
     normalization: str = (
-        "auto"  # auto | per-scene | per-scene-8bit | clay-v1.5 | clay-v1 | path to a stats YAML
+        "auto"  # auto | per-scene | per-scene-8bit | per-view-8bit | clay-v1.5 | clay-v1 | stats YAML path
     )
     speckle_filter: str | None = None  # None | lee | refined-lee (docs/data.md)
     crop_size: int = 128
@@ -56,6 +56,10 @@ class DataConfig:
     # (1 +- half of it) on the normalised values, so that a model leans on contrast, not on one
     # scene's calibration (8-bit sources and events differ in absolute level). 0: off.
     intensity_jitter: float = 0.0
+    # Training only: the share of pre+post chips of new-water (flood) labels shown as a no-change pair
+    # (the pre view twice, nothing flooded), so that the flood output keys on change, not on the
+    # darkest part of a chip (every chip of some sources holds flood). 0: off.
+    no_change_pairs: float = 0.0
     cache_chips: bool = False  # keep decoded chips in memory across epochs (about 0.5 MB per 256 px chip)
     seed: int = 0
 

@@ -30,7 +30,8 @@ def resolve_preset(
     """
     from floodlora.data.sar import (
         PER_SCENE,
-        PER_SCENE_8BIT,
+        PER_VIEW_8BIT,
+        SCENE_MODES_8BIT,
         NormalizationPreset,
         get_preset,
         sample_stats,
@@ -42,9 +43,9 @@ def resolve_preset(
     if not samples:
         raise DataError("no samples to analyse")
     units = samples[0].meta.units
-    if normalization == PER_SCENE or (normalization == PER_SCENE_8BIT and units == "scaled-uint8"):
-        return scene_preset(samples, "the analysed chips")
-    if normalization == PER_SCENE_8BIT:
+    if normalization == PER_SCENE or (normalization in SCENE_MODES_8BIT and units == "scaled-uint8"):
+        return scene_preset(samples, "the analysed chips", per_view=normalization == PER_VIEW_8BIT)
+    if normalization in SCENE_MODES_8BIT:
         normalization = "auto"
     if normalization == "auto" and units == "scaled-uint8" and stats is None:
         stats = sample_stats(samples)

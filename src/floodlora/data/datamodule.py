@@ -23,6 +23,7 @@ from floodlora.config import DEFAULT_LABEL_KIND, DataConfig
 from floodlora.data.sample import MASK_NODATA, VIEWS, Sample, centre_window
 from floodlora.data.sar import (
     PER_SCENE,
+    PER_VIEW_8BIT,
     SCENE_MODES,
     NormalizationPreset,
     calibrated_run_preset,
@@ -100,7 +101,7 @@ def resolve_presets(
     fixed = dict(fixed or {})
     if normalization in SCENE_MODES:
         per_scene = [r for r in refs if normalization == PER_SCENE or r.units == "scaled-uint8"]
-        presets = scene_presets(per_scene, fixed)
+        presets = scene_presets(per_scene, fixed, per_view=normalization == PER_VIEW_8BIT)
         scene_formats = {r.format for r in per_scene}
         rest = [r for r in refs if r.format not in scene_formats]
         if rest:
@@ -144,7 +145,7 @@ def scene_key(ref: ChipRef) -> str:
 
 
 def scene_presets(
-    refs: Sequence[ChipRef], fixed: Mapping[str, NormalizationPreset] | None = None
+    refs: Sequence[ChipRef], fixed: Mapping[str, NormalizationPreset] | None = None, per_view: bool = False
 ) -> dict[str, NormalizationPreset]:
     """One :data:`PER_SCENE` preset per event, from the event's own pixels (labels unused).
 
@@ -158,7 +159,7 @@ def scene_presets(
             presets[key] = fixed[key]
             continue
         pool = sorted((r for r in refs if scene_key(r) == key), key=lambda r: _unit_hash("stats", r.chip_id))
-        presets[key] = scene_preset((read_sample(r) for r in pool[:STATS_MAX_CHIPS]), key)
+        presets[key] = scene_preset((read_sample(r) for r in pool[:STATS_MAX_CHIPS]), key, per_view)
     return presets
 
 
@@ -284,6 +285,7 @@ class FloodDataset(Dataset):
         speckle_filter: str | None = None,
         intensity_jitter: float = 0.0,
         cache_chips: bool = False,
+        no_change_pairs: float = 0.0,
     ) -> None:
         if crop_size is not None and (crop_size <= 0 or crop_size % 8):
             raise ConfigError(f"data.crop_size must be a positive multiple of 8, got {crop_size}")
@@ -304,6 +306,9 @@ class FloodDataset(Dataset):
         if intensity_jitter < 0:
             raise ConfigError(f"data.intensity_jitter must be >= 0, got {intensity_jitter}")
         self.intensity_jitter = intensity_jitter if train else 0.0
+        if not 0 <= no_change_pairs <= 1:
+            raise ConfigError(f"data.no_change_pairs must be in [0, 1], got {no_change_pairs}")
+        self.no_change_pairs = no_change_pairs if train else 0.0
         self.cache_chips = cache_chips
         self._cache: dict[int, Sample] = {}
         self._generator = WorkerRng(seed)
@@ -371,6 +376,15 @@ class FloodDataset(Dataset):
             arrays = {v: np.pad(a, ((0, 0), (0, ph), (0, pw))) for v, a in arrays.items()}
             mask = np.pad(mask, ((0, ph), (0, pw)), constant_values=MASK_NODATA)
             valid = np.pad(valid, ((0, ph), (0, pw)), constant_values=False)
+        if (
+            self.no_change_pairs > 0
+            and rng is not None
+            and ref.label_kind == "flood"
+            and {"pre", "post"} <= arrays.keys()
+            and rng.random() < self.no_change_pairs
+        ):
+            arrays = {**arrays, "post": arrays["pre"].copy()}
+            mask = np.where(mask == MASK_NODATA, MASK_NODATA, 0).astype(mask.dtype)
         if self.intensity_jitter > 0 and rng is not None:
             arrays = self._jitter(arrays, valid, rng)
         if self.augment and rng is not None:
@@ -512,6 +526,7 @@ class FloodDataModule(L.LightningDataModule):
                 speckle_filter=self.speckle_filter,
                 intensity_jitter=cfg.intensity_jitter,
                 cache_chips=cfg.cache_chips,
+                no_change_pairs=cfg.no_change_pairs,
             )
 
     def assign_splits(self, refs: list[ChipRef]) -> dict[str, list[ChipRef]]:

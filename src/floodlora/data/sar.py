@@ -182,7 +182,13 @@ PER_SCENE = "per-scene"
 #: ``data.normalization: per-scene-8bit``: 8-bit rescaled scenes (whose scaling is unknown and differs
 #: between scenes) standardised per scene; calibrated dB / linear data keep the encoder's preset.
 PER_SCENE_8BIT = "per-scene-8bit"
-SCENE_MODES = (PER_SCENE, PER_SCENE_8BIT)
+#: ``data.normalization: per-view-8bit``: as :data:`PER_SCENE_8BIT`, but each view (pre, post) of an
+#: 8-bit scene has statistics of its own: 8-bit products stretch each image separately, so the same
+#: dry field can sit at different levels before and after the event.
+PER_VIEW_8BIT = "per-view-8bit"
+SCENE_MODES = (PER_SCENE, PER_SCENE_8BIT, PER_VIEW_8BIT)
+#: The scene modes that standardise only 8-bit rescaled scenes (calibrated ones keep the preset).
+SCENE_MODES_8BIT = (PER_SCENE_8BIT, PER_VIEW_8BIT)
 #: Pixels sampled per chip (a regular stride) for per-scene statistics: enough for a median.
 _SCENE_STRIDE = 4
 
@@ -207,9 +213,15 @@ def robust_band_stats(arrays: Iterable[tuple[str, np.ndarray, np.ndarray]]) -> d
     return out
 
 
-def scene_preset(samples: Iterable[Sample], name: str) -> NormalizationPreset:
+def stats_key(view: str, band: str) -> str:
+    """The key of a per-view statistic in a preset (``post:vv``); plain band keys serve every view."""
+    return f"{view}:{band}"
+
+
+def scene_preset(samples: Iterable[Sample], name: str, per_view: bool = False) -> NormalizationPreset:
     """A :data:`PER_SCENE` preset from the samples of one scene: every view's valid pixels pooled per
-    band (pre and post together, so a change between them stays visible); linear becomes dB."""
+    band (pre and post together, so a change between them stays visible), or, with `per_view`, per
+    view and band (:data:`PER_VIEW_8BIT`); linear becomes dB."""
     units: str | None = None
 
     def triples() -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
@@ -220,10 +232,10 @@ def scene_preset(samples: Iterable[Sample], name: str) -> NormalizationPreset:
                 units = u
             elif u != units:
                 raise DataError(f"{s.meta.chip_id}: units {s.meta.units} differ from {units} within {name}")
-            for band_arrays in s.views.values():
+            for view, band_arrays in s.views.items():
                 for band, arr in band_arrays.items():
                     x = to_db(arr) if s.meta.units == "linear" else arr
-                    yield band, x, s.valid
+                    yield (stats_key(view, band) if per_view else band), x, s.valid
 
     stats = robust_band_stats(triples())
     if not stats or units is None:
@@ -269,10 +281,11 @@ def normalize_sample(
         for i, band in enumerate(bands):
             if band not in band_arrays:
                 continue
-            if band not in preset.mean:
-                raise ConfigError(f"normalization {preset.name}: no statistics for band {band}")
+            key = stats_key(view, band) if stats_key(view, band) in preset.mean else band
+            if key not in preset.mean:
+                raise ConfigError(f"normalization {preset.name}: no statistics for {view} band {band}")
             x = convert_units(band_arrays[band], sample.meta.units, preset.units, sample.meta.chip_id)
-            z = (x - np.float32(preset.mean[band])) / np.float32(preset.std[band])
+            z = (x - np.float32(preset.mean[key])) / np.float32(preset.std[key])
             arr[i] = np.where(np.isfinite(z), z, 0.0)
         out[view] = arr
     return out

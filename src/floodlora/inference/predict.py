@@ -601,14 +601,14 @@ def resolve_preset(
     model never saw calibrated backscatter. Older runs resolve their config (a stats path may be
     run-relative).
     """
-    from floodlora.data.sar import PER_SCENE, PER_SCENE_8BIT, calibrated_run_preset, get_preset
+    from floodlora.data.sar import PER_SCENE, SCENE_MODES_8BIT, calibrated_run_preset, get_preset
 
     if config.data.normalization == PER_SCENE:
         return PER_SCENE  # resolved from the scene's own pixels once its views are open
     if presets:
         return calibrated_run_preset(presets, units, base, "scenes")
     name = config.data.normalization
-    if name == PER_SCENE_8BIT:  # calibrated scenes: the encoder's preset
+    if name in SCENE_MODES_8BIT:  # calibrated scenes: the encoder's preset
         name = "auto"
     if name not in ("auto", "clay-v1.5", "clay-v1") and run_dir is not None and not Path(name).is_file():
         local = run_dir / name
