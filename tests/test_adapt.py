@@ -16,7 +16,7 @@ from floodlora.models.clay import checkpoint_sha256
 from floodlora.training.adapt import AdaptOptions, adapt, choose_holdout
 from inference_helpers import db_scene, make_run, write_scene
 
-FAST = AdaptOptions(steps_per_epoch=2, batch_size=2, crop_size=32, max_epochs=2)
+FAST = AdaptOptions(steps_per_epoch=2, batch_size=2, crop_size=32, max_epochs=2, method="fine-tune")
 FROM_NORM = {"folder": {"name": "from-run", "units": "db", "mean": {"vv": -11.5, "vh": -18.25},
                         "std": {"vv": 3.5, "vh": 4.0}}}  # fmt: skip
 
@@ -86,7 +86,7 @@ def test_adapt_holds_back_chips_from_a_merged_export(from_run: Path, tmp_path: P
     res = CliRunner().invoke(
         app,
         ["adapt", str(merged), "--data", str(data), "--out", str(tmp_path / "run"), "--crop-size", "32",
-         "--max-epochs", "1", "--steps", "1", "--no-progress"],
+         "--max-epochs", "1", "--steps", "1", "--method", "fine-tune", "--no-progress"],
     )  # fmt: skip
     assert res.exit_code == 0, res.output
     assert "8 trained, 2 held back" in res.output
@@ -103,7 +103,7 @@ def test_adapt_from_an_adapter_file(from_run: Path, tmp_path: Path) -> None:
     from floodlora.inference.export import export_run
 
     export_run(from_run, tmp_path / "exp", adapter="flood-a")
-    opts = AdaptOptions(steps_per_epoch=1, batch_size=2, crop_size=32, max_epochs=1)
+    opts = AdaptOptions(steps_per_epoch=1, batch_size=2, crop_size=32, max_epochs=1, method="fine-tune")
     # an export folder holding one adapter file is accepted as well as the file itself
     result = adapt(tmp_path / "exp", _chips(tmp_path / "chips", 3), tmp_path / "run", options=opts)
     src = result.summary["from"]
@@ -198,17 +198,17 @@ def test_generalist_config_trains_every_source_within_45_minutes() -> None:
     assert load_config(repo) == cfg
 
 
-def test_calibrate_only_moves_the_threshold_and_trains_nothing(from_run: Path, tmp_path: Path) -> None:
+def test_a_trained_from_is_calibrated_by_default_and_nothing_trains(from_run: Path, tmp_path: Path) -> None:
     from floodlora.runs import load_run
 
     data = _chips(tmp_path / "chips", 5, seed=3)
     out = tmp_path / "calibrated"
-    argv = ["adapt", str(from_run), "--data", str(data), "--out", str(out), "--calibrate-only"]
+    argv = ["adapt", str(from_run), "--data", str(data), "--out", str(out)]  # method auto
     res = CliRunner().invoke(app, [*argv, "--no-progress"])
     assert res.exit_code == 0, res.output
     assert "operating point set on all 5 labelled chips" in res.output
     s = json.loads((out / "adapt.json").read_text())
-    assert s["calibrate_only"] is True and s["epochs"] == 0 and len(s["chips"]["calibrated_on"]) == 5
+    assert s["method"] == "calibrate" and s["epochs"] == 0 and len(s["chips"]["calibrated_on"]) == 5
     (cal,) = s["output_calibration"].values()
     assert 0.0 <= cal["threshold"] <= 1.0
     # the best threshold found on the chips is now 0.5: F1 there is at least what FROM reached
@@ -222,9 +222,14 @@ def test_calibrate_only_moves_the_threshold_and_trains_nothing(from_run: Path, t
     assert json.loads((out / "normalization.json").read_text()) == FROM_NORM
 
 
-def test_calibrate_only_needs_a_trained_model(tmp_path: Path) -> None:
+def test_calibration_needs_a_trained_model_and_auto_fine_tunes_an_encoder(tmp_path: Path) -> None:
     from floodlora.errors import ConfigError
+    from floodlora.training.adapt import resolve_method, resolve_origin
 
     data = _chips(tmp_path / "chips", 3)
     with pytest.raises(ConfigError, match="bare encoder"):
-        adapt("random:test-micro", data, tmp_path / "o", options=AdaptOptions(calibrate_only=True))
+        adapt("random:test-micro", data, tmp_path / "o", options=AdaptOptions(method="calibrate"))
+    assert not (tmp_path / "o").exists()
+    assert resolve_method("auto", resolve_origin("random:test-micro")) == "fine-tune"
+    with pytest.raises(ConfigError, match="unknown method 'retrain'"):
+        AdaptOptions(method="retrain")

@@ -214,6 +214,6 @@ def test_engine_calibrates_each_kind_on_its_own_val_chips() -> None:
     assert 0.7 < report["water"]["threshold"] <= 0.85
     assert 0.2 < report["flood"]["threshold"] <= 0.6
     assert calibrate_outputs_on(_model(outputs=("flood",)), chips) == {}
-    # adapt --calibrate-only: a one-output model's channel answers every chip, whatever its kind
+    # adapt --method calibrate: a one-output model's channel answers every chip, whatever its kind
     (single,) = calibrate_outputs_on(_model(outputs=("flood",)), chips, single=True).items()
     assert single[0] == "flood" and 0.0 < single[1]["threshold"] <= 0.85

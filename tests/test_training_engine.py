@@ -101,7 +101,7 @@ def test_cli_train_then_evaluate(tiny_data: Path, tmp_path: Path) -> None:
     off = CliRunner().invoke(app, ["evaluate", str(run), "--threshold", "0.999", "--json", str(out_json)])
     report_off = json.loads(out_json.read_text())
     assert report_off["oracle"]["f1"] > report_off["f1"] + 0.05
-    assert "operating point does not fit these chips" in off.output and "--calibrate-only" in off.output
+    assert "operating point does not fit these chips" in off.output and "floodlora adapt RUN" in off.output
     assert forced["f1"] == pytest.approx(metrics["test"]["f1"])
 
 

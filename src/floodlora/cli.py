@@ -267,22 +267,27 @@ def adapt(
     lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-3,
     rank: Annotated[int | None, typer.Option(help="LoRA rank when FROM is a bare encoder.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the held-back choice and the crops.")] = 0,
-    calibrate_only: Annotated[
-        bool, typer.Option(help="Train nothing: set each output's threshold on every chip (seconds).")
-    ] = False,
+    method: Annotated[
+        str,
+        typer.Option(
+            help="auto: calibrate a trained FROM, fine-tune a bare encoder | calibrate: train nothing, "
+            "set each output's threshold on every chip (seconds) | fine-tune: LoRA + decoder (minutes)."
+        ),
+    ] = "auto",
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
-    """Fine-tune a model's LoRA + decoder on a few labelled chips of a new flood (minutes on a CPU).
+    """Adapt a model to a few labelled chips of a new flood (seconds to minutes on a CPU).
 
-    With --calibrate-only only each output's operating point moves, to its best threshold on the
-    labelled chips: for a model that ranks the new event's pixels well at the wrong threshold.
+    A trained FROM is calibrated by default: each output's operating point moves to its best
+    threshold on the labelled chips, which beat fine-tuning in the few-shot benchmark. A bare
+    encoder (or --method fine-tune) fine-tunes LoRA + decoder on them.
     """
     from floodlora.training.adapt import AdaptOptions, format_summary
     from floodlora.training.adapt import adapt as run_adapt
 
     opts = AdaptOptions(
         steps_per_epoch=steps, crop_size=crop_size, max_epochs=max_epochs, lr=lr, max_minutes=max_minutes,
-        seed=seed, lora_rank=rank, calibrate_only=calibrate_only,
+        seed=seed, lora_rank=rank, method=method,
     )  # fmt: skip
     result = run_adapt(
         from_, data, out, format=format, options=opts, checkpoint=checkpoint, progress=progress

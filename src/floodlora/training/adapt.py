@@ -1,8 +1,9 @@
 """Few-label adaptation: `floodlora adapt FROM --data PATH --out RUN`.
 
-A responder has a handful of labelled chips of a new flood. `adapt` fine-tunes the LoRA adapters
-and the decoder of a starting model on them, with a budget sized for few labels, and writes an
-ordinary run directory (evaluate / predict / export accept it). It reuses `train_run` for the
+A responder has a handful of labelled chips of a new flood. `adapt` fits a starting model to them
+and writes an ordinary run directory (evaluate / predict / export accept it): by default a trained
+model's operating point is set on the chips (calibration), and a bare encoder's LoRA adapters and
+decoder are fine-tuned, with a budget sized for few labels. Fine-tuning reuses `train_run` for the
 loops, checkpoints and the run directory, and changes only what few labels need:
 
 * **Where it starts.** FROM is a run directory, an exported model (a `export --merge` directory or
@@ -17,11 +18,16 @@ loops, checkpoints and the run directory, and changes only what few labels need:
   no held-back label could choose another.
 * **How long.** Epochs of `steps_per_epoch` batches of random crops drawn with replacement
   (flooded chips favoured), at most `max_epochs`, and a wall-clock cap (`max_minutes`).
-* **Or only the operating point** (`calibrate_only`): no weight but each output's final bias
-  changes. Its F1-optimal threshold on *every* labelled chip is moved to 0.5, in seconds. On
+* **Or only the operating point** (``method="calibrate"``): no weight but each output's final
+  bias changes. Its F1-optimal threshold on *every* labelled chip is moved to 0.5, in seconds. On
   events held out of the quality benchmark the model often ranks pixels well while the threshold
   learned on other events does not fit (docs/quality.md); one number per output is all a few chips
   need to set, so none is held back.
+* **Which of the two** (``method="auto"``, the default): a trained FROM is calibrated, a bare
+  encoder (no decoder to calibrate) is fine-tuned. The few-shot benchmark (benchmarks/adapt.py)
+  chose it: from the generalist, calibration scored at least as high as fine-tuning on every
+  held-out group at k = 5, 10 and 20, in seconds instead of minutes, while fine-tuning on a few
+  chips swung by tens of F1 points from one k to the next.
 
 `RUN/adapt.json` records where it started (kind, path, sha256 of FROM's weights file or
 checkpoint, FROM's base checkpoint), which chips trained and which were held back, the budget and
@@ -34,7 +40,7 @@ import copy
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +52,10 @@ from floodlora.io import atomic_write_json
 
 ADAPT_FILE = "adapt.json"
 DEFAULT_RECIPE = "cpu-small"  # the recipe a bare encoder starts from (LoRA r8, hires decoder, lr 1e-3)
+
+
+#: How `adapt` uses the labels: ``auto`` calibrates a trained FROM and fine-tunes a bare encoder.
+METHODS = ("auto", "calibrate", "fine-tune")
 
 
 @dataclass
@@ -65,9 +75,11 @@ class AdaptOptions:
     seed: int = 0
     recipe: str = DEFAULT_RECIPE  # config a bare encoder starts from (model + data settings)
     lora_rank: int | None = None  # bare encoder only; None: the recipe's rank
-    calibrate_only: bool = False  # no training: each output's threshold set on every labelled chip
+    method: str = "auto"  # auto | calibrate (no training: thresholds set on the chips) | fine-tune
 
     def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"adapt: unknown method {self.method!r}; choose from {', '.join(METHODS)}")
         if self.steps_per_epoch < 1 or self.batch_size < 1 or self.max_epochs < 1:
             raise ConfigError("adapt: steps per epoch, batch size and max epochs must be >= 1")
         if not 0.0 < self.holdout_fraction < 1.0:
@@ -208,7 +220,7 @@ class FewShotDataModule(FloodDataModule):
                 "(mask value 1); label at least one flooded area"
             )
         opts = self.options
-        if opts.calibrate_only:  # every chip scores; nothing trains
+        if opts.method == "calibrate":  # every chip scores; nothing trains
             return {"train": [], "val": labelled, "test": [], "ood": []}
         self.holdout = choose_holdout(
             labelled, flood, opts.holdout_fraction, opts.min_holdout_chips, opts.seed
@@ -323,7 +335,8 @@ def adapt(
     checkpoint: str | None = None,
     progress: bool = False,
 ) -> AdaptResult:
-    """Fine-tune FROM's LoRA + decoder on the labelled chips under `data`; write the run `out`.
+    """Adapt FROM to the labelled chips under `data` (calibrate or fine-tune, `options.method`);
+    write the run `out`.
 
     Returns the run directory and a summary (chips, held-back chips, epochs, wall time, val or
     training-chip F1, where it started); the same summary is `out/adapt.json`.
@@ -344,13 +357,14 @@ def adapt(
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"{out}: already exists and is not empty; choose another --out")
     origin = resolve_origin(from_, checkpoint)
+    opts = replace(opts, method=resolve_method(opts.method, origin))
     cfg = adapt_config(origin, roots, format, opts)
     base_norm = checkpoint_normalization(origin.base_checkpoint)
     fixed = dict(origin.loaded.presets) if origin.loaded is not None else {}
     presets = _presets_for(roots, format, fixed, cfg.data.normalization, base_norm)
     datamodule = FewShotDataModule(cfg.data, opts, base_normalization=base_norm, presets=presets or None)
     datamodule.setup("fit")
-    if opts.calibrate_only:
+    if opts.method == "calibrate":
         return _calibrate_only(origin, cfg, out, datamodule, t0, progress)
     model = _prepare_model(origin, cfg)
     merged = origin.loaded is not None and origin.loaded.base["strategy"] == "full"
@@ -365,6 +379,7 @@ def adapt(
         _save_merged(out, result.config, model, datamodule.presets)
     summary = {
         "from": origin.describe(),
+        "method": "fine-tune",
         "chips": {
             "train": sorted(r.chip_id for r in datamodule.splits["train"]),
             "held_back": sorted(r.chip_id for r in datamodule.holdout),
@@ -383,6 +398,18 @@ def adapt(
     return AdaptResult(out, summary, metrics)
 
 
+def resolve_method(method: str, origin: Origin) -> str:
+    """``calibrate`` or ``fine-tune``: ``auto`` calibrates a trained FROM, fine-tunes a bare encoder."""
+    if method == "auto":
+        return "calibrate" if origin.loaded is not None else "fine-tune"
+    if method == "calibrate" and origin.loaded is None:
+        raise ConfigError(
+            f"adapt --method calibrate: {origin.path} is a bare encoder with no trained decoder; "
+            "calibrate a trained run or export, or use --method fine-tune"
+        )
+    return method
+
+
 def _calibrate_only(
     origin: Origin, cfg: RunConfig, out: Path, datamodule: FewShotDataModule, t0: float, progress: bool
 ) -> AdaptResult:
@@ -399,11 +426,6 @@ def _calibrate_only(
     )
     from floodlora.training.task import FloodSegmentationTask
 
-    if origin.loaded is None:
-        raise ConfigError(
-            f"adapt --calibrate-only: {origin.path} is a bare encoder with no trained decoder; "
-            "calibrate a trained run or export, or adapt without --calibrate-only"
-        )
     model = origin.loaded.model
     model.eval()
     tcfg = copy.deepcopy(cfg.train)
@@ -435,7 +457,7 @@ def _calibrate_only(
     refs = datamodule.splits["val"]
     summary = {
         "from": origin.describe(),
-        "calibrate_only": True,
+        "method": "calibrate",
         "chips": {"train": [], "held_back": [], "calibrated_on": sorted(r.chip_id for r in refs)},
         "early_stopping_on": None,
         "threshold": threshold,
@@ -445,7 +467,7 @@ def _calibrate_only(
         "epochs": 0,
         "early_stopped": False,
         "trainable_params": 0,
-        "budget": {"calibrate_only": True},
+        "budget": {"method": "calibrate"},
         "normalization": sorted(datamodule.presets),
         "wall_seconds": time.perf_counter() - t0,
     }
@@ -468,7 +490,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     """The lines `floodlora adapt` prints."""
     src = summary["from"]
     chips = summary["chips"]
-    if summary.get("calibrate_only"):
+    if summary.get("method") == "calibrate":
         n = len(chips["calibrated_on"])
         moved = ", ".join(f"{k} {v['threshold']:.2f}" for k, v in summary["output_calibration"].items())
         return "\n".join(

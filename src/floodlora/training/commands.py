@@ -130,7 +130,7 @@ def run_evaluate(
         _echo(
             f"\nat its best threshold on these labels ({oracle['threshold']:.2f}) F1 would be "
             f"{100 * oracle['f1']:.2f}: the run's operating point does not fit these chips; "
-            "`floodlora adapt RUN --data CHIPS --calibrate-only` sets it from a few labelled chips"
+            "`floodlora adapt RUN --data CHIPS --out NEW` sets it from a few labelled chips"
         )
     if json_out:
         _echo(f"written: {json_out}")

@@ -213,7 +213,7 @@ def calibrate_outputs_on(model: Any, chips: Any, single: bool = False) -> dict[s
     and logit offset.
 
     Training calls it on val chips for models with several outputs (one run threshold cannot fit
-    every kind); ``adapt --calibrate-only`` with `single` also for a one-output model, whose one
+    every kind); ``adapt --method calibrate`` with `single` also for a one-output model, whose one
     channel answers every chip.
     """
     if len(model.outputs) < 2 and not single:
