@@ -490,16 +490,22 @@ def markdown(result: dict[str, Any]) -> str:
                 f"{_pct(s['precision'])} | {_pct(s['recall'])} | "
                 f"{'–' if not isinstance(thr, float) else f'{thr:.2f}'} | {wall} | {r.get('epochs', '–')} |"
             )
-        ur, rr = (
-            _row(g, "adapt-start", result["uncertain_k"], "uncertain"),
-            _row(g, "adapt-start", result["uncertain_k"], "random"),
-        )
-        if ur and rr:
+        k_u = result["uncertain_k"]
+        pairs = [
+            (name, _row(g, method, k_u, "uncertain"), _row(g, method, k_u, "random"))
+            for name, method in (("calibrated", "calibrate-start"), ("fine-tuned", "adapt-start"))
+        ]
+        compared = [
+            f"{name} F1 {_pct(u['score']['f1'])} against {_pct(r['score']['f1'])}"
+            for name, u, r in pairs
+            if u and r
+        ]
+        if compared:
             lines += [
                 "",
-                f"Uncertainty-chosen against random chips (k = {result['uncertain_k']}, adapted from the "
-                f"starting model): F1 {_pct(ur['score']['f1'])} against {_pct(rr['score']['f1'])} "
-                f"(ranking the candidates by flip-TTA spread took {g['uncertainty_seconds']:.0f} s).",
+                f"Uncertainty-chosen against random chips (k = {k_u}, from the starting model): "
+                + "; ".join(compared)
+                + f" (ranking the candidates by flip-TTA spread took {g['uncertainty_seconds']:.0f} s).",
             ]
         lines.append("")
     lines += ["### Targets (issue 12)", ""]

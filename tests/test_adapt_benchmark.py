@@ -76,6 +76,10 @@ def test_tiny_benchmark_end_to_end(bench: ModuleType, real_data: Path, tmp_path:
     assert "kept text" in text and bench.SECTION_BEGIN in text and bench.SECTION_END in text
     assert "OMBRIA FRANCE 2021 held out" in text and "Not run: OMBRIA test" in text
     assert saved["command"] in text
+    unc = next(line for line in text.splitlines() if line.startswith("Uncertainty-chosen against random"))
+    for name, method in (("calibrated", "calibrate-start"), ("fine-tuned", "adapt-start")):
+        u, r = rows[(k1, "uncertain", method)], rows[(k1, "random", method)]
+        assert f"{name} F1 {100 * u['score']['f1']:.1f} against {100 * r['score']['f1']:.1f}" in unc
     # the doc is a function of the JSON alone
     again = tmp_path / "again.md"
     bench.main(["--from-json", "--json", str(out), "--markdown", str(again)])
