@@ -25,7 +25,7 @@ loops, checkpoints and the run directory, and changes only what few labels need:
   need to set, so none is held back.
 * **Which of the two** (``method="auto"``, the default): a trained FROM is calibrated, a bare
   encoder (no decoder to calibrate) is fine-tuned. The few-shot benchmark (benchmarks/adapt.py)
-  chose it: from the generalist, calibration was within a point of fine-tuning or far above it
+  chose it: from the generalist, calibration was within a point of fine-tuning or above it
   on every held-out group at k = 5, 10 and 20, in seconds instead of minutes, while fine-tuning on
   a few chips swung by tens of F1 points from one k to the next.
 
