@@ -279,7 +279,7 @@ def adapt(
     """Adapt a model to a few labelled chips of a new flood (seconds to minutes on a CPU).
 
     A trained FROM is calibrated by default: each output's operating point moves to its best
-    threshold on the labelled chips, which beat fine-tuning in the few-shot benchmark. A bare
+    threshold on the labelled chips, which matched or beat fine-tuning in the few-shot benchmark. A bare
     encoder (or --method fine-tune) fine-tunes LoRA + decoder on them.
     """
     from floodlora.training.adapt import AdaptOptions, format_summary
