@@ -233,3 +233,18 @@ def test_calibration_needs_a_trained_model_and_auto_fine_tunes_an_encoder(tmp_pa
     assert resolve_method("auto", resolve_origin("random:test-micro")) == "fine-tune"
     with pytest.raises(ConfigError, match="unknown method 'retrain'"):
         AdaptOptions(method="retrain")
+
+
+def test_a_merged_export_is_calibrated_into_a_standalone_run(from_run: Path, tmp_path: Path) -> None:
+    from floodlora.inference.export import export_run
+    from floodlora.runs import load_run
+
+    merged = tmp_path / "merged"
+    export_run(from_run, merged, merge=True)
+    result = adapt(merged, _chips(tmp_path / "chips", 4, seed=5), tmp_path / "run")
+    assert result.summary["method"] == "calibrate" and result.summary["from"]["kind"] == "merged"
+    loaded = load_run(tmp_path / "run")
+    assert loaded.base["strategy"] == "full" and loaded.presets["folder"].mean["vh"] == -18.25
+    before = load_run(merged).model.state_dict()
+    changed = [k for k, v in loaded.model.state_dict().items() if not v.equal(before[k])]
+    assert len(changed) == 1 and changed[0].startswith("head.")  # the final bias, nothing else
