@@ -97,14 +97,16 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"Command: `{result['command']}` ({result['created']}; {describe_machine(result['machine'])}). "
         f"`--config {CONFIG}` on every labelled chip under the real-data folder, nothing held out "
-        f"except its own val and test splits ({r['splits']}); encoder `{r['checkpoint']}`, at most "
+        "except its own val and test splits ("
+        + ", ".join(f"{name} {n}" for name, n in r["splits"].items() if n)
+        + f" chips); encoder `{r['checkpoint']}`, at most "
         f"{r['max_epochs']} epochs x {r['steps_per_epoch']} batches of {r['batch_size']} crops of "
         f"{r['crop_size']} px, fitting capped at {r['max_minutes']} min. The weights were not kept.",
         "",
         "| Whole run (read, fit, calibrate, score) | Fitting | Epochs | Peak memory | Test F1 | Goal |",
         "|---|---|---|---|---|---|",
-        f"| {minutes:.1f} min | {(r['train_seconds'] or 0) / 60:.1f} min | {r['epochs']}"
-        f"{' (early stop)' if r['early_stopped'] else ''} | {r['peak_rss_gb']:.1f} GB | "
+        f"| {minutes:.1f} min | {(r['train_seconds'] or 0) / 60:.1f} min | {_epochs(r)} | "
+        f"{r['peak_rss_gb']:.1f} GB | "
         f"{_pct(r['test']['f1'])} | {BUDGET_MINUTES:.0f} min or less: **{'met' if met else 'not met'}** |",
     ]
     if r["test"]["per_event"]:
@@ -116,6 +118,15 @@ def markdown(result: dict[str, Any]) -> str:
             + ".",
         ]
     return "\n".join(lines)
+
+
+def _epochs(r: dict[str, Any]) -> str:
+    """Epochs run, and what ended fitting: all epochs, early stopping, or the time cap."""
+    if r["early_stopped"]:
+        return f"{r['epochs']} (early stop)"
+    if r["epochs"] is not None and r["epochs"] < r["max_epochs"]:
+        return f"{r['epochs']} of {r['max_epochs']} (time cap)"
+    return str(r["epochs"])
 
 
 def _pct(x: float | None) -> str:

@@ -169,8 +169,6 @@ def test_adapt_bad_inputs_are_one_line(
 
 def test_generalist_config_trains_every_source_within_45_minutes() -> None:
     """Packaged generalist recipe: pre + post with view dropout, a budget that fits 45 min on 2 cores."""
-    import re
-
     from conftest import BENCHMARKS
     from floodlora.config import load_config, packaged_configs
 
@@ -181,19 +179,15 @@ def test_generalist_config_trains_every_source_within_45_minutes() -> None:
     assert cfg.data.views == ["pre", "post"] and cfg.model.view_dropout > 0  # post-only input is trained
     assert cfg.data.balance_sources and cfg.data.flood_sampling > 0 and not cfg.data.holdout_events
     assert (cfg.train.lr, cfg.model.decoder, cfg.data.crop_size) == (small.train.lr, small.model.decoder, 128)
-    # seconds per step of the cpu-small LoRA runs measured on 2 cores (frozen runs step faster)
-    runs = json.loads((BENCHMARKS / "results" / "quality-explorations.json").read_text())["runs"]
-    per_step = []
-    for r in runs:
-        m = re.search(r"--budget '(\{.*?\})'", r.get("command", ""))
-        if m and r.get("train_seconds") and "frozen" not in r["name"]:
-            per_step.append(
-                r["train_seconds"] / (r["epochs"] * json.loads(m.group(1))["train.limit_train_batches"])
-            )
-    assert len(per_step) >= 2
-    t = cfg.train
-    assert isinstance(t.limit_train_batches, int) and t.max_minutes is not None
-    assert max(per_step) * t.max_epochs * t.limit_train_batches / 60 <= t.max_minutes <= 40
+    # the committed measurement of this very config (benchmarks/generalist.py) fits in 45 minutes
+    measured = json.loads((BENCHMARKS / "results" / "generalist.json").read_text())
+    run, t = measured["run"], cfg.train
+    assert measured["tiny"] is False and measured["overrides"] == {} and run["checkpoint"] == "embedded"
+    assert (run["max_epochs"], run["steps_per_epoch"], run["max_minutes"]) == (
+        t.max_epochs, t.limit_train_batches, t.max_minutes
+    )  # fmt: skip
+    assert set(run["normalization"]) >= {"ombria", "etci2021", "c2s", "sen1floods11"}  # every source
+    assert run["wall_seconds"] / 60 <= 45 and measured["within_budget"] is True
     repo = Path(__file__).resolve().parents[1] / "configs" / "generalist.yaml"
     assert load_config(repo) == cfg
 
