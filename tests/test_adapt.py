@@ -35,6 +35,24 @@ def from_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run
 
 
+@pytest.fixture(scope="module")
+def off_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run whose operating point is far off: +4 on its final logit bias, so its best threshold on
+    any chips lies well above 0.5 whatever the random decoder (calibration must move it)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    run = make_run(tmp_path_factory.mktemp("off") / "run", crop=32)
+    (run / "normalization.json").write_text(json.dumps(FROM_NORM))
+    weights = run / "weights.safetensors"
+    with safe_open(str(weights), "pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no iterator)
+    tensors["head.net.2.bias"] = tensors["head.net.2.bias"] + 4.0
+    save_file(tensors, str(weights), metadata=meta)
+    return run
+
+
 def test_adapt_five_chips_gives_a_run_that_predict_uses(from_run: Path, tmp_path: Path) -> None:
     from floodlora.inference.predict import PredictOptions, predict_run
     from floodlora.runs import load_run
@@ -192,9 +210,10 @@ def test_generalist_config_trains_every_source_within_45_minutes() -> None:
     assert load_config(repo) == cfg
 
 
-def test_a_trained_from_is_calibrated_by_default_and_nothing_trains(from_run: Path, tmp_path: Path) -> None:
+def test_a_trained_from_is_calibrated_by_default_and_nothing_trains(off_run: Path, tmp_path: Path) -> None:
     from floodlora.runs import load_run
 
+    from_run = off_run
     data = _chips(tmp_path / "chips", 5, seed=3)
     out = tmp_path / "calibrated"
     argv = ["adapt", str(from_run), "--data", str(data), "--out", str(out)]  # method auto
@@ -204,7 +223,7 @@ def test_a_trained_from_is_calibrated_by_default_and_nothing_trains(from_run: Pa
     s = json.loads((out / "adapt.json").read_text())
     assert s["method"] == "calibrate" and s["epochs"] == 0 and len(s["chips"]["calibrated_on"]) == 5
     (cal,) = s["output_calibration"].values()
-    assert 0.0 <= cal["threshold"] <= 1.0
+    assert 0.5 < cal["threshold"] <= 1.0  # the +4 bias put the best threshold far above 0.5
     # the best threshold found on the chips is now 0.5: F1 there is at least what FROM reached
     assert s["f1"] >= s["f1_before"] - 1e-9
     metrics = json.loads((out / "metrics.json").read_text())
@@ -229,12 +248,12 @@ def test_calibration_needs_a_trained_model_and_auto_fine_tunes_an_encoder(tmp_pa
         AdaptOptions(method="retrain")
 
 
-def test_a_merged_export_is_calibrated_into_a_standalone_run(from_run: Path, tmp_path: Path) -> None:
+def test_a_merged_export_is_calibrated_into_a_standalone_run(off_run: Path, tmp_path: Path) -> None:
     from floodlora.inference.export import export_run
     from floodlora.runs import load_run
 
     merged = tmp_path / "merged"
-    export_run(from_run, merged, merge=True)
+    export_run(off_run, merged, merge=True)
     result = adapt(merged, _chips(tmp_path / "chips", 4, seed=5), tmp_path / "run")
     assert result.summary["method"] == "calibrate" and result.summary["from"]["kind"] == "merged"
     loaded = load_run(tmp_path / "run")
