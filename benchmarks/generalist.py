@@ -117,6 +117,7 @@ def markdown(result: dict[str, Any]) -> str:
             + ", ".join(f"{ev} {_pct(f1)}" for ev, f1 in sorted(r["test"]["per_event"].items()))
             + ".",
         ]
+    lines += ["", f"Raw numbers: `{result['json']}`."]
     return "\n".join(lines)
 
 
