@@ -119,3 +119,18 @@ def rel(path: Path) -> str:
     """`path` relative to the repository where it lies inside it (what the docs cite)."""
     path = Path(path)
     return str(path.resolve().relative_to(REPO)) if path.resolve().is_relative_to(REPO) else str(path)
+
+
+def parse_overrides(items: list[str], base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`base` updated with ``KEY=YAML`` items (the benchmarks' --set options); a copy, `base` untouched."""
+    import copy
+
+    import yaml
+
+    out = copy.deepcopy(base or {})
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"{item!r}: expected KEY=VALUE")
+        out[key] = yaml.safe_load(value)
+    return out

@@ -26,7 +26,6 @@ finished), a PNG of F1 against k, and the section of ``docs/quality.md`` between
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import shutil
@@ -38,6 +37,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from _common import parse_overrides
 from quality import (
     BUDGET,
     GROUPS,
@@ -582,16 +582,6 @@ def plot(result: dict[str, Any], path: Path) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def _overrides(items: list[str], base: dict[str, Any]) -> dict[str, Any]:
-    import yaml
-
-    out = copy.deepcopy(base)
-    for item in items:
-        key, _, value = item.partition("=")
-        out[key] = yaml.safe_load(value)
-    return out
-
-
 def _rel(path: Path) -> str:
     return str(path.relative_to(REPO)) if path.resolve().is_relative_to(REPO) else str(path)
 
@@ -664,8 +654,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         real = mini_tree(real, Path(tiny_ctx.name) / "real", per_folder=8)
     ks = tuple(int(k) for k in args.ks.split(",")) if args.ks else (TINY_KS if args.tiny else KS)
     uncertain_k = args.uncertain_k if args.uncertain_k is not None else (ks[0] if args.tiny else UNCERTAIN_K)
-    start_budget = _overrides(args.start_set, TINY_START if args.tiny else START_BUDGET)
-    adapt_budget = _overrides(args.adapt_set, TINY_ADAPT if args.tiny else ADAPT_BUDGET)
+    start_budget = parse_overrides(args.start_set, TINY_START if args.tiny else START_BUDGET)
+    adapt_budget = parse_overrides(args.adapt_set, TINY_ADAPT if args.tiny else ADAPT_BUDGET)
     encoder = args.encoder or ("random:test-micro" if args.tiny else ENCODER)
     groups = [g for g in GROUPS if not args.groups or g.name in args.groups.split(",")]
     from floodlora.config import load_config

@@ -23,33 +23,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import describe_machine, machine_info, peak_rss_kib, rel, write_section
+from _common import describe_machine, machine_info, parse_overrides, peak_rss_kib, rel, write_section
+from quality import TINY_BUDGET, mini_tree
 
 REPO = Path(__file__).resolve().parents[1]
 REAL = REPO.parent / "shared" / "data" / "real"
 NAME = "benchmarks/generalist.py"
 CONFIG = "generalist"
 BUDGET_MINUTES = 45.0  # the promise of configs/generalist.yaml
-TINY_BUDGET: dict[str, Any] = {
-    "train.max_epochs": 1,
-    "train.limit_train_batches": 2,
-    "train.limit_val_batches": 1,
-    "data.batch_size": 2,
-    "data.crop_size": 32,
-    "model.checkpoint": "random:test-micro",
-}
-
-
-def _parse_sets(items: list[str]) -> dict[str, Any]:
-    import yaml
-
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
-        out[key] = yaml.safe_load(value)
-    return out
 
 
 def train_generalist(real: Path, out: Path, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -153,11 +134,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     real = Path(args.real)
     if not real.is_dir():
         raise SystemExit(f"{real}: real data folder not found (pass --real)")
-    overrides = {**(TINY_BUDGET if args.tiny else {}), **_parse_sets(args.set)}
+    overrides = parse_overrides(args.set, TINY_BUDGET if args.tiny else {})
     with tempfile.TemporaryDirectory(prefix="generalist-") as tmp:
         if args.tiny:
-            from quality import mini_tree
-
             real = mini_tree(real, Path(tmp) / "real", per_folder=8)
         work = Path(args.workdir) if args.workdir else Path(tmp) / "run"
         run = train_generalist(real, work, overrides)

@@ -21,7 +21,6 @@ generated from that JSON.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import platform
@@ -33,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _common import peak_rss_kib
+from _common import parse_overrides, peak_rss_kib
 
 REPO = Path(__file__).resolve().parents[1]
 REAL = REPO.parent / "shared" / "data" / "real"
@@ -752,12 +751,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         return result
     if not Path(args.real).is_dir():
         raise SystemExit(f"{args.real}: real data folder not found (pass --real)")
-    import yaml
 
-    budget = copy.deepcopy(TINY_BUDGET if args.tiny else BUDGET)
-    for item in args.set:
-        key, _, value = item.partition("=")
-        budget[key] = yaml.safe_load(value)
+    budget = parse_overrides(args.set, TINY_BUDGET if args.tiny else BUDGET)
     if args.precision_check:
         return run_precision_check(args, argv, real, budget, tiny_ctx)
     groups = [g for g in GROUPS if not args.groups or g.name in args.groups.split(",")]
