@@ -18,12 +18,41 @@ from floodlora.models.registry import checkpoint_normalization
 def test_auto_resolves_to_each_checkpoints_own_statistics() -> None:
     assert checkpoint_normalization("clay-v1-base") == "clay-v1"
     assert checkpoint_normalization("clay-v1.5") == "clay-v1.5"
-    assert checkpoint_normalization("embedded") == "clay-v1.5"
+    assert checkpoint_normalization("embedded") == "floodlora-mini"
+    embedded = get_preset("auto", "linear", None, checkpoint_normalization("embedded"))
+    assert embedded is PRESETS["floodlora-mini"] and embedded.units == "db"
     v1 = get_preset("auto", "db", None, checkpoint_normalization("clay-v1-base"))
     assert v1 is PRESETS["clay-v1"] and v1.units == "linear"
     assert get_preset("auto", "linear", None, "clay-v1.5").units == "db"
     with pytest.raises(ConfigError, match="unknown base preset"):
         get_preset("auto", "db", None, "clay-v9")
+
+
+def test_embedded_db_preset_is_recomputed_from_the_calibrated_real_images(real_data: Path) -> None:
+    """`floodlora-mini`: per band, the median over the calibrated images (labels unused) of each
+    image's robust centre and spread; with it dB water stands out from land as in the 8-bit sources."""
+    from floodlora.data.sar import robust_band_stats
+    from floodlora.data.sources import discover, read_sample
+
+    refs = [r for r in discover([real_data, real_data / "unlabeled"]) if r.units in ("db", "linear")]
+    per_band: dict[str, list[tuple[float, float]]] = {}
+    for ref in {r.chip_id: r for r in refs}.values():
+        sample = read_sample(ref)
+        stats = robust_band_stats((b, a, sample.valid) for v in sample.views.values() for b, a in v.items())
+        for band, centre_spread in stats.items():
+            per_band.setdefault(band, []).append(centre_spread)
+    preset = PRESETS["floodlora-mini"]
+    assert sorted(per_band) == ["vh", "vv"] and len(per_band["vv"]) == 5
+    for band, values in per_band.items():
+        centre, spread = np.median(np.array(values), axis=0)
+        assert preset.mean[band] == pytest.approx(centre, abs=0.02)
+        assert preset.std[band] == pytest.approx(spread, abs=0.02)
+
+    spain = read_sample(next(r for r in refs if r.format == "sen1floods11"))
+    ok = spain.valid & (spain.mask != 255)
+    vh = spain.views["post"]["vh"]
+    gap_db = float(np.median(vh[ok & (spain.mask == 0)]) - np.median(vh[ok & (spain.mask == 1)]))
+    assert gap_db / PRESETS["clay-v1.5"].std["vh"] < 1.1 < 1.6 < gap_db / preset.std["vh"]
 
 
 def test_preset_round_trips_through_a_dict() -> None:

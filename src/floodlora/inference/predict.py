@@ -601,7 +601,7 @@ def resolve_preset(
     model never saw calibrated backscatter. Older runs resolve their config (a stats path may be
     run-relative).
     """
-    from floodlora.data.sar import PER_SCENE, SCENE_MODES_8BIT, calibrated_run_preset, get_preset
+    from floodlora.data.sar import PER_SCENE, PRESETS, SCENE_MODES_8BIT, calibrated_run_preset, get_preset
 
     if config.data.normalization == PER_SCENE:
         return PER_SCENE  # resolved from the scene's own pixels once its views are open
@@ -610,7 +610,7 @@ def resolve_preset(
     name = config.data.normalization
     if name in SCENE_MODES_8BIT:  # calibrated scenes: the encoder's preset
         name = "auto"
-    if name not in ("auto", "clay-v1.5", "clay-v1") and run_dir is not None and not Path(name).is_file():
+    if name != "auto" and name not in PRESETS and run_dir is not None and not Path(name).is_file():
         local = run_dir / name
         if local.is_file():
             name = str(local)

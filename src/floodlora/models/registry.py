@@ -35,6 +35,7 @@ CHECKPOINTS: dict[str, CheckpointSpec] = {
         "floodlora-mini: Clay-architecture encoder (dim 192, depth 6) pretrained with Clay's MAE "
         "objective on Sentinel-1; ships inside the package (see MODEL_CARD.md)",
         preset="floodlora-mini",
+        normalization="floodlora-mini",  # robust dB statistics (floodlora.data.sar.PRESETS)
         latlon_order="lat-lon",  # pretrained with zero location codes: the order is free; lat first
     ),
     "clay-v1-base": CheckpointSpec(
@@ -76,9 +77,10 @@ def checkpoint_latlon_order(name_or_path: str) -> str:
 def checkpoint_normalization(name_or_path: str) -> str:
     """The normalisation preset an encoder was pretrained with, which ``auto`` resolves to.
 
-    Named checkpoints declare theirs (clay-v1-base: Clay v1.0 linear-power statistics; clay-v1.5
-    and the embedded encoder: Clay v1.5 dB statistics). A file path or a random encoder gets the
-    dB preset; pass data.normalization explicitly for a checkpoint pretrained otherwise.
+    Named checkpoints declare theirs (clay-v1-base: Clay v1.0 linear-power statistics; clay-v1.5:
+    Clay v1.5 dB statistics; the embedded encoder: its own robust dB statistics, the scale of the
+    8-bit sources that made up most of its pretraining pool). A file path or a random encoder gets
+    the Clay v1.5 preset; pass data.normalization explicitly for a checkpoint pretrained otherwise.
     """
     spec = CHECKPOINTS.get(name_or_path)
     return spec.normalization if spec else DEFAULT_NORMALIZATION

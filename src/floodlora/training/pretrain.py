@@ -198,7 +198,8 @@ def build_pool(cfg: PretrainConfig, progress: Callable[[str], None] | None = Non
         domain = "ood" if i % 4 == 3 else "in"  # some arid/urban terrain too; labels are never used
         sample = generate_scene(cfg.synthetic_size, domain=domain, seed=cfg.seed * 100_003 + i)
         bands = ("vv", "vh")
-        norm = normalize_sample(sample, bands, get_norm_preset("auto", sample.meta.units))
+        # The shipped weights saw dB scenes under Clay v1.5's constants (MODEL_CARD.md).
+        norm = normalize_sample(sample, bands, get_norm_preset("auto", sample.meta.units, base="clay-v1.5"))
         for arr in norm.values():
             pool.add(bands, np.nan_to_num(arr))
     if progress:
@@ -221,7 +222,7 @@ def build_pool(cfg: PretrainConfig, progress: Callable[[str], None] | None = Non
                 bands = tuple(b for b in ("vv", "vh") if all(b in v for v in sample.views.values()))
                 if not bands or min(sample.valid.shape) < cfg.crop_size:
                     continue
-                preset = get_norm_preset("auto", sample.meta.units, stats=stats)
+                preset = get_norm_preset("auto", sample.meta.units, stats=stats, base="clay-v1.5")
                 for arr in normalize_sample(sample, bands, preset).values():
                     arr = np.where(sample.valid[None], arr, 0.0)
                     pool.add(bands, np.clip(np.nan_to_num(arr), -6, 6))
