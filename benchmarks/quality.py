@@ -532,6 +532,37 @@ def _comparison_table(
     return lines
 
 
+def _db_scale_table(result: dict[str, Any] | None) -> list[str]:
+    """`benchmarks/db_scale.py`: one run held out on the dB group, its dB chips under other presets."""
+    if not result:
+        return []
+    lines = [
+        "",
+        "### The scale of dB data",
+        "",
+        "One recipe run trained with the dB group (C2S-MS + Sen1Floods11) held out, so on 8-bit "
+        "sources only, scored on that group with its calibrated chips under dB presets of other "
+        f"centres and spreads; weights and threshold unchanged. Command: `{result['command']}`. "
+        "F1 / precision / recall in %:",
+        "",
+        "| dB preset | Centre VV / VH (dB) | Spread VV / VH (dB) | F1 / P / R | Threshold "
+        "| Best on own labels (at) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        m, o = r["at_run_threshold"], r["oracle"]
+        cells = [
+            r["preset"],
+            " / ".join(f"{r['centre_db'][b]:.2f}" for b in ("vv", "vh")),
+            " / ".join(f"{r['spread_db'][b]:.2f}" for b in ("vv", "vh")),
+            " / ".join(_pct(m[k]) for k in ("f1", "precision", "recall")),
+            f"{r['threshold']:.2f}",
+            f"{_pct(o['f1'])} ({o['threshold']:.2f})",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def explorations_markdown(path: Path) -> list[str]:
     """The exploratory runs made while choosing the recipe (held-out group, what changed, F1)."""
     if not path.is_file():
@@ -631,6 +662,7 @@ def explorations_markdown(path: Path) -> list[str]:
         "Recipe F1 / P / R",
         change="Change",
     )
+    lines += _db_scale_table(data.get("db_scale"))
     oracle = data.get("operating_point", [])
     if oracle:
         lines += [

@@ -111,3 +111,32 @@ def test_exploration_tables_show_the_oracle_only_where_runs_kept_it(bench: Modul
         assert any(r["what"] in line and cell in line for line in text.splitlines()), cell
     per_scene = text.split("### Per-scene normalisation")[1].split("###")[0]
     assert "Best on own labels" not in per_scene and "| Held out |" in per_scene
+
+
+def test_db_scale_rescores_a_run_held_out_on_the_db_group(
+    bench: ModuleType, real_data: Path, tmp_path: Path
+) -> None:
+    """benchmarks/db_scale.py: the tiny recipe with the dB group held out, its dB chips rescored under
+    each candidate preset; weights and threshold stay, so only the scale of the inputs differs."""
+    db_scale = load_benchmark("db_scale")
+    work = tmp_path / "work"
+    bench.main([
+        "--tiny", "--groups", "c2s-s1f11", "--rows", "recipe", "--real", str(real_data),
+        "--json", str(tmp_path / "q.json"), "--markdown", str(tmp_path / "q.md"), "--workdir", str(work),
+    ])  # fmt: skip
+    run = work / "c2s-s1f11" / "recipe"
+    out = tmp_path / "explorations.json"
+    out.write_text(json.dumps({"note": "kept", "runs": []}))
+    result = db_scale.main([str(run), "--json", str(out), "--data", str(real_data)])
+    saved = json.loads(out.read_text())
+    assert saved["note"] == "kept" and saved["db_scale"]["rows"] == result["rows"]
+    rows = {r["preset"]: r for r in result["rows"]}
+    assert list(rows) == [c[0] for c in db_scale.CANDIDATES]
+    assert rows["clay-v1.5"]["spread_db"]["vv"] == pytest.approx(8.314)
+    assert rows["floodlora-mini centre, spread 3"]["spread_db"] == {"vv": 3.0, "vh": 3.0}
+    thresholds = {r["threshold"] for r in result["rows"]}
+    assert len(thresholds) == 1  # the run's own threshold every time
+    for r in result["rows"]:
+        assert r["n_chips"] == 4 and 0.0 <= r["at_run_threshold"]["f1"] <= r["oracle"]["f1"] + 1e-9
+    assert len({round(r["at_run_threshold"]["recall"], 6) for r in result["rows"]}) > 1
+    assert "### The scale of dB data" in "\n".join(bench.explorations_markdown(out))
