@@ -37,7 +37,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from _common import parse_overrides
+from _common import parse_overrides, rel
 from quality import (
     BUDGET,
     GROUPS,
@@ -582,10 +582,6 @@ def plot(result: dict[str, Any], path: Path) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def _rel(path: Path) -> str:
-    return str(path.relative_to(REPO)) if path.resolve().is_relative_to(REPO) else str(path)
-
-
 def write_outputs(result: dict[str, Any], json_path: Path, png: Path, doc: Path) -> None:
     from floodlora.io import atomic_write_json, replace_marked_section
 
@@ -696,8 +692,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "adapt_options": opts,
         "adapt_text": adapt_text,
         "groups": [],
-        "json": _rel(json_path),
-        "png": _rel(png),
+        "json": rel(json_path),
+        "png": rel(png),
         "wall_seconds": 0.0,
     }
     t0 = time.perf_counter()

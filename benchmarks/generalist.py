@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from _common import describe_machine, machine_info, parse_overrides, peak_rss_kib, rel, write_section
-from quality import TINY_BUDGET, mini_tree
+from quality import TINY_BUDGET, _pct, mini_tree
 
 REPO = Path(__file__).resolve().parents[1]
 REAL = REPO.parent / "shared" / "data" / "real"
@@ -109,10 +109,6 @@ def _epochs(r: dict[str, Any]) -> str:
     if r["epochs"] is not None and r["epochs"] < r["max_epochs"]:
         return f"{r['epochs']} of {r['max_epochs']} (time cap)"
     return str(r["epochs"])
-
-
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.1f}"
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
