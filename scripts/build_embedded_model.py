@@ -81,7 +81,7 @@ load `clay-v1-base` or `clay-v1.5` (see README).
 | recipe | {cfg["steps"]:,} steps, batch {cfg["batch_size"]}, random {cfg["crop_size"]} px crops (every other batch {cfg["large_crop_size"]} px) with flips/rot90, AdamW lr {cfg["lr"]} (warm-up {cfg["warmup_steps"]}, cosine), weight decay {cfg["weight_decay"]}, seed {cfg["seed"]} |
 | wall time | {summary["wall_seconds"] / 60:.1f} min on 2 CPU cores (fp32) |
 | loss | {summary["first_loss"]:.4f} (first {cfg["log_every"]} steps) -> {summary["final_loss"]:.4f} (last {cfg["log_every"]}) |
-| normalisation | dB sources: Clay v1.5 Sentinel-1 constants; 8-bit rescaled sources: per-source statistics |
+| normalisation | pretraining: dB sources under Clay v1.5 Sentinel-1 constants, 8-bit rescaled sources under per-source statistics. Fine-tuning (`normalization: auto`): dB data under the `floodlora-mini` preset, robust statistics of the calibrated pretraining images (docs/data.md): under Clay's wider spread, a run trained on the 8-bit sources found almost none of the water in dB chips (docs/quality.md) |
 
 Exact command (reruns resume from `--out`):
 

@@ -102,8 +102,8 @@ PRESETS: dict[str, NormalizationPreset] = {
     # The embedded encoder's dB preset: per band, the median over the calibrated images of its
     # pretraining pool (labels unused) of each image's robust centre and spread (:func:`robust_band_stats`;
     # tests/test_normalization_runs.py recomputes it). Clay v1.5's 8.3 dB std is a global mean/std
-    # that noise floor and ocean widen; a land scene spreads over 3-5 dB. With Clay's spread, dB water
-    # sat three times closer to land, in standard deviations, than in the 8-bit sources the encoder
+    # that noise floor and ocean widen; this preset's spread is about half of it. With Clay's spread,
+    # dB water sat much closer to land, in standard deviations, than in the 8-bit sources the encoder
     # mostly saw, and a run trained on 8-bit sources missed nearly all of it (docs/quality.md).
     "floodlora-mini": NormalizationPreset(
         "floodlora-mini", "db", {"vv": -11.05, "vh": -18.73}, {"vv": 3.73, "vh": 4.69}

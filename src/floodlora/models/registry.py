@@ -78,9 +78,10 @@ def checkpoint_normalization(name_or_path: str) -> str:
     """The normalisation preset an encoder was pretrained with, which ``auto`` resolves to.
 
     Named checkpoints declare theirs (clay-v1-base: Clay v1.0 linear-power statistics; clay-v1.5:
-    Clay v1.5 dB statistics; the embedded encoder: its own robust dB statistics, the scale of the
-    8-bit sources that made up most of its pretraining pool). A file path or a random encoder gets
-    the Clay v1.5 preset; pass data.normalization explicitly for a checkpoint pretrained otherwise.
+    Clay v1.5 dB statistics; the embedded encoder: its own robust dB statistics, narrower than
+    Clay's, so that dB water stands out from land as it does in the 8-bit sources). A file path or
+    a random encoder gets the Clay v1.5 preset; pass data.normalization explicitly for a checkpoint
+    pretrained otherwise.
     """
     spec = CHECKPOINTS.get(name_or_path)
     return spec.normalization if spec else DEFAULT_NORMALIZATION
