@@ -563,6 +563,37 @@ def _db_scale_table(result: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def _logit_sources_table(result: dict[str, Any] | None) -> list[str]:
+    """`benchmarks/logit_sources.py`: how much of a run's logits the token path, stem and prior move."""
+    if not result:
+        return []
+    lines = [
+        "",
+        "### Where the logits come from",
+        "",
+        "Runs of the benchmark budget, each scored on the group it never saw: the spatial standard "
+        "deviation of the output logit inside a chip (mean over chips), and of the change when one "
+        "part is removed (the encoder's token path or the pixel stem replaced by zeros, the pixel prior "
+        "left out), as a fraction of it. A token-path share near zero means the logits do not depend "
+        f"on the encoder. Command: `{result['command']}`.",
+        "",
+        "| Run | Held out | Decoder | Strategy | Logit std | Token path | Pixel stem | Pixel prior |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        share = r["share"]
+        cells = [
+            r["label"],
+            r.get("held_out", "–"),
+            f"`{r['decoder']}`",
+            r["strategy"],
+            f"{r['logit_spatial_std']:.2f}",
+            *(f"{share[k]:.2f}" for k in ("token_path", "pixel_stem", "pixel_prior")),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def explorations_markdown(path: Path) -> list[str]:
     """The exploratory runs made while choosing the recipe (held-out group, what changed, F1)."""
     if not path.is_file():
@@ -663,6 +694,7 @@ def explorations_markdown(path: Path) -> list[str]:
         change="Change",
     )
     lines += _db_scale_table(data.get("db_scale"))
+    lines += _logit_sources_table(data.get("logit_sources"))
     oracle = data.get("operating_point", [])
     if oracle:
         lines += [

@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from floodlora.config import ModelConfig
+from floodlora.models.decoder import DECODER_SPECS, DECODERS
 from floodlora.models.factory import build_segmentor
+from floodlora.models.segmentor import FloodSegmentor
 
 
 def _conv(c_in: int, c_out: int, k: int) -> int:
@@ -38,7 +40,7 @@ def test_hires_decoder_adds_a_pixel_path_of_known_size() -> None:
     assert sum(p.numel() for p in hires.decoder_parameters()) == token_part + stems + head
 
 
-@pytest.mark.parametrize("decoder", ["paper", "hires"])
+@pytest.mark.parametrize("decoder", DECODERS)
 @pytest.mark.parametrize("size", [32, 48])
 def test_decoder_output_shapes_and_missing_views(decoder: str, size: int) -> None:
     model = build_segmentor(
@@ -89,7 +91,7 @@ def test_hires_decode_needs_pixels_and_unknown_decoder_fails() -> None:
         build_segmentor(ModelConfig(checkpoint="random:test-micro", decoder="unet"), ["post"], ["vv", "vh"])
 
 
-@pytest.mark.parametrize("decoder", ["paper", "hires"])
+@pytest.mark.parametrize("decoder", DECODERS)
 def test_run_directory_records_the_decoder(tmp_path, decoder: str) -> None:
     from floodlora.config import RunConfig
     from floodlora.runs import load_run, save_run
@@ -107,3 +109,76 @@ def test_run_directory_records_the_decoder(tmp_path, decoder: str) -> None:
     x = {"post": torch.randn(1, 2, 16, 16)}
     with torch.no_grad():
         assert torch.allclose(loaded.model(x), model.eval()(x))
+
+
+def test_decoder_variants_differ_from_hires_only_in_what_they_declare() -> None:
+    """Each hires variant: BatchNorm in the token decoder, or more stem inputs / layers, nothing else."""
+    from torch import nn
+
+    def build(name: str) -> FloodSegmentor:
+        return build_segmentor(
+            ModelConfig(checkpoint="random:test-micro", decoder=name), ["pre", "post"], ["vv", "vh"]
+        )
+
+    hires = build("hires")
+    for name, spec in DECODER_SPECS.items():
+        if not spec.pixel_stem:
+            continue
+        model = build(name)
+        norms = [m for m in model.decoders.modules() if isinstance(m, nn.BatchNorm2d)]
+        assert bool(norms) == spec.token_norm, name
+        first = model.stems[0].net[0]
+        assert first.in_channels == 2 * (2 + spec.stem_otsu + spec.stem_context), name
+        dilated = [m for m in model.stems[0].net if isinstance(m, nn.Conv2d) and m.dilation != (1, 1)]
+        assert len(dilated) == (2 if spec.stem_context else 0), name
+        assert type(model.head) is type(hires.head)
+
+
+def test_otsu_levels_match_scikit_image() -> None:
+    """The stem's per-tile Otsu level is the classical per-chip threshold (within one histogram bin)."""
+    from skimage.filters import threshold_otsu
+
+    from floodlora.models.decoder import otsu_levels
+
+    torch.manual_seed(0)
+    water = torch.randn(2, 2, 24, 48) * 0.5 - 2.0
+    land = torch.randn(2, 2, 40, 48) * 0.7 + 1.0
+    x = torch.cat([water, land], dim=2)
+    levels = otsu_levels(x)
+    assert levels.shape == (2, 2, 1, 1)
+    for i in range(2):
+        for c in range(2):
+            band = x[i, c]
+            expected = threshold_otsu(band.numpy())
+            bin_width = float(band.quantile(0.99) - band.quantile(0.01)) / 64
+            assert abs(float(levels[i, c]) - expected) <= 1.5 * bin_width
+            assert -2.0 < float(levels[i, c]) < 1.0
+
+
+def test_pixel_dropout_leaves_the_token_path_alone_in_training_only() -> None:
+    """With pixel dropout a training chip may be predicted from tokens alone; evaluation keeps both."""
+    cfg = ModelConfig(checkpoint="random:test-micro", decoder="hires", pixel_dropout=0.99, pixel_prior=True)
+    model = build_segmentor(cfg, ["post"], ["vv", "vh"])
+    torch.nn.init.normal_(model.prior.weight)
+    x = {"post": torch.randn(2, 2, 16, 16)}
+    hooks = [s.register_forward_hook(lambda _m, _i, out: out * 0) for s in model.stems]
+    saved_prior, model.prior = model.prior, None
+    model.eval()
+    with torch.no_grad():
+        tokens_only = model(x)
+    for h in hooks:
+        h.remove()
+    model.prior = saved_prior
+    torch.manual_seed(1)
+    model.train()
+    for m in model.modules():  # dropout layers of the encoder off: only the pixel dropout draws
+        if isinstance(m, torch.nn.Dropout):
+            m.eval()
+    with torch.no_grad():
+        dropped = model(x)
+        model.eval()
+        full = model(x)
+    assert torch.allclose(dropped, tokens_only, atol=1e-5)
+    assert not torch.allclose(full, tokens_only, atol=1e-3)
+    with pytest.raises(Exception, match="pixel_dropout"):
+        ModelConfig(pixel_dropout=1.0)

@@ -140,3 +140,33 @@ def test_db_scale_rescores_a_run_held_out_on_the_db_group(
         assert r["n_chips"] == 4 and 0.0 <= r["at_run_threshold"]["f1"] <= r["oracle"]["f1"] + 1e-9
     assert len({round(r["at_run_threshold"]["recall"], 6) for r in result["rows"]}) > 1
     assert "### The scale of dB data" in "\n".join(bench.explorations_markdown(out))
+
+
+def test_logit_sources_measures_each_part_of_a_held_out_run(
+    bench: ModuleType, real_data: Path, tmp_path: Path
+) -> None:
+    """benchmarks/logit_sources.py: the share of a run's logits that its token path, pixel stem and
+    pixel prior move, on the group the run never saw; the prior's share is its own term exactly."""
+    sources = load_benchmark("logit_sources")
+    work = tmp_path / "work"
+    bench.main([
+        "--tiny", "--groups", "c2s-s1f11", "--rows", "recipe", "--real", str(real_data),
+        "--json", str(tmp_path / "q.json"), "--markdown", str(tmp_path / "q.md"), "--workdir", str(work),
+    ])  # fmt: skip
+    run = work / "c2s-s1f11" / "recipe"
+    out = tmp_path / "explorations.json"
+    out.write_text(json.dumps({"note": "kept", "runs": []}))
+    result = sources.main([f"recipe=c2s-s1f11={run}", "--json", str(out), "--data", str(real_data)])
+    saved = json.loads(out.read_text())
+    assert saved["note"] == "kept" and saved["logit_sources"]["rows"] == result["rows"]
+    (row,) = result["rows"]
+    assert row["label"] == "recipe" and row["held_out"] == "c2s-s1f11"
+    assert row["decoder"] == "hires" and row["strategy"] == "lora" and row["n_chips"] == 4
+    assert row["logit_spatial_std"] > 0
+    assert set(row["share"]) == {"token_path", "pixel_stem", "pixel_prior"}
+    assert all(0.0 <= v < 10.0 for v in row["share"].values())
+    assert row["share"]["pixel_stem"] > 0 and row["share"]["token_path"] > 0  # both feed the head
+    text = "\n".join(bench.explorations_markdown(out))
+    assert "### Where the logits come from" in text and "| recipe | c2s-s1f11 | `hires` | lora |" in text
+    with pytest.raises(SystemExit, match="LABEL=GROUP=RUN_DIR"):
+        sources.main([str(run), "--json", str(out)])

@@ -74,7 +74,7 @@ class ModelConfig:
     lora_alpha: float | None = None  # None: 2 * rank (the reference method)
     lora_dropout: float = 0.1
     lora_targets: list[str] = field(default_factory=lambda: ["to_qkv", "to_out"])
-    decoder: str = "hires"  # hires: + full-resolution pixel path | paper: the reference decoder
+    decoder: str = "hires"  # hires: + full-resolution pixel path | paper: the reference | more: DECODER_SPECS
     decoder_channels: list[int] | None = None  # None: sized from the encoder width
     share_decoder: bool = False
     # One output channel per label kind the training data holds: flood (new water, OMBRIA-style) and
@@ -86,6 +86,9 @@ class ModelConfig:
     pixel_prior: bool = False
     prior_kinds: list[str] | None = None  # outputs whose prior is fitted (None: every output)
     view_dropout: float = 0.0
+    # Training only: per chip, the rate at which the pixel stem and the pixel prior are left out, so
+    # that the encoder's token path must predict on its own and cannot be ignored (hires decoders).
+    pixel_dropout: float = 0.0
     gradient_checkpointing: bool | None = None  # None: on for `full` at >= 512 px
     # Order of Clay's location code: lat-lon [sin lat, cos lat, sin lon, cos lon] (Clay's tutorials),
     # lon-lat (lon first: what Clay's v1 training chips probably carried, docs/architecture.md), zeros
@@ -114,6 +117,8 @@ class ModelConfig:
             or any(o not in LABEL_KINDS for o in self.outputs)
         ):
             raise ConfigError(f"model.outputs: distinct label kinds from flood, water; got {self.outputs!r}")
+        if not 0.0 <= self.pixel_dropout < 1.0:
+            raise ConfigError(f"model.pixel_dropout: must be in [0, 1), got {self.pixel_dropout!r}")
         if not 0.0 <= self.lora_dropout < 1.0:
             raise ConfigError(f"model.lora_dropout: must be in [0, 1), got {self.lora_dropout!r}")
 

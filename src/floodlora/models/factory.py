@@ -51,6 +51,7 @@ def build_segmentor(
         decoder_channels=cfg.decoder_channels,
         share_decoder=cfg.share_decoder,
         view_dropout=cfg.view_dropout,
+        pixel_dropout=cfg.pixel_dropout,
         decoder=cfg.decoder,
         outputs=cfg.outputs,
         pixel_prior=cfg.pixel_prior,

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from floodlora.config import LABEL_KINDS
 from floodlora.models.clay import SENTINEL1_GSD, ClayEncoder, band_wavelengths
 from floodlora.models.decoder import (
+    DECODER_SPECS,
     DECODERS,
     FusionHead,
     HiResFusionHead,
@@ -60,6 +61,7 @@ class FloodSegmentor(nn.Module):
         decoder_channels: Sequence[int] | None = None,
         share_decoder: bool = False,
         view_dropout: float = 0.0,
+        pixel_dropout: float = 0.0,
         gsd: float = SENTINEL1_GSD,
         decoder: str = "paper",
         outputs: Sequence[str] = ("flood",),
@@ -88,20 +90,27 @@ class FloodSegmentor(nn.Module):
         self.bands = tuple(bands)
         self.gsd = gsd
         self.view_dropout = view_dropout
+        if not 0.0 <= pixel_dropout < 1.0:
+            raise ValueError(f"pixel_dropout must be in [0, 1), got {pixel_dropout}")
+        self.pixel_dropout = pixel_dropout
         dim = self.encoder_dim
         patch = self.patch_size
+        spec = DECODER_SPECS[decoder]
         channels = tuple(decoder_channels) if decoder_channels else default_decoder_channels(dim)
         self.decoder_channels = channels
         self.share_decoder = share_decoder
         n_decoders = 1 if share_decoder else len(self.views)
-        self.decoders = nn.ModuleList(ViewDecoder(dim, channels, patch) for _ in range(n_decoders))
+        self.decoders = nn.ModuleList(
+            ViewDecoder(dim, channels, patch, norm=spec.token_norm) for _ in range(n_decoders)
+        )
         self.decoder_kind = decoder
         self.stems = nn.ModuleList(
-            PixelStem(len(self.bands)) for _ in range(n_decoders if decoder == "hires" else 0)
+            PixelStem(len(self.bands), context=spec.stem_context, otsu=spec.stem_otsu)
+            for _ in range(n_decoders if spec.pixel_stem else 0)
         )
         self.head: nn.Module = (
             HiResFusionHead(len(self.views), channels[-1], self.stems[0].out_channels, len(self.outputs))
-            if decoder == "hires"
+            if spec.pixel_stem
             else FusionHead(len(self.views), channels[-1], len(self.outputs))
         )
         # A per-pixel logistic term on the normalised inputs, added to the logits: the classical
@@ -204,11 +213,18 @@ class FloodSegmentor(nn.Module):
         ref = next(iter(features.values()))
         b, _, gh, gw = ref.shape
         p = self.patch_size
-        if (self.decoder_kind == "hires" or self.prior is not None) and (
+        if (DECODER_SPECS[self.decoder_kind].pixel_stem or self.prior is not None) and (
             pixels is None or any(v not in pixels for v in features)
         ):
             raise ValueError("the hires decoder (or pixel prior) needs the input pixels of each present view")
         drop = self._sample_view_dropout(list(features), b, ref)
+        # Chips whose pixel stem and prior are left out this step (training only): the token path
+        # must then predict alone, so it stays part of the model.
+        pixel_keep = None
+        if self.training and self.pixel_dropout > 0:
+            pixel_keep = (
+                (torch.rand(b, device=ref.device) >= self.pixel_dropout).to(ref.dtype).view(b, 1, 1, 1)
+            )
         outputs = []
         for i, view in enumerate(self.views):
             k = 0 if self.share_decoder else i
@@ -218,7 +234,8 @@ class FloodSegmentor(nn.Module):
                 out = decoder(features[view])
                 if self.stems:
                     assert pixels is not None
-                    out = torch.cat([out, self.stems[k](pixels[view].to(out.dtype))], dim=1)
+                    stem = self.stems[k](pixels[view].to(out.dtype))
+                    out = torch.cat([out, stem if pixel_keep is None else stem * pixel_keep], dim=1)
                 if drop is not None:
                     out = out * drop[view].view(b, 1, 1, 1)
             else:
@@ -227,7 +244,8 @@ class FloodSegmentor(nn.Module):
         logits = self.head(torch.cat(outputs, dim=1))
         if self.prior is not None:
             assert pixels is not None
-            logits = logits + self.prior(self.prior_inputs(pixels, b, gh * p, gw * p, ref).to(logits.dtype))
+            prior = self.prior(self.prior_inputs(pixels, b, gh * p, gw * p, ref).to(logits.dtype))
+            logits = logits + (prior if pixel_keep is None else prior * pixel_keep)
         return logits
 
     def prior_inputs(self, pixels: Mapping[str, Tensor], batch: int, h: int, w: int, ref: Tensor) -> Tensor:
