@@ -115,6 +115,20 @@ def write_section(path: Path, name: str, body: str, title: str = "# Performance\
     replace_marked_section(path, begin, end, f"{begin}\n{body.strip()}\n{end}", title=title)
 
 
+def set_json_key(path: Path, key: str, value: Any) -> None:
+    """Write `value` under `key` of the JSON object in `path` (created if absent), other keys kept.
+
+    Several scripts add their own section to one results file (``quality-explorations.json``).
+    """
+    import json
+
+    from floodlora.io import atomic_write_json
+
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    data[key] = value
+    atomic_write_json(path, data)
+
+
 def rel(path: Path) -> str:
     """`path` relative to the repository where it lies inside it (what the docs cite)."""
     path = Path(path)

@@ -23,7 +23,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import REPO
+from _common import REPO, set_json_key
 
 #: (label, spread VV/VH in dB): None keeps the named preset's own; others keep floodlora-mini's centre.
 CANDIDATES: list[tuple[str, tuple[float, float] | None]] = [
@@ -97,11 +97,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "run": str(args.run),
         "rows": rescore(args.run, args.split, args.data),
     }
-    from floodlora.io import atomic_write_json
-
-    data = json.loads(args.json.read_text()) if args.json.is_file() else {}
-    data["db_scale"] = result
-    atomic_write_json(args.json, data)
+    set_json_key(args.json, "db_scale", result)
     return result
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +24,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import REPO
+from _common import REPO, set_json_key
+from quality import GROUPS
 
 
 @contextlib.contextmanager
@@ -45,17 +45,13 @@ def _output_logits(model: Any, views: Any, time: Any, latlon: Any, kinds: Any, p
     return model.select_outputs(out, kinds, present)[:, 0]
 
 
-def measure(
-    run: Path, split: str = "held-out", max_chips: int = 64, roots: list[Path] | None = None
-) -> dict[str, Any]:
-    """Mean over chips of the spatial std of the output logit, and of each part's share of it.
+def measure(run: Path, split: str, max_chips: int = 64, roots: list[Path] | None = None) -> dict[str, Any]:
+    """Mean over `split`'s chips of the spatial std of the output logit, and of each part's share of it.
 
-    `held-out` scores the run's ood split, or its test split where it has no ood chips (the OMBRIA
-    test group of benchmarks/quality.py is the dataset's own test split).
+    `roots` replaces the run's data roots (the same chips elsewhere).
     """
     import torch
 
-    from floodlora.errors import FloodLoraError
     from floodlora.models.inputs import model_inputs
     from floodlora.models.registry import checkpoint_normalization
     from floodlora.runs import load_run
@@ -67,15 +63,7 @@ def measure(
     data = loaded.config.data
     if roots:
         data.roots = [str(r) for r in roots]
-
-    try:
-        loader = _eval_loader(
-            data, "ood" if split == "held-out" else split, loaded.presets or None, base_norm
-        )
-    except FloodLoraError:
-        if split != "held-out":
-            raise
-        loader = _eval_loader(data, "test", loaded.presets or None, base_norm)
+    loader = _eval_loader(data, split, loaded.presets or None, base_norm)
     sums = {"logit": 0.0, "token_path": 0.0, "pixel_stem": 0.0, "pixel_prior": 0.0}
     n = 0
     with torch.no_grad():
@@ -118,9 +106,11 @@ def measure(
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
-        "runs", nargs="+", help="LABEL=RUN_DIR, each a run trained without the group it is scored on"
+        "runs", nargs="+", help="LABEL=GROUP=RUN_DIR: each run was trained without GROUP and is scored on it"
     )
-    p.add_argument("--split", default="held-out", help="held-out (ood, else test) or a split name")
+    p.add_argument(
+        "--split", default=None, help="the split to score (default: where benchmarks/quality.py scores GROUP)"
+    )
     p.add_argument("--max-chips", type=int, default=64)
     p.add_argument("--data", type=Path, action="append", default=[], help="chip roots (default: each run's)")
     p.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "quality-explorations.json")
@@ -134,10 +124,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if len(parts) != 3 or not all(parts):
             raise SystemExit(f"{spec}: expected LABEL=GROUP=RUN_DIR")
         label, group, path = parts
+        known = {g.name: g for g in GROUPS}
+        if group not in known:
+            raise SystemExit(f"{spec}: unknown group {group!r}; one of {', '.join(known)}")
+        split = args.split or ("test" if known[group].native_test else "ood")
         row = {
             "label": label,
             "held_out": group,
-            **measure(Path(path), args.split, args.max_chips, args.data),
+            **measure(Path(path), split, args.max_chips, args.data),
         }
         rows.append(row)
         share = row["share"]
@@ -151,11 +145,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "benchmarks/quality.py --worker GROUP ROW --out-dir RUN [--budget ...], the benchmark budget)",
         "rows": rows,
     }
-    from floodlora.io import atomic_write_json
-
-    data = json.loads(args.json.read_text()) if args.json.is_file() else {}
-    data["logit_sources"] = result
-    atomic_write_json(args.json, data)
+    set_json_key(args.json, "logit_sources", result)
     return result
 
 

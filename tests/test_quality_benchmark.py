@@ -15,6 +15,19 @@ def bench() -> ModuleType:
     return load_benchmark("quality")
 
 
+@pytest.fixture(scope="module")
+def db_group_run(bench: ModuleType, real_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny recipe trained with the dB group (C2S-MS + Sen1Floods11) held out, shared by the
+    scripts that study one held-out run."""
+    tmp = tmp_path_factory.mktemp("db-group")
+    work = tmp / "work"
+    bench.main([
+        "--tiny", "--groups", "c2s-s1f11", "--rows", "recipe", "--real", str(real_data),
+        "--json", str(tmp / "q.json"), "--markdown", str(tmp / "q.md"), "--workdir", str(work),
+    ])  # fmt: skip
+    return work / "c2s-s1f11" / "recipe"
+
+
 def test_mini_tree_keeps_whole_chips(bench: ModuleType, real_data: Path, tmp_path: Path) -> None:
     from floodlora.data.sources import discover, read_sample
 
@@ -114,17 +127,12 @@ def test_exploration_tables_show_the_oracle_only_where_runs_kept_it(bench: Modul
 
 
 def test_db_scale_rescores_a_run_held_out_on_the_db_group(
-    bench: ModuleType, real_data: Path, tmp_path: Path
+    bench: ModuleType, db_group_run: Path, real_data: Path, tmp_path: Path
 ) -> None:
     """benchmarks/db_scale.py: the tiny recipe with the dB group held out, its dB chips rescored under
     each candidate preset; weights and threshold stay, so only the scale of the inputs differs."""
     db_scale = load_benchmark("db_scale")
-    work = tmp_path / "work"
-    bench.main([
-        "--tiny", "--groups", "c2s-s1f11", "--rows", "recipe", "--real", str(real_data),
-        "--json", str(tmp_path / "q.json"), "--markdown", str(tmp_path / "q.md"), "--workdir", str(work),
-    ])  # fmt: skip
-    run = work / "c2s-s1f11" / "recipe"
+    run = db_group_run
     out = tmp_path / "explorations.json"
     out.write_text(json.dumps({"note": "kept", "runs": []}))
     result = db_scale.main([str(run), "--json", str(out), "--data", str(real_data)])
@@ -143,17 +151,12 @@ def test_db_scale_rescores_a_run_held_out_on_the_db_group(
 
 
 def test_logit_sources_measures_each_part_of_a_held_out_run(
-    bench: ModuleType, real_data: Path, tmp_path: Path
+    bench: ModuleType, db_group_run: Path, real_data: Path, tmp_path: Path
 ) -> None:
     """benchmarks/logit_sources.py: the share of a run's logits that its token path, pixel stem and
     pixel prior move, on the group the run never saw; the prior's share is its own term exactly."""
     sources = load_benchmark("logit_sources")
-    work = tmp_path / "work"
-    bench.main([
-        "--tiny", "--groups", "c2s-s1f11", "--rows", "recipe", "--real", str(real_data),
-        "--json", str(tmp_path / "q.json"), "--markdown", str(tmp_path / "q.md"), "--workdir", str(work),
-    ])  # fmt: skip
-    run = work / "c2s-s1f11" / "recipe"
+    run = db_group_run
     out = tmp_path / "explorations.json"
     out.write_text(json.dumps({"note": "kept", "runs": []}))
     result = sources.main([f"recipe=c2s-s1f11={run}", "--json", str(out), "--data", str(real_data)])
@@ -170,3 +173,5 @@ def test_logit_sources_measures_each_part_of_a_held_out_run(
     assert "### Where the logits come from" in text and "| recipe | c2s-s1f11 | `hires` | lora |" in text
     with pytest.raises(SystemExit, match="LABEL=GROUP=RUN_DIR"):
         sources.main([str(run), "--json", str(out)])
+    with pytest.raises(SystemExit, match="unknown group 'nowhere'"):
+        sources.main([f"recipe=nowhere={run}", "--json", str(out)])
