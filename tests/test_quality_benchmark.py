@@ -164,13 +164,13 @@ def test_logit_sources_measures_each_part_of_a_held_out_run(
     assert saved["note"] == "kept" and saved["logit_sources"]["rows"] == result["rows"]
     (row,) = result["rows"]
     assert row["label"] == "recipe" and row["held_out"] == "c2s-s1f11"
-    assert row["decoder"] == "hires" and row["strategy"] == "lora" and row["n_chips"] == 4
+    assert row["decoder"] == "hires-bn" and row["strategy"] == "lora" and row["n_chips"] == 4
     assert row["logit_spatial_std"] > 0
     assert set(row["share"]) == {"token_path", "pixel_stem", "pixel_prior"}
     assert all(0.0 <= v < 10.0 for v in row["share"].values())
     assert row["share"]["pixel_stem"] > 0 and row["share"]["token_path"] > 0  # both feed the head
     text = "\n".join(bench.explorations_markdown(out))
-    assert "### Where the logits come from" in text and "| recipe | c2s-s1f11 | `hires` | lora |" in text
+    assert "### Where the logits come from" in text and "| recipe | c2s-s1f11 | `hires-bn` | lora |" in text
     with pytest.raises(SystemExit, match="LABEL=GROUP=RUN_DIR"):
         sources.main([str(run), "--json", str(out)])
     with pytest.raises(SystemExit, match="unknown group 'nowhere'"):
