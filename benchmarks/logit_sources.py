@@ -118,13 +118,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import warnings
 
     warnings.filterwarnings("ignore")
+    known = {g.name: g for g in GROUPS}
     rows = []
     for spec in args.runs:
         parts = spec.split("=", 2)
         if len(parts) != 3 or not all(parts):
             raise SystemExit(f"{spec}: expected LABEL=GROUP=RUN_DIR")
         label, group, path = parts
-        known = {g.name: g for g in GROUPS}
         if group not in known:
             raise SystemExit(f"{spec}: unknown group {group!r}; one of {', '.join(known)}")
         split = args.split or ("test" if known[group].native_test else "ood")
