@@ -82,7 +82,7 @@ MODEL_ROWS: tuple[ModelRow, ...] = (
     ModelRow(
         "frozen",
         "Frozen encoder, hires-bn decoder",
-        {"model.strategy": "frozen", "train.feature_cache": True},
+        {"model.strategy": "frozen", "train.feature_cache": "auto"},
     ),
     ModelRow("full", "Full fine-tuning, hires-bn decoder", {"model.strategy": "full"}),
 )
@@ -173,7 +173,7 @@ def worker(real: Path, group_name: str, row_name: str, budget: dict[str, Any], o
     row = next(r for r in MODEL_ROWS if r.name == row_name)
     config = run_config(real, group, row, budget)
     t0 = time.perf_counter()
-    result = train_run(config, out)
+    result = train_run(config, out, score=("test",) if group.native_test else ("ood",))
     wall = time.perf_counter() - t0
     held = result.metrics["test" if group.native_test else "ood"]
     if group.native_test:  # the test split holds OMBRIA's chips only (test_fraction 0)

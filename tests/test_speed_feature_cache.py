@@ -17,7 +17,7 @@ from floodlora.data.datamodule import FloodDataModule, FloodDataset, collate
 from floodlora.data.feature_cache import INDEX_FILE, CachedFeatureDataset, FeatureCache, collate_features
 from floodlora.errors import ConfigError
 from floodlora.models.factory import build_segmentor
-from floodlora.training.feature_cache import build_feature_cache, prepare_feature_cache
+from floodlora.training.feature_cache import build_feature_cache, feature_cache_plan, prepare_feature_cache
 from floodlora.training.task import FloodSegmentationTask
 
 VIEWS = ["pre", "post"]
@@ -152,3 +152,48 @@ def test_feature_cache_needs_the_frozen_strategy(chips: Path, tmp_path: Path) ->
 
     with pytest.raises(ConfigError, match=r"feature_cache needs model\.strategy: frozen"):
         train_run(_run_config(chips, "lora"), tmp_path / "run")
+
+
+def test_auto_builds_the_cache_only_where_it_encodes_fewer_pixels(chips: Path) -> None:
+    config = _run_config(chips)
+    config.train.feature_cache = "auto"
+    dm = FloodDataModule(config.data)
+    dm.setup("fit")
+    n_train, n_val = len(dm.splits["train"]), len(dm.splits["val"])
+    assert n_train >= 3 and n_val >= 1
+    px = 32 * 32  # chips and crops are 32 px
+    plan = feature_cache_plan(config, dm)  # 2 epochs, every batch: each chip is encoded twice live
+    assert plan["cached_pixels"] == (n_train + n_val) * px
+    per_epoch = -(-n_train // 2) * 2 * px + n_val * px
+    assert plan["live_pixels"] == 2 * per_epoch and plan["use"] is True
+    config.train.max_epochs, config.train.limit_train_batches = 1, 1  # one batch: live encodes less
+    plan = feature_cache_plan(config, dm)
+    assert plan["live_pixels"] == 2 * px + n_val * px and plan["use"] is False
+    assert plan["reason"] == "live training encodes fewer pixels"
+    config.model.strategy = "lora"
+    plan = feature_cache_plan(config, dm)
+    assert plan == {"setting": "auto", "use": False, "reason": "the lora strategy trains the encoder"}
+    config.train.feature_cache = True
+    assert feature_cache_plan(config, dm) == {"setting": True, "use": True}
+
+
+def test_train_run_with_auto_skips_a_cache_that_costs_more(chips: Path, tmp_path: Path) -> None:
+    from floodlora.training.engine import train_run
+
+    config = _run_config(chips)
+    config.train.feature_cache = "auto"
+    config.train.max_epochs, config.train.limit_train_batches = 1, 1
+    lines: list[str] = []
+    result = train_run(config, tmp_path / "run", log=lines.append)
+    assert "feature_cache" not in result.accounting and not (tmp_path / "run" / "feature_cache").exists()
+    assert result.accounting["feature_cache_plan"]["use"] is False
+    assert "feature cache: off (live training encodes fewer pixels)" in lines
+    assert result.metrics["val"]["n_chips"] >= 1
+
+
+def test_feature_cache_setting_is_checked() -> None:
+    from floodlora.config import load_config
+
+    assert load_config("cpu-small", {"train.feature_cache": "auto"}).train.feature_cache == "auto"
+    with pytest.raises(ConfigError, match=r"feature_cache: 'sometimes' is not one of true, false, auto"):
+        load_config("cpu-small", {"train.feature_cache": "sometimes"})

@@ -137,6 +137,15 @@ def test_resume_continues_from_last_checkpoint(tiny_data: Path, tmp_path: Path) 
     assert not any(k.startswith("model.encoder.") and "lora_" not in k for k in ckpt["state_dict"])
 
 
+def test_score_names_the_splits_scored_after_training(tiny_data: Path, tmp_path: Path) -> None:
+    scored = train_run(_config(tiny_data, "frozen", limit_train_batches=1), tmp_path / "all")
+    assert scored.metrics["test"]["n_chips"] >= 1
+    val_only = train_run(_config(tiny_data, "frozen", limit_train_batches=1), tmp_path / "val", score=())
+    assert "test" not in val_only.metrics and val_only.metrics["val"]["n_chips"] >= 1
+    saved = json.loads((tmp_path / "val" / "metrics.json").read_text())
+    assert "test" not in saved and saved["best_threshold"] == val_only.metrics["best_threshold"]
+
+
 def test_early_stopping_and_plateau_schedule_follow_config(tiny_data: Path, tmp_path: Path) -> None:
     # Zero loss weights: zero gradients, so nothing moves and val loss is flat from the first epoch.
     cfg = _config(tiny_data, "frozen", lr=1e-3, max_epochs=20, early_stopping_patience=3, plateau_patience=1,

@@ -124,6 +124,7 @@ class ModelConfig:
 
 
 LOGGERS: tuple[str, ...] = ("csv", "tensorboard", "mlflow")
+FEATURE_CACHE_AUTO = "auto"  # train.feature_cache: build the cache only where it saves encoder work
 
 
 @dataclass
@@ -148,7 +149,9 @@ class TrainConfig:
     max_minutes: float | None = None  # wall-clock cap on fitting (Lightning max_time); None: no cap
     memory_cap_gb: float | None = None  # simulate a smaller accelerator: above it a run is OOM
     compile: bool = False
-    feature_cache: bool = False  # frozen strategy only: cache encoder tokens on disk
+    # Frozen strategy only: cache encoder tokens on disk. "auto": only where the cache encodes fewer
+    # pixels than live training would (floodlora.training.feature_cache.feature_cache_plan).
+    feature_cache: bool | str = False
     logger: str = "csv"  # csv | tensorboard | mlflow; logs/metrics.csv is written in every case
     tracking_uri: str | None = None  # mlflow: None = a local file store in RUN_DIR/mlruns
     experiment: str = "floodlora"  # mlflow experiment name
@@ -156,6 +159,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.logger not in LOGGERS:
             raise ConfigError(f"train.logger: {self.logger!r} is not one of {', '.join(LOGGERS)}")
+        if isinstance(self.feature_cache, str) and self.feature_cache != FEATURE_CACHE_AUTO:
+            raise ConfigError(
+                f"train.feature_cache: {self.feature_cache!r} is not one of true, false, {FEATURE_CACHE_AUTO}"
+            )
 
 
 @dataclass

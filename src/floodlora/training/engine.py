@@ -31,7 +31,11 @@ from floodlora.errors import ConfigError, FloodLoraError
 from floodlora.io import atomic_write_json
 from floodlora.metrics import best_f1_threshold
 from floodlora.training.accounting import OutOfMemoryError, ResourceAccounting, is_out_of_memory
-from floodlora.training.feature_cache import check_feature_cache_config, prepare_feature_cache
+from floodlora.training.feature_cache import (
+    check_feature_cache_config,
+    feature_cache_plan,
+    prepare_feature_cache,
+)
 
 METRICS_FILE = "metrics.json"
 ACCOUNTING_FILE = "accounting.json"
@@ -286,13 +290,15 @@ def train_run(
     model: Any = None,
     datamodule: Any = None,
     log: Callable[[str], None] | None = None,
+    score: Sequence[str] = ("test", "ood"),
 ) -> TrainResult:
     """Train `config` into `out_dir`, evaluate val / test (/ ood), write the run directory.
 
     `model` (a ready FloodSegmentor, e.g. a loaded run to fine-tune further) and `datamodule` (a
     FloodDataModule with its own splits or presets) replace the ones built from `config`;
     `floodlora adapt` passes both. `log` receives one-line notes for the training log (the precision
-    chosen and why).
+    chosen and why). `score` names the splits scored after training besides val (a benchmark that
+    reads only the held-out events skips the test pass).
 
     Raises :class:`OutOfMemoryError` when the run exceeds the accelerator's memory or
     `train.memory_cap_gb` (its `.accounting` holds what was measured before that).
@@ -335,7 +341,10 @@ def train_run(
     if log is not None:
         log(f"precision: {precision.precision} ({precision.requested}: {precision.reason})")
     fit_data: Any = datamodule
-    if tcfg.feature_cache:  # frozen encoder: encode each chip once, train the decoder from disk
+    cache_plan = feature_cache_plan(config, datamodule)
+    if log is not None and "reason" in cache_plan:
+        log(f"feature cache: {'on' if cache_plan['use'] else 'off'} ({cache_plan['reason']})")
+    if cache_plan["use"]:  # frozen encoder: encode each chip once, train the decoder from disk
         fit_data = prepare_feature_cache(
             config, model, datamodule, run_dir / FEATURE_CACHE_DIR,
             device="cuda" if accelerator in ("gpu", "cuda") else "cpu",
@@ -408,7 +417,7 @@ def train_run(
     if calibration:
         metrics["output_calibration"] = calibration
     for split in ("test", "ood"):
-        if datamodule.splits.get(split):
+        if split in score and datamodule.splits.get(split):
             loader = datamodule.test_dataloader() if split == "test" else datamodule.ood_dataloader()
             metrics[split] = split_report(_test(trainer, task, loader), 0.5, threshold)
     summary = {
@@ -420,8 +429,10 @@ def train_run(
         "precision": precision.to_dict(),
         "data": datamodule.describe(),
     }
-    if tcfg.feature_cache:
+    if cache_plan["use"]:
         summary["feature_cache"] = fit_data.describe()
+    if tcfg.feature_cache:
+        summary["feature_cache_plan"] = cache_plan
     if prior_fit is not None:
         summary["pixel_prior"] = prior_fit
     if trainer.is_global_zero:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -41,7 +42,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from floodlora.config import DEFAULT_LABEL_KIND, RunConfig
+from floodlora.config import DEFAULT_LABEL_KIND, FEATURE_CACHE_AUTO, RunConfig
 from floodlora.data.feature_cache import (
     CACHE_VERSION,
     FEATURES_FILE,
@@ -58,8 +59,9 @@ from floodlora.models.strategies import REGISTRY, strategy_class
 
 
 def check_feature_cache_config(config: RunConfig) -> None:
-    """Fail early, in one line, when `train.feature_cache` cannot apply to this run."""
-    if not config.train.feature_cache:
+    """Fail early, in one line, when `train.feature_cache` cannot apply to this run (``auto`` always can:
+    it falls back to live training)."""
+    if config.train.feature_cache is not True:
         return
     if not strategy_class(config.model.strategy).constant_encoder:
         constant = " | ".join(n for n, cls in REGISTRY.items() if cls.constant_encoder)
@@ -69,6 +71,71 @@ def check_feature_cache_config(config: RunConfig) -> None:
         )
     if config.train.devices * config.train.num_nodes > 1:
         raise ConfigError("train.feature_cache runs in a single process; set train.devices: 1, num_nodes: 1")
+
+
+def _batches(n_items: int, batch_size: int, limit: int | float | None) -> int:
+    """Batches Lightning runs per epoch over `n_items` under a limit_*_batches setting."""
+    full = math.ceil(n_items / batch_size)
+    if limit is None:
+        return full
+    if isinstance(limit, float):
+        return min(full, math.ceil(full * limit)) if limit <= 1.0 else full
+    return min(full, int(limit))
+
+
+def _mean_chip_pixels(datamodule: Any, split: str) -> float:
+    """Mean pixels the cache stores per chip of a split (its centred square), from one decoded chip per
+    source format (chips of a format share a size), weighted by each format's chip count."""
+    refs = datamodule.splits.get(split) or []
+    if not refs:
+        return 0.0
+    dataset = datamodule.dataset(split)
+    first: dict[str, int] = {}
+    counts: dict[str, int] = {}
+    for i, ref in enumerate(refs):
+        first.setdefault(ref.format, i)
+        counts[ref.format] = counts.get(ref.format, 0) + 1
+    pixels = {fmt: min(dataset.load(i).valid.shape) ** 2 for fmt, i in first.items()}  # cached square
+    return sum(pixels[f] * counts[f] for f in counts) / len(refs)
+
+
+def feature_cache_plan(config: RunConfig, datamodule: Any) -> dict[str, Any]:
+    """Whether this run builds the feature cache, and why (recorded in accounting.json).
+
+    The cache encodes every train and val chip once, whole; live training encodes each step's crops
+    and each epoch's val batches. With a short budget (a few batches per epoch, crops smaller than
+    the chips) live training encodes fewer pixels and the cache costs more than it saves: on the
+    quality benchmark's budget it took 200-290 s to build for 30-40 s of decoder training.
+    ``true`` / ``false`` are followed as given; ``auto`` compares the two pixel counts (views and
+    per-pixel cost are the same on both sides).
+    """
+    tcfg, data = config.train, config.data
+    setting = tcfg.feature_cache
+    if setting != FEATURE_CACHE_AUTO:
+        return {"setting": setting, "use": bool(setting)}
+    if not strategy_class(config.model.strategy).constant_encoder:
+        reason = f"the {config.model.strategy} strategy trains the encoder"
+        return {"setting": setting, "use": False, "reason": reason}
+    if tcfg.devices * tcfg.num_nodes > 1:
+        return {"setting": setting, "use": False, "reason": "the cache runs in a single process"}
+    n_train = len(datamodule.splits.get("train") or [])
+    n_val = len(datamodule.splits.get("val") or [])
+    train_px = _mean_chip_pixels(datamodule, "train")
+    val_px = _mean_chip_pixels(datamodule, "val")
+    crop_px = min(float(data.crop_size**2), train_px) if data.crop_size else train_px
+    per_epoch = (
+        _batches(n_train, data.batch_size, tcfg.limit_train_batches) * data.batch_size * crop_px
+        + min(n_val, _batches(n_val, data.batch_size, tcfg.limit_val_batches) * data.batch_size) * val_px
+    )
+    live = tcfg.max_epochs * per_epoch
+    cached = n_train * train_px + n_val * val_px
+    return {
+        "setting": setting,
+        "use": cached < live,
+        "cached_pixels": round(cached),
+        "live_pixels": round(live),
+        "reason": "the cache encodes fewer pixels" if cached < live else "live training encodes fewer pixels",
+    }
 
 
 # --------------------------------------------------------------------------------------------------

@@ -84,7 +84,8 @@ def sweep(
         if rank is not None:
             cfg.model.lora_rank = rank
         # The feature cache serves frozen encoders only; in a sweep it applies to the frozen rows.
-        cfg.train.feature_cache = cfg.train.feature_cache and strategy_class(strategy).constant_encoder
+        if not strategy_class(strategy).constant_encoder:
+            cfg.train.feature_cache = False
         run_dir = out / label.replace(":", "-")
         row: dict[str, Any] = {"strategy": label, "run_dir": run_dir.name}
         t0 = time.perf_counter()
