@@ -175,3 +175,33 @@ def test_logit_sources_measures_each_part_of_a_held_out_run(
         sources.main([str(run), "--json", str(out)])
     with pytest.raises(SystemExit, match="unknown group 'nowhere'"):
         sources.main([f"recipe=nowhere={run}", "--json", str(out)])
+
+
+def test_rescore_adds_event_otsu_from_the_kept_runs(
+    bench: ModuleType, db_group_run: Path, real_data: Path, tmp_path: Path
+) -> None:
+    work = db_group_run.parent.parent
+    stored = json.loads((work.parent / "q.json").read_text())
+    recipe = next(r for r in stored["rows"] if r["row"] == "recipe")
+    otsu = recipe["event_otsu"]  # the worker records it
+    assert 0.0 <= otsu["f1"] <= 1.0 and len(otsu["thresholds"]) >= 2  # the dB group's events, each its own
+    assert all(0.0 <= t <= 1.0 for t in otsu["thresholds"].values())
+    for r in stored["rows"]:
+        r.pop("event_otsu", None)
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(stored))
+    doc = tmp_path / "q.md"
+    rescore = ["--rescore", "--tiny", "--real", str(real_data), "--json", str(old), "--markdown", str(doc)]
+    result = bench.main([*rescore, "--workdir", str(work)])
+    again = next(r for r in result["rows"] if r["row"] == "recipe")
+    assert again["event_otsu"]["thresholds"] == otsu["thresholds"]  # the same numbers, from the kept run
+    assert again["event_otsu"]["f1"] == pytest.approx(otsu["f1"], abs=1e-6)
+    assert again["rescored_f1"] == pytest.approx(recipe["at_run_threshold"]["f1"], abs=1e-6)
+    command = json.loads(old.read_text())["rescored"]["command"]
+    assert command.startswith("python benchmarks/quality.py --rescore ")
+    text = doc.read_text()
+    assert "Label-free operating point" in text and "own threshold matched the table above" in text
+    with pytest.raises(SystemExit, match="--rescore needs --workdir"):
+        bench.main(rescore)
+    with pytest.raises(SystemExit, match="no kept run for c2s-s1f11/recipe"):
+        bench.main([*rescore, "--workdir", str(tmp_path)])

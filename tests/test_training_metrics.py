@@ -11,7 +11,9 @@ from floodlora.metrics import (
     FloodConfusion,
     best_f1_threshold,
     counts_at,
+    otsu_threshold,
     probability_histogram,
+    scores_at,
     scores_from_counts,
 )
 from floodlora.training.losses import bce_dice_loss
@@ -131,3 +133,32 @@ def test_loss_ignores_nodata_and_invalid() -> None:
     assert float(loss) == pytest.approx(bce + dice, rel=1e-5)
     empty, _ = bce_dice_loss(logits, torch.full_like(mask, 255), valid)
     assert float(empty) == 0.0
+
+
+def _spread(lo: float, hi: float, n: int) -> torch.Tensor:
+    return torch.linspace(lo, hi, n)
+
+
+def test_otsu_threshold_finds_the_valley_without_labels() -> None:
+    probs = torch.cat([_spread(0.0, 0.3, 4000), _spread(0.7, 1.0, 1000)])
+    labels = torch.cat([torch.zeros(4000), torch.ones(1000)])
+    hist = probability_histogram(probs, labels)
+    t = otsu_threshold(hist)
+    assert 0.3 < t <= 0.7
+    assert scores_at(hist, t)["f1"] == 1.0
+    assert otsu_threshold(probability_histogram(probs, 1 - labels)) == t  # labels play no part
+    assert otsu_threshold(probability_histogram(torch.full((10,), 0.3), torch.zeros(10))) == 0.5
+
+
+def test_event_otsu_sets_each_events_own_operating_point() -> None:
+    # Event a: dry 0-0.2, flood 0.3-0.4; event b: dry 0.5-0.7, flood 0.9-1. No one threshold
+    # separates both (a's flood sits below b's dry land); a threshold per event does.
+    chips = ChipConfusion()
+    for event, (dry, flood) in {"a": ((0.0, 0.2), (0.3, 0.4)), "b": ((0.5, 0.7), (0.9, 1.0))}.items():
+        probs = torch.cat([_spread(*dry, 3000), _spread(*flood, 1000)]).view(1, 1, -1)
+        mask = torch.cat([torch.zeros(3000), torch.ones(1000)]).view(1, 1, -1)
+        chips.update(probs, mask, None, [event], [event])
+    report = chips.event_otsu_report()
+    assert report["f1"] == 1.0 and report["recall"] == 1.0
+    assert 0.2 < report["thresholds"]["a"] <= 0.3 and 0.7 < report["thresholds"]["b"] <= 0.9
+    assert best_f1_threshold(chips.total())[1] < 0.95

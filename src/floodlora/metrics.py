@@ -130,6 +130,25 @@ def best_f1_threshold(hist: Tensor) -> tuple[float, float]:
     return float(thresholds[k]), float(f1[k])
 
 
+def otsu_threshold(hist: Tensor) -> float:
+    """Otsu's grid threshold on the model's probabilities, labels unused (both rows summed).
+
+    A label-free operating point for one event: where a model ranks pixels well but its operating
+    point, learned on other events' flood shares, does not fit this one (a rare flood on a scene
+    the model finds wet), the valley of the probability histogram can. Prediction: flood if p >= t.
+    """
+    from skimage.filters import threshold_otsu
+
+    nbins = hist.shape[-1] - 1
+    counts = hist.sum(0).double().numpy()
+    if (counts > 0).sum() < 2:
+        return 0.5
+    centres = (np.arange(nbins + 1) + 0.5) / nbins
+    centres[-1] = 1.0  # the last bin holds p == 1 only
+    t = float(threshold_otsu(hist=(counts, centres)))  # foreground: values above t
+    return min(int(np.searchsorted(centres, t, side="right")), nbins) / nbins
+
+
 class FloodConfusion(Metric):
     """torchmetrics state for the paper metrics: a probability histogram per class, sum-synced.
 
@@ -250,6 +269,16 @@ class ChipConfusion:
                 for key, rec in sorted(self.chips.items())
             }
         return out
+
+    def event_otsu_report(self) -> dict[str, Any]:
+        """Scores with each event at its own :func:`otsu_threshold` (label-free), counts summed."""
+        thresholds: dict[str, float] = {}
+        total = {"tp": 0, "fp": 0, "fn": 0, "tn": 0}
+        for event, hist in self.by_event().items():
+            thresholds[event] = otsu_threshold(hist)
+            for k, v in counts_at(hist, thresholds[event]).items():
+                total[k] += v
+        return {**scores_from_counts(**total), "thresholds": thresholds}
 
     def _n_chips(self, event: str) -> int:
         return sum(rec.event == event for rec in self.chips.values())

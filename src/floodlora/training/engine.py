@@ -237,13 +237,16 @@ def split_report(chips: Any, threshold: float = 0.5, best_threshold: float | Non
 
     ``oracle`` is the best F1 any one threshold reaches on these chips, found with their own labels:
     never a result, but it tells a model that ranks pixels badly from one whose operating point
-    (learned on other events) does not fit this event.
+    (learned on other events) does not fit this event. ``event_otsu`` scores each event at Otsu's
+    threshold on its own predicted probabilities (labels unused), an operating point a responder
+    can set on a new event without labels.
     """
     from floodlora.metrics import best_f1_threshold
 
     out = chips.report(threshold)
     oracle_t, oracle_f1 = best_f1_threshold(chips.total())
     out["oracle"] = {"threshold": oracle_t, "f1": oracle_f1}
+    out["event_otsu"] = chips.event_otsu_report()
     if best_threshold is not None:
         best = chips.report(best_threshold, per_chip=False)
         out["best_threshold"] = best_threshold
