@@ -1,6 +1,6 @@
 """Real-data flood-map quality, leave one event group out, against classical baselines.
 
-    python benchmarks/quality.py                 # documented budget (see BUDGET), 80-110 min on 2 cores
+    python benchmarks/quality.py                 # documented budget (see BUDGET), 90-110 min on 2 cores
     python benchmarks/quality.py --tiny          # seconds: the test suite's mode
     python benchmarks/quality.py --from-json     # regenerate docs/quality.md from the JSON only
     python benchmarks/quality.py --precision-check c2s-s1f11   # the recipe on one group, fp32 vs bf16
@@ -87,7 +87,7 @@ MODEL_ROWS: tuple[ModelRow, ...] = (
     ModelRow("full", "Full fine-tuning, hires-bn decoder", {"model.strategy": "full"}),
 )
 #: The documented budget, the same for every model row: half the recipe's epochs and fewer batches,
-#: so that 5 groups x 4 model rows take 80-110 minutes on 2 cores (the JSON records each run's time).
+#: so that 5 groups x 4 model rows take 90-110 minutes on 2 cores (the JSON records each run's time).
 BUDGET: dict[str, Any] = {
     "train.max_epochs": 4,
     "train.limit_train_batches": 20,
@@ -759,6 +759,16 @@ def explorations_markdown(path: Path) -> list[str]:
                 f"{r['threshold']:.2f}",
             ]
             lines.append("| " + " | ".join(cells) + " |")
+    lines += _comparison_table(
+        data.get("feature_cache", []),
+        "The frozen rows with the feature cache always on",
+        "The frozen row of the main table as it ran before `train.feature_cache: auto`: every chip "
+        "encoded once, whole, and training on crops and rotations of the cached token grids (a crop "
+        "of a whole-chip encoding carries context from outside the crop, and a rotated token grid is "
+        "not the encoding of the rotated chip); the main table's frozen row encodes each crop live.",
+        "Cached F1 / P / R",
+        "Live F1 / P / R (main table)",
+    )
     lines += _comparison_table(
         data.get("after_label_kinds", []),
         "Tried on the recipe with outputs per label kind",
