@@ -24,6 +24,7 @@ from torchmetrics import Metric
 
 from floodlora.config import DEFAULT_LABEL_KIND
 from floodlora.data.sample import MASK_NODATA
+from floodlora.errors import DataError
 
 NBINS = 100
 METRIC_KEYS: tuple[str, ...] = ("accuracy", "precision", "recall", "f1", "iou", "dice")
@@ -130,23 +131,42 @@ def best_f1_threshold(hist: Tensor) -> tuple[float, float]:
     return float(thresholds[k]), float(f1[k])
 
 
+def otsu_from_histogram(counts: np.ndarray, edges: np.ndarray) -> float:
+    """Otsu (1979): the cut maximising between-class variance; returns t with class 0 = values < t."""
+    counts = np.asarray(counts, dtype=np.float64)
+    centres = 0.5 * (edges[:-1] + edges[1:])
+    total = counts.sum()
+    nz = np.flatnonzero(counts)
+    if total == 0:
+        raise DataError("Otsu threshold of an empty image (no valid pixels)")
+    if len(nz) == 1:  # constant image: nothing below the single value
+        return float(edges[nz[0]])
+    w0 = np.cumsum(counts)[:-1]
+    m0 = np.cumsum(counts * centres)[:-1]
+    w1 = total - w0
+    mean_all = (counts * centres).sum()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = (mean_all * w0 / total - m0) ** 2 / (w0 * w1)
+    between[(w0 == 0) | (w1 == 0)] = -1.0
+    best = np.flatnonzero(between >= between.max() - 1e-12 * abs(between.max()))
+    k = int(best[len(best) // 2])  # plateaus (empty bins between modes): the middle of the gap
+    return float(edges[k + 1])
+
+
 def otsu_threshold(hist: Tensor) -> float:
     """Otsu's grid threshold on the model's probabilities, labels unused (both rows summed).
 
     A label-free operating point for one event: where a model ranks pixels well but its operating
     point, learned on other events' flood shares, does not fit this one (a rare flood on a scene
-    the model finds wet), the valley of the probability histogram can. Prediction: flood if p >= t.
+    the model finds wet), the valley of the probability histogram can. Prediction: flood if p >= t;
+    0.5 where the probabilities fill fewer than two bins (no valley to find).
     """
-    from skimage.filters import threshold_otsu
-
     nbins = hist.shape[-1] - 1
     counts = hist.sum(0).double().numpy()
     if (counts > 0).sum() < 2:
         return 0.5
-    centres = (np.arange(nbins + 1) + 0.5) / nbins
-    centres[-1] = 1.0  # the last bin holds p == 1 only
-    t = float(threshold_otsu(hist=(counts, centres)))  # foreground: values above t
-    return min(int(np.searchsorted(centres, t, side="right")), nbins) / nbins
+    edges = np.arange(nbins + 2) / nbins  # bin k holds [k/n, (k+1)/n); the last one p == 1
+    return otsu_from_histogram(counts, edges)
 
 
 class FloodConfusion(Metric):

@@ -32,6 +32,7 @@ import numpy as np
 
 from floodlora.data.sample import MASK_FLOOD, MASK_NODATA, Sample
 from floodlora.errors import ConfigError, DataError
+from floodlora.metrics import otsu_from_histogram
 
 if TYPE_CHECKING:
     from floodlora.config import DataConfig
@@ -89,28 +90,6 @@ class Grid:
 
     def histogram(self, values: np.ndarray) -> np.ndarray:
         return np.bincount(self.index(values[np.isfinite(values)]), minlength=self.n)
-
-
-def otsu_from_histogram(counts: np.ndarray, edges: np.ndarray) -> float:
-    """Otsu (1979): the cut maximising between-class variance; returns t with class 0 = values < t."""
-    counts = np.asarray(counts, dtype=np.float64)
-    centres = 0.5 * (edges[:-1] + edges[1:])
-    total = counts.sum()
-    nz = np.flatnonzero(counts)
-    if total == 0:
-        raise DataError("Otsu threshold of an empty image (no valid pixels)")
-    if len(nz) == 1:  # constant image: nothing below the single value
-        return float(edges[nz[0]])
-    w0 = np.cumsum(counts)[:-1]
-    m0 = np.cumsum(counts * centres)[:-1]
-    w1 = total - w0
-    mean_all = (counts * centres).sum()
-    with np.errstate(divide="ignore", invalid="ignore"):
-        between = (mean_all * w0 / total - m0) ** 2 / (w0 * w1)
-    between[(w0 == 0) | (w1 == 0)] = -1.0
-    best = np.flatnonzero(between >= between.max() - 1e-12 * abs(between.max()))
-    k = int(best[len(best) // 2])  # plateaus (empty bins between modes): the middle of the gap
-    return float(edges[k + 1])
 
 
 def otsu_threshold(values: np.ndarray, grid: Grid | None = None, bins: int = 256) -> float:

@@ -104,8 +104,8 @@ def feature_cache_plan(config: RunConfig, datamodule: Any) -> dict[str, Any]:
 
     The cache encodes every train and val chip once, whole; live training encodes each step's crops
     and each epoch's val batches. With a short budget (a few batches per epoch, crops smaller than
-    the chips) live training encodes fewer pixels and the cache costs more than it saves: on the
-    quality benchmark's budget it took 200-290 s to build for 30-40 s of decoder training.
+    the chips) live training encodes fewer pixels and the cache costs more than it saves, as in the
+    quality benchmark's frozen rows (docs/quality.md).
     ``true`` / ``false`` are followed as given; ``auto`` compares the two pixel counts (views and
     per-pixel cost are the same on both sides).
     """
