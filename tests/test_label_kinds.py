@@ -217,3 +217,57 @@ def test_engine_calibrates_each_kind_on_its_own_val_chips() -> None:
     # adapt --method calibrate: a one-output model's channel answers every chip, whatever its kind
     (single,) = calibrate_outputs_on(_model(outputs=("flood",)), chips, single=True).items()
     assert single[0] == "flood" and 0.0 < single[1]["threshold"] <= 0.85
+
+
+def test_moved_histograms_match_a_second_pass_of_the_calibrated_model() -> None:
+    """Moving val histograms through the calibration shift gives the second pass's counts at 0.5 exactly
+    and every other threshold's counts within one bin, without running the model again."""
+    from floodlora.metrics import ChipConfusion, counts_at
+    from floodlora.training.engine import calibrate_outputs_on, calibrated_chips
+
+    model = _model().eval()
+    with torch.no_grad():  # spread the probabilities over most of (0, 1), as a trained model's are
+        model.head.net[-1].weight.mul_(60)
+    x = _views(b=6)
+    n = x["post"].shape[0]
+    kinds = ["water" if i % 2 else "flood" for i in range(n)]
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():  # labels that follow the model, noisily, so each best threshold is inside (0, 1)
+        own = torch.sigmoid(model.forward_all(x))[torch.arange(n), [model.outputs.index(k) for k in kinds]]
+    target = (own + 0.15 * torch.randn(own.shape, generator=g) > 0.45).to(torch.uint8)
+
+    def score() -> ChipConfusion:
+        chips = ChipConfusion()
+        with torch.no_grad():
+            probs = torch.sigmoid(model.forward_all(x))
+        for i, kind in enumerate(kinds):
+            p = probs[i : i + 1, model.outputs.index(kind)][:, None]
+            chips.update(p, target[i : i + 1], None, [f"c{i}"], ["e"], kinds=[kind])
+        return chips
+
+    before = score()
+    calibration = calibrate_outputs_on(model, before)
+    assert set(calibration) == {"flood", "water"}
+    assert all(0.05 < c["threshold"] < 0.95 and c["threshold"] != 0.5 for c in calibration.values())
+    moved, again = calibrated_chips(before, calibration), score()
+    assert int(moved.total().sum()) == int(again.total().sum()) == int(before.total().sum())
+    for kind in ("flood", "water"):
+        assert counts_at(moved.total(kind), 0.5) == counts_at(again.total(kind), 0.5)
+        t = calibration[kind]["threshold"]
+        assert counts_at(moved.total(kind), 0.5) == counts_at(before.total(kind), t)
+    for t in (0.3, 0.7):  # elsewhere the two differ by at most the pixels of the bins next to t
+        k = round(t * 100)
+        slack = int(again.total()[:, k - 1 : k + 1].sum() + moved.total()[:, k - 1 : k + 1].sum())
+        diff = abs(counts_at(moved.total(), t)["tp"] - counts_at(again.total(), t)["tp"])
+        assert diff <= slack
+    single = calibrated_chips(before, {"flood": {"threshold": 0.3, "logit_offset": -0.8473}}, single=True)
+    assert counts_at(single.total(), 0.5) == counts_at(before.total(), 0.3)  # every chip, whatever its kind
+
+
+def test_moved_to_half_refuses_a_threshold_at_the_ends() -> None:
+    from floodlora.metrics import ChipConfusion
+
+    chips = ChipConfusion()
+    chips.update(torch.full((1, 1, 4, 4), 0.7), torch.ones(1, 4, 4, dtype=torch.uint8), None, ["a"], ["e"])
+    with pytest.raises(ValueError, match=r"strictly inside \(0, 1\), got 1.0"):
+        chips.moved_to_half({"flood": 1.0})

@@ -420,6 +420,7 @@ def _calibrate_only(
         _test,
         _trainer,
         calibrate_outputs_on,
+        calibrated_chips,
         precision_choice,
         resolve_accelerator,
         split_report,
@@ -431,18 +432,14 @@ def _calibrate_only(
     tcfg = copy.deepcopy(cfg.train)
     choice = precision_choice(tcfg, resolve_accelerator(tcfg))
     task = FloodSegmentationTask(model, tcfg)
-
-    def score() -> Any:
-        trainer = _trainer(tcfg, None, [], progress, fit=False, precision=choice.precision)
-        return _test(trainer, task, datamodule.val_dataloader())
-
-    chips = score()
+    trainer = _trainer(tcfg, None, [], progress, fit=False, precision=choice.precision)
+    chips = _test(trainer, task, datamodule.val_dataloader())
     from_threshold = origin.loaded.threshold if origin.loaded.threshold is not None else 0.5
     before = chips.report(from_threshold, per_chip=False)["f1"]
     calibration = calibrate_outputs_on(model, chips, single=True)
     if not calibration:
         raise DataError(f"{', '.join(cfg.data.roots)}: no flood pixels to set a threshold with")
-    chips = score()
+    chips = calibrated_chips(chips, calibration, single=True)
     threshold, _ = best_f1_threshold(chips.total())
     cfg = copy.deepcopy(cfg)
     cfg.model.strategy = model.strategy
