@@ -205,3 +205,12 @@ def test_rescore_adds_event_otsu_from_the_kept_runs(
         bench.main(rescore)
     with pytest.raises(SystemExit, match="no kept run for c2s-s1f11/recipe"):
         bench.main([*rescore, "--workdir", str(tmp_path)])
+
+
+def test_the_time_target_is_judged_from_the_recorded_wall_time(bench: ModuleType) -> None:
+    """A full run's wall time is a target (90 minutes on 2 cores); a tiny run's is not judged."""
+    result = {"tiny": False, "wall_seconds": 91 * 60.0, "rows": [], "groups": []}
+    assert bench.summarise(result)["targets"]["benchmark_within_90_min"] == {"minutes": 91.0, "met": False}
+    result["wall_seconds"] = 82 * 60.0
+    assert bench.summarise(result)["targets"]["benchmark_within_90_min"]["met"] is True
+    assert "benchmark_within_90_min" not in bench.summarise({**result, "tiny": True})["targets"]
