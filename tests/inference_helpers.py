@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -86,9 +87,16 @@ class ConvModel(nn.Module):
 
 
 def make_run(
-    run_dir: Path, strategy: str = "lora", views: Sequence[str] = ("pre", "post"), crop: int = 32
+    run_dir: Path,
+    strategy: str = "lora",
+    views: Sequence[str] = ("pre", "post"),
+    crop: int = 32,
+    **model: Any,
 ) -> Path:
-    """A tiny trained-looking run: test-micro encoder, perturbed adapters/decoder, crop size `crop`."""
+    """A tiny trained-looking run: test-micro encoder, perturbed adapters/decoder, crop size `crop`.
+
+    `model` sets further `ModelConfig` fields (a decoder, a prior).
+    """
     from floodlora.config import RunConfig
     from floodlora.models.factory import build_segmentor
     from floodlora.runs import save_run
@@ -99,11 +107,13 @@ def make_run(
     cfg.model.lora_rank = 2
     cfg.data.crop_size = crop
     cfg.data.views = list(views)
-    model = build_segmentor(cfg.model, list(views), ["vv", "vh"])
+    for key, value in model.items():
+        setattr(cfg.model, key, value)
+    segmentor = build_segmentor(cfg.model, list(views), ["vv", "vh"])
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
-        for p in model.parameters():
+        for p in segmentor.parameters():
             if p.requires_grad:
                 p.add_(torch.randn(p.shape, generator=gen) * 0.05)
-    save_run(run_dir, cfg, model)
+    save_run(run_dir, cfg, segmentor)
     return run_dir

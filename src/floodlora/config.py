@@ -23,6 +23,7 @@ LATLON_ORDERS: tuple[str, ...] = ("auto", "lat-lon", "lon-lat", "zeros")
 #: pre-event view). ``water``: all open water in the post-event image, permanent water included.
 LABEL_KINDS: tuple[str, ...] = ("flood", "water")
 DEFAULT_LABEL_KIND = "flood"  # chips whose source declares nothing
+PRIOR_FEATURES: tuple[str, ...] = ("pixel", "context")  # model.prior_features (floodlora.models.prior)
 
 
 @dataclass
@@ -84,6 +85,9 @@ class ModelConfig:
     # A per-pixel logistic term on the inputs, fitted on the training chips before training
     # (floodlora.training.pixel_prior): the model starts from a fitted threshold.
     pixel_prior: bool = False
+    # What the prior sees: pixel (a logistic term on each pixel's bands) or context (an MLP over each
+    # pixel's neighbourhood means and its tile's Otsu level and median; floodlora.models.prior).
+    prior_features: str = "pixel"
     prior_kinds: list[str] | None = None  # outputs whose prior is fitted (None: every output)
     view_dropout: float = 0.0
     # Training only: per chip, the rate at which the pixel stem and the pixel prior are left out, so
@@ -117,6 +121,11 @@ class ModelConfig:
             or any(o not in LABEL_KINDS for o in self.outputs)
         ):
             raise ConfigError(f"model.outputs: distinct label kinds from flood, water; got {self.outputs!r}")
+        if self.prior_features not in PRIOR_FEATURES:
+            raise ConfigError(
+                f"model.prior_features: must be one of {', '.join(PRIOR_FEATURES)}, "
+                f"got {self.prior_features!r}"
+            )
         if not 0.0 <= self.pixel_dropout < 1.0:
             raise ConfigError(f"model.pixel_dropout: must be in [0, 1), got {self.pixel_dropout!r}")
         if not 0.0 <= self.lora_dropout < 1.0:

@@ -96,6 +96,7 @@ def save_run(
         "decoder": model.decoder_kind,
         "outputs": list(model.outputs),
         "pixel_prior": model.prior is not None,
+        "prior_features": model.prior_kind,
         "encoder": model.clay_encoder.config.to_dict(),
         "latlon_order": model.latlon_order,
     }
@@ -188,6 +189,7 @@ def load_run(
     config.model.decoder = base.get("decoder", "paper")  # runs from before the decoder option
     config.model.outputs = list(base.get("outputs", ["flood"]))  # runs from before label kinds
     config.model.pixel_prior = bool(base.get("pixel_prior", False))
+    config.model.prior_features = str(base.get("prior_features", "pixel"))  # runs from before the option
     # the order the run was trained with (runs from before the option: lat first)
     config.model.latlon_order = base.get("latlon_order", "lat-lon")
     model = build_segmentor(config.model, base["views"], base["bands"], encoder=blank)
@@ -255,6 +257,7 @@ def save_adapter(
         "decoder": model.decoder_kind,
         "outputs": json.dumps(list(model.outputs)),
         "pixel_prior": json.dumps(model.prior is not None),
+        "prior_features": model.prior_kind,
         "views": json.dumps(list(model.views)),
         "bands": json.dumps(list(model.bands)),
         "encoder": json.dumps(model.clay_encoder.config.to_dict()),
@@ -304,6 +307,7 @@ def load_adapter(path: str | Path, checkpoint: str | None = None) -> LoadedRun:
     config.model.decoder = meta.get("decoder", "paper")
     config.model.outputs = json.loads(meta.get("outputs", '["flood"]'))
     config.model.pixel_prior = json.loads(meta.get("pixel_prior", "false"))
+    config.model.prior_features = meta.get("prior_features", "pixel")
     config.model.latlon_order = meta.get("latlon_order", "lat-lon")  # older adapters: lat first
     found = base_fingerprint(config.model.checkpoint)
     if found != meta["base_sha256"]:

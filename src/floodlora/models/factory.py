@@ -55,6 +55,7 @@ def build_segmentor(
         decoder=cfg.decoder,
         outputs=cfg.outputs,
         pixel_prior=cfg.pixel_prior,
+        prior_features=cfg.prior_features,
     )
     checkpointing = cfg.gradient_checkpointing
     if checkpointing is None:

@@ -32,6 +32,7 @@ from floodlora.models.decoder import (
     ViewDecoder,
     default_decoder_channels,
 )
+from floodlora.models.prior import PRIOR_FEATURES, build_prior
 
 VIEW_NAMES = ("pre", "post", "pre_asc", "pre_desc", "post_asc", "post_desc")
 BAND_NAMES = ("vv", "vh")
@@ -66,6 +67,7 @@ class FloodSegmentor(nn.Module):
         decoder: str = "paper",
         outputs: Sequence[str] = ("flood",),
         pixel_prior: bool = False,
+        prior_features: str = "pixel",
     ) -> None:
         super().__init__()
         bad_outputs = [o for o in outputs if o not in LABEL_KINDS]
@@ -117,11 +119,16 @@ class FloodSegmentor(nn.Module):
         # threshold as part of the model. floodlora.training.pixel_prior fits it on the training
         # chips before training, so the network starts where a fitted threshold ends and learns
         # the context a threshold cannot see. Zero (no effect) until fitted.
-        self.prior: nn.Conv2d | None = None
+        # `prior_features: context` makes it a small MLP over each pixel's neighbourhood and tile
+        # (floodlora.models.prior).
+        self.prior: nn.Module | None = None
+        self.prior_kind = prior_features
         if pixel_prior:
-            self.prior = nn.Conv2d(len(self.views) * len(self.bands), len(self.outputs), 1)
-            nn.init.zeros_(self.prior.weight)
-            nn.init.zeros_(self.prior.bias)
+            self.prior = build_prior(prior_features, len(self.views) * len(self.bands), len(self.outputs))
+        elif prior_features not in PRIOR_FEATURES:
+            raise ValueError(
+                f"unknown prior_features {prior_features!r}; choose one of {', '.join(PRIOR_FEATURES)}"
+            )
         self.register_buffer("waves", band_wavelengths(self.bands), persistent=False)
         self.last_missing_views: tuple[str, ...] = ()
         self._warned_missing: set[tuple[str, ...]] = set()

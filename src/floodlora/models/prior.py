@@ -1,0 +1,115 @@
+"""The pixel prior's two forms: a logistic term per pixel, and a small MLP over the pixel's context.
+
+The prior is added to the segmentor's logits and fitted with scikit-learn on the training chips
+before training (floodlora.training.pixel_prior), so a model starts from a fitted classical rule.
+
+* ``pixel``: a 1x1 convolution on the normalised bands, a fitted threshold.
+* ``context``: an MLP per output on features a pixel-level classifier needs on real SAR: each band
+  averaged over several neighbourhoods (speckle averages out over a few pixels, a flood plain over
+  tens), and each band against its tile's Otsu level and median (8-bit sources are stretched one
+  image at a time, so "darker than the rest of this tile" carries across images where an absolute
+  level does not). On OMBRIA such a classifier scored well above every network trained for minutes
+  (docs/quality.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from floodlora.config import PRIOR_FEATURES
+from floodlora.models.decoder import otsu_levels
+
+__all__ = ["PRIOR_FEATURES", "ContextPrior", "box_means", "build_prior", "context_features", "prior_features"]
+CONTEXT_RADII: tuple[int, ...] = (1, 2, 4, 8, 16)  # box-mean neighbourhoods, (2r + 1) px wide
+CONTEXT_HIDDEN = 32
+
+
+def box_means(x: Tensor, radii: Sequence[int]) -> list[Tensor]:
+    """Each pixel's mean over the (2r + 1)-px square around it, clipped to the tile, for each radius.
+
+    One integral image serves every radius at a cost per pixel that does not grow with the window
+    (average pooling's grows with its area: most of the prior's time at r = 16). Summed in float64
+    so that differences of large sums stay exact on whole-scene tiles.
+    """
+    h, w = x.shape[-2:]
+    integral = F.pad(x.double(), (1, 0, 1, 0)).cumsum(-1).cumsum(-2)  # [..., h + 1, w + 1]
+    rows = torch.arange(h, device=x.device)
+    cols = torch.arange(w, device=x.device)
+    out = []
+    for r in radii:
+        y0, y1 = (rows - r).clamp(0, h), (rows + r + 1).clamp(0, h)
+        x0, x1 = (cols - r).clamp(0, w), (cols + r + 1).clamp(0, w)
+        top, bottom = integral[..., y0, :], integral[..., y1, :]
+        total = bottom[..., x1] - bottom[..., x0] - top[..., x1] + top[..., x0]
+        count = (y1 - y0).double()[:, None] * (x1 - x0).double()[None, :]
+        out.append((total / count).to(x.dtype))
+    return out
+
+
+def context_features(pixels: Tensor, radii: tuple[int, ...] = CONTEXT_RADII) -> Tensor:
+    """(B, C, H, W) -> (B, C x (len(radii) + 5), H, W): each band, its local means, and tile-relative copies.
+
+    Per band: the value; its mean over each (2r + 1)-px square; the value and its 5-px mean minus
+    the tile's Otsu level; the Otsu level itself (how bright this tile is); the value minus the
+    tile's median. Any tile size works (means ignore the padding).
+    """
+    x = pixels.float()
+    level = otsu_levels(x)
+    flat = x.flatten(2)  # the lower median by sorting: ONNX has no median operator
+    median = flat.sort(dim=2).values[..., (flat.shape[2] - 1) // 2, None, None]
+    means = box_means(x, radii)
+    near = means[list(radii).index(2)] if 2 in radii else x
+    parts = [x, *means, x - level, near - level, level.expand_as(x), x - median]
+    return torch.cat(parts, dim=1).to(pixels.dtype)
+
+
+class ContextPrior(nn.Module):
+    """One small MLP per output over `context_features`; zero (no effect) until fitted."""
+
+    def __init__(self, in_channels: int, n_outputs: int, hidden: int = CONTEXT_HIDDEN) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        self.n_features = in_channels * (len(CONTEXT_RADII) + 5)
+        self.hidden_size = hidden
+        self.hidden = nn.Conv2d(self.n_features, hidden * n_outputs, 1)
+        self.out = nn.Conv2d(hidden * n_outputs, n_outputs, 1, groups=n_outputs)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def features(self, pixels: Tensor) -> Tensor:
+        return context_features(pixels)
+
+    def forward(self, pixels: Tensor) -> Tensor:
+        return self.out(torch.relu(self.hidden(self.features(pixels))))
+
+    @torch.no_grad()
+    def set_output(
+        self, k: int, first: Tensor, first_bias: Tensor, second: Tensor, second_bias: float
+    ) -> None:
+        """Write output `k`'s fitted MLP: `first` [hidden, n_features], `second` [hidden]."""
+        rows = slice(k * self.hidden_size, (k + 1) * self.hidden_size)
+        self.hidden.weight[rows, :, 0, 0] = first.to(self.hidden.weight)
+        self.hidden.bias[rows] = first_bias.to(self.hidden.bias)
+        self.out.weight[k, :, 0, 0] = second.to(self.out.weight)
+        self.out.bias[k] = second_bias
+
+
+def build_prior(kind: str, in_channels: int, n_outputs: int) -> nn.Module:
+    """The prior named `kind`, zero until fitted."""
+    if kind == "pixel":
+        prior = nn.Conv2d(in_channels, n_outputs, 1)
+        nn.init.zeros_(prior.weight)
+        nn.init.zeros_(prior.bias)
+        return prior
+    if kind == "context":
+        return ContextPrior(in_channels, n_outputs)
+    raise ValueError(f"unknown prior_features {kind!r}; choose one of {', '.join(PRIOR_FEATURES)}")
+
+
+def prior_features(prior: nn.Module, pixels: Tensor) -> Tensor:
+    """What the prior's fitted part sees: the bands themselves, or their context features."""
+    return prior.features(pixels) if isinstance(prior, ContextPrior) else pixels

@@ -1,0 +1,142 @@
+"""The context prior: an MLP over each pixel's neighbourhood means and its tile's Otsu level."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from floodlora.config import ConfigError, ModelConfig, RunConfig
+from floodlora.models.clay import ClayEncoder, get_preset
+from floodlora.models.decoder import otsu_levels
+from floodlora.models.factory import build_segmentor
+from floodlora.models.prior import CONTEXT_RADII, ContextPrior, context_features
+from floodlora.models.segmentor import FloodSegmentor
+from floodlora.runs import load_run, save_run
+from floodlora.training.pixel_prior import fit_pixel_prior
+
+SIZE = 48
+
+
+def _model(prior_features: str, **kw) -> FloodSegmentor:
+    torch.manual_seed(0)
+    kw.setdefault("outputs", ("flood", "water"))
+    return FloodSegmentor(
+        ClayEncoder(get_preset("test-micro")),
+        decoder="hires",
+        pixel_prior=True,
+        prior_features=prior_features,
+        **kw,
+    )
+
+
+def _speckled_chips(kind: str, n: int, seed: int) -> list[dict]:
+    """Chips whose water is an 8-px block pattern, 1 dB darker, under speckle of 1.5 per pixel.
+
+    One pixel alone says little (the classes overlap), its neighbourhood mean says a lot; each chip
+    also gets its own brightness offset, which only a tile-relative feature undoes.
+    """
+    g = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        blocks = g.random((SIZE // 8, SIZE // 8)) < 0.4
+        mask = np.kron(blocks, np.ones((8, 8))).astype(np.uint8)
+        offset = g.uniform(-3, 3)
+        vv = offset - 1.0 * mask + 1.5 * g.standard_normal((SIZE, SIZE))
+        post = np.stack([vv, vv]).astype(np.float32)
+        views = {"post": torch.from_numpy(post)}
+        if kind == "flood":
+            views["pre"] = torch.from_numpy(np.full_like(post, offset))
+        out.append({"views": views, "mask": torch.from_numpy(mask),
+                    "valid": torch.ones(SIZE, SIZE, dtype=torch.bool), "label_kind": kind})  # fmt: skip
+    return out
+
+
+def _accuracy(model: FloodSegmentor, chips: list[dict], output: int) -> float:
+    hits = []
+    for chip in chips:
+        x = {v: t[None] for v, t in chip["views"].items()}
+        with torch.no_grad():
+            logits = model.prior(model.prior_inputs(x, 1, SIZE, SIZE, x["post"]))
+        hits.append(((logits[0, output] > 0).numpy() == (chip["mask"].numpy() == 1)).mean())
+    return float(np.mean(hits))
+
+
+def test_context_features_hold_each_band_its_local_means_and_tile_levels() -> None:
+    x = torch.zeros(2, 3, 20, 36)
+    x[:, :, :, 18:] = 4.0  # left half 0, right half 4
+    f = context_features(x)
+    per_band = len(CONTEXT_RADII) + 5
+    assert f.shape == (2, 3 * per_band, 20, 36)
+    band0 = f[0].view(per_band, 3, 20, 36)[:, 0]  # parts are stacked band-minor
+    assert torch.equal(band0[0], x[0, 0])  # the value itself
+    # the 3-px mean: 0 far from the edge, 4/3 just left of it (one of three columns is 4)
+    assert float(band0[1, 10, 5]) == 0.0 and float(band0[1, 10, 17]) == pytest.approx(4 / 3)
+    # the 33-px mean near the edge mixes both halves; a tile smaller than the window still works
+    assert 0.0 < float(band0[len(CONTEXT_RADII), 10, 17]) < 4.0
+    level = float(otsu_levels(x)[0, 0])
+    assert 0.0 < level < 4.0
+    assert torch.allclose(band0[len(CONTEXT_RADII) + 1], x[0, 0] - level)  # value - Otsu level
+    assert torch.allclose(band0[len(CONTEXT_RADII) + 3], torch.full((20, 36), level))  # the level
+
+
+def test_context_prior_is_inert_until_fitted_and_refuses_unknown_kinds() -> None:
+    model = _model("context").eval()
+    assert isinstance(model.prior, ContextPrior)
+    x = {v: torch.randn(1, 2, 32, 32) for v in ("pre", "post")}
+    feats = model.encode(x)
+    with torch.no_grad():
+        with_prior = model.decode(feats, x)
+        model.prior = None
+        without = model.decode(feats, x)
+    assert torch.equal(with_prior, without)
+    with pytest.raises(ValueError, match="unknown prior_features 'nope'"):
+        _model("nope")
+    with pytest.raises(ConfigError, match=r"model\.prior_features: must be one of pixel, context"):
+        ModelConfig(prior_features="nope")
+
+
+def test_context_prior_beats_the_pixel_prior_where_one_pixel_is_ambiguous() -> None:
+    train = _speckled_chips("flood", 8, seed=0) + _speckled_chips("water", 8, seed=1)
+    held_out = _speckled_chips("flood", 4, seed=2)
+    pixel, context = _model("pixel"), _model("context")
+    fit_pixel_prior(pixel, train)
+    summary = fit_pixel_prior(context, train)
+    assert summary["flood"]["fitted"] and summary["water"]["fitted"]
+    pixel_acc, context_acc = _accuracy(pixel, held_out, 0), _accuracy(context, held_out, 0)
+    assert context_acc > 0.85, context_acc
+    assert context_acc > pixel_acc + 0.1, (pixel_acc, context_acc)
+
+
+def test_fitted_context_prior_survives_save_and_load(tmp_path: Path) -> None:
+    cfg = RunConfig()
+    cfg.model.checkpoint = "random:test-micro"
+    cfg.model.lora_rank = 2
+    cfg.model.outputs = ["flood", "water"]
+    cfg.model.pixel_prior = True
+    cfg.model.prior_features = "context"
+    model = build_segmentor(cfg.model, ["pre", "post"], ["vv", "vh"])
+    fit_pixel_prior(model, _speckled_chips("flood", 3, 0) + _speckled_chips("water", 3, 1))
+    model.eval()
+    x = {v: torch.randn(1, 2, 32, 32) for v in ("pre", "post")}
+    expected = model.forward_all(x)
+    save_run(tmp_path / "run", cfg, model)
+    loaded = load_run(tmp_path / "run")
+    assert loaded.base["prior_features"] == "context"
+    assert isinstance(loaded.model.prior, ContextPrior)
+    assert torch.allclose(loaded.model.forward_all(x), expected, atol=1e-6)
+
+
+def test_context_prior_exports_to_torch_export_and_onnx(tmp_path: Path) -> None:
+    from tests.inference_helpers import make_run
+
+    from floodlora.inference.export import export_run
+
+    run = make_run(tmp_path / "run", decoder="hires-bn", pixel_prior=True, prior_features="context")
+    assert isinstance(load_run(run).model.prior, ContextPrior)
+    rep = export_run(run, tmp_path / "exp", torch_export=True, onnx=True, tile=32)
+    assert rep.torch_export_max_abs_diff is not None and rep.torch_export_max_abs_diff < 1e-4
+    pytest.importorskip("onnxruntime")
+    assert rep.onnx_max_abs_diff is not None and rep.onnx_max_abs_diff < 1e-4
