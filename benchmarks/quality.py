@@ -76,7 +76,7 @@ MODEL_ROWS: tuple[ModelRow, ...] = (
     ModelRow(
         "recipe",
         "Recommended recipe (cpu-small: LoRA r-8, hires-bn decoder, pixel dropout 0.5, flood + water "
-        "outputs, context prior)",
+        "outputs, context prior for flood)",
     ),
     ModelRow("lora-paper", "LoRA r-8, paper decoder", {"model.decoder": "paper"}),
     ModelRow(
@@ -790,8 +790,10 @@ def explorations_markdown(path: Path) -> list[str]:
         data.get("prior_form", []),
         "The prior's form: a logistic term per pixel or an MLP over its context",
         "The recipe with the context prior (`model.prior_features: context`, item 11) in place of the "
-        "per-pixel logistic prior it had before, same budget, OMBRIA test held out; the rightmost column is "
-        "the recipe with the logistic prior as the main table measured it on 2026-12-02 at 18:11 UTC.",
+        "per-pixel logistic prior it had before, same budget, the first column's group held out: first "
+        "two sample sizes on OMBRIA test, then the context prior for both outputs on every group (the "
+        "main table before `model.prior_context_kinds: [flood]`). The rightmost column is the recipe "
+        "with the logistic prior as the main table measured it on 2026-12-02 at 18:11 UTC.",
         "Context prior F1 / P / R",
         "Logistic prior F1 / P / R",
         change="Prior fitted on",

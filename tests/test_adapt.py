@@ -202,6 +202,7 @@ def test_generalist_config_trains_every_source_within_45_minutes() -> None:
     assert (cfg.model.decoder, cfg.model.pixel_dropout) == ("hires-bn", 0.5)
     # the prior benchmarks/adapt.py measured; cpu-small's context prior is not measured there yet
     assert (cfg.model.prior_features, small.model.prior_features) == ("pixel", "context")
+    assert small.model.prior_context_kinds == ["flood"]
     # the committed measurement of this very config (benchmarks/generalist.py) fits in 45 minutes
     measured = json.loads((BENCHMARKS / "results" / "generalist.json").read_text())
     run, t = measured["run"], cfg.train

@@ -110,6 +110,25 @@ def test_context_prior_beats_the_pixel_prior_where_one_pixel_is_ambiguous() -> N
     assert context_acc > pixel_acc + 0.1, (pixel_acc, context_acc)
 
 
+def test_context_kinds_fit_the_other_outputs_as_an_exact_logistic_term() -> None:
+    train = _speckled_chips("flood", 6, seed=0) + _speckled_chips("water", 6, seed=1)
+    model = _model("context")
+    summary = fit_pixel_prior(model, train, context_kinds=["flood"])
+    assert (summary["flood"]["form"], summary["water"]["form"]) == ("context", "logistic")
+    g = torch.Generator().manual_seed(3)
+    a, b = (torch.randn(1, 4, SIZE, SIZE, generator=g) * 2 for _ in range(2))
+    with torch.no_grad():
+        fa, fb, fmid = model.prior(a), model.prior(b), model.prior(0.3 * a + 0.7 * b)
+    # water: affine in the pixel's own bands (relu(z) - relu(-z) = z), so mixing inputs mixes logits
+    assert torch.allclose(fmid[0, 1], 0.3 * fa[0, 1] + 0.7 * fb[0, 1], atol=1e-4)
+    assert float(fa[0, 1].std()) > 0.1  # and fitted, not zero
+    # flood: the MLP over context, which is not affine
+    assert not torch.allclose(fmid[0, 0], 0.3 * fa[0, 0] + 0.7 * fb[0, 0], atol=1e-2)
+    assert _accuracy(model, _speckled_chips("water", 3, seed=4), 1) > 0.6
+    with pytest.raises(ConfigError, match=r"model\.prior_context_kinds: must name outputs of this model"):
+        ModelConfig(outputs=["flood"], prior_context_kinds=["water"])
+
+
 def test_fitted_context_prior_survives_save_and_load(tmp_path: Path) -> None:
     cfg = RunConfig()
     cfg.model.checkpoint = "random:test-micro"

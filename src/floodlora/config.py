@@ -89,6 +89,10 @@ class ModelConfig:
     # pixel's neighbourhood means and its tile's Otsu level and median; floodlora.models.prior).
     prior_features: str = "pixel"
     prior_kinds: list[str] | None = None  # outputs whose prior is fitted (None: every output)
+    # With prior_features: context, the outputs fitted as the MLP over context (None: every output);
+    # the others get a logistic term on the pixel's own bands inside the same module. A rule over
+    # tile-relative features needs many training events of its label kind to carry to a new one.
+    prior_context_kinds: list[str] | None = None
     view_dropout: float = 0.0
     # Training only: per chip, the rate at which the pixel stem and the pixel prior are left out, so
     # that the encoder's token path must predict on its own and cannot be ignored (hires decoders).
@@ -125,6 +129,13 @@ class ModelConfig:
             raise ConfigError(
                 f"model.prior_features: must be one of {', '.join(PRIOR_FEATURES)}, "
                 f"got {self.prior_features!r}"
+            )
+        if self.prior_context_kinds is not None and any(
+            k not in self.outputs for k in self.prior_context_kinds
+        ):
+            raise ConfigError(
+                f"model.prior_context_kinds: must name outputs of this model ({', '.join(self.outputs)}), "
+                f"got {self.prior_context_kinds!r}"
             )
         if not 0.0 <= self.pixel_dropout < 1.0:
             raise ConfigError(f"model.pixel_dropout: must be in [0, 1), got {self.pixel_dropout!r}")

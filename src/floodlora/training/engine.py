@@ -347,7 +347,7 @@ def train_run(
 
             prior_fit = fit_pixel_prior(
                 model, datamodule.dataset("train"), seed=config.data.seed, log=log,
-                kinds=config.model.prior_kinds,
+                kinds=config.model.prior_kinds, context_kinds=config.model.prior_context_kinds,
             )  # fmt: skip
     accelerator = resolve_accelerator(tcfg)
     precision = precision_choice(tcfg, accelerator)

@@ -71,12 +71,14 @@ def fit_pixel_prior(
     seed: int = 0,
     log: Callable[[str], None] | None = None,
     kinds: Sequence[str] | None = None,
+    context_kinds: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Fit `model.prior` on `dataset` (the training split) in place; returns what was fitted.
 
     Each output is fitted on the chips of its label kind; a single-output model on every chip. An
     output whose kind has no training chip, whose pixels hold one class only, or that is not in
-    `kinds` (None: every output) stays at zero.
+    `kinds` (None: every output) stays at zero. In a context prior, outputs not in `context_kinds`
+    (None: every output) are fitted as a logistic term on the pixel's own bands.
     """
     from sklearn.linear_model import LogisticRegression
 
@@ -98,8 +100,11 @@ def fit_pixel_prior(
         if len(np.unique(y)) < 2:
             summary[kind] = {"fitted": False, "pixels": len(y)}
             continue
-        if isinstance(model.prior, ContextPrior):
-            accuracy = _fit_context(model.prior, k, x, y, seed)
+        form = "logistic"
+        if isinstance(model.prior, ContextPrior) and context_kinds is not None and kind not in context_kinds:
+            accuracy = _fit_logistic_in_context(model.prior, k, x, y)
+        elif isinstance(model.prior, ContextPrior):
+            accuracy, form = _fit_context(model.prior, k, x, y, seed), "context"
         else:
             lr = LogisticRegression(C=1.0, max_iter=500).fit(x, y)
             with torch.no_grad():
@@ -108,12 +113,13 @@ def fit_pixel_prior(
             accuracy = float(lr.score(x, y))
         summary[kind] = {
             "fitted": True,
+            "form": form,
             "pixels": len(y),
             "positive_fraction": round(float(y.mean()), 4),
             "train_accuracy": round(accuracy, 4),
         }
         if log is not None:
-            log(f"pixel prior [{kind}]: fitted on {len(y)} pixels, accuracy {100 * accuracy:.1f}%")
+            log(f"pixel prior [{kind}]: {form}, fitted on {len(y)} pixels, accuracy {100 * accuracy:.1f}%")
     return summary
 
 
@@ -144,3 +150,23 @@ def _fit_context(prior: ContextPrior, k: int, x: np.ndarray, y: np.ndarray, seed
         float(mlp.intercepts_[1][0]),
     )
     return float(mlp.score(z, y))
+
+
+def _fit_logistic_in_context(prior: ContextPrior, k: int, x: np.ndarray, y: np.ndarray) -> float:
+    """Fit output `k` as a logistic term on the pixel's own bands, written into its MLP exactly.
+
+    The bands are the first `in_channels` context features; two hidden units carry the linear term
+    z as relu(z) - relu(-z), the others stay at zero.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    c = prior.in_channels
+    lr = LogisticRegression(C=1.0, max_iter=500).fit(x[:, :c], y)
+    first = np.zeros((prior.hidden_size, prior.n_features))
+    first[0, :c], first[1, :c] = lr.coef_[0], -lr.coef_[0]
+    first_bias = np.zeros(prior.hidden_size)
+    first_bias[0], first_bias[1] = lr.intercept_[0], -lr.intercept_[0]
+    second = np.zeros(prior.hidden_size)
+    second[0], second[1] = 1.0, -1.0
+    prior.set_output(k, torch.from_numpy(first), torch.from_numpy(first_bias), torch.from_numpy(second), 0.0)
+    return float(lr.score(x[:, :c], y))
