@@ -82,16 +82,8 @@ def test_context_features_hold_each_band_its_local_means_and_tile_levels() -> No
     assert torch.allclose(band0[len(CONTEXT_RADII) + 3], torch.full((20, 36), level))  # the level
 
 
-def test_context_prior_is_inert_until_fitted_and_refuses_unknown_kinds() -> None:
-    model = _model("context").eval()
-    assert isinstance(model.prior, ContextPrior)
-    x = {v: torch.randn(1, 2, 32, 32) for v in ("pre", "post")}
-    feats = model.encode(x)
-    with torch.no_grad():
-        with_prior = model.decode(feats, x)
-        model.prior = None
-        without = model.decode(feats, x)
-    assert torch.equal(with_prior, without)
+def test_context_prior_is_built_by_name_and_unknown_forms_are_refused() -> None:
+    assert isinstance(_model("context").prior, ContextPrior)  # inert until fitted: test_pixel_prior.py
     with pytest.raises(ValueError, match="unknown prior_features 'nope'"):
         _model("nope")
     with pytest.raises(ConfigError, match=r"model\.prior_features: must be one of pixel, context"):

@@ -23,7 +23,15 @@ from torch.nn import functional as F
 from floodlora.config import PRIOR_FEATURES
 from floodlora.models.decoder import otsu_levels
 
-__all__ = ["PRIOR_FEATURES", "ContextPrior", "box_means", "build_prior", "context_features", "prior_features"]
+__all__ = [
+    "PRIOR_FEATURES",
+    "ContextPrior",
+    "box_means",
+    "build_prior",
+    "check_prior_features",
+    "context_features",
+    "prior_features",
+]
 CONTEXT_RADII: tuple[int, ...] = (1, 2, 4, 8, 16)  # box-mean neighbourhoods, (2r + 1) px wide
 CONTEXT_HIDDEN = 32
 
@@ -98,16 +106,21 @@ class ContextPrior(nn.Module):
         self.out.bias[k] = second_bias
 
 
+def check_prior_features(kind: str) -> None:
+    """Refuse an unknown prior form where it is named, not when the prior is first built."""
+    if kind not in PRIOR_FEATURES:
+        raise ValueError(f"unknown prior_features {kind!r}; choose one of {', '.join(PRIOR_FEATURES)}")
+
+
 def build_prior(kind: str, in_channels: int, n_outputs: int) -> nn.Module:
     """The prior named `kind`, zero until fitted."""
+    check_prior_features(kind)
     if kind == "pixel":
         prior = nn.Conv2d(in_channels, n_outputs, 1)
         nn.init.zeros_(prior.weight)
         nn.init.zeros_(prior.bias)
         return prior
-    if kind == "context":
-        return ContextPrior(in_channels, n_outputs)
-    raise ValueError(f"unknown prior_features {kind!r}; choose one of {', '.join(PRIOR_FEATURES)}")
+    return ContextPrior(in_channels, n_outputs)
 
 
 def prior_features(prior: nn.Module, pixels: Tensor) -> Tensor:

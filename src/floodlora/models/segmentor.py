@@ -32,7 +32,7 @@ from floodlora.models.decoder import (
     ViewDecoder,
     default_decoder_channels,
 )
-from floodlora.models.prior import PRIOR_FEATURES, build_prior
+from floodlora.models.prior import build_prior, check_prior_features
 
 VIEW_NAMES = ("pre", "post", "pre_asc", "pre_desc", "post_asc", "post_desc")
 BAND_NAMES = ("vv", "vh")
@@ -123,12 +123,9 @@ class FloodSegmentor(nn.Module):
         # (floodlora.models.prior).
         self.prior: nn.Module | None = None
         self.prior_kind = prior_features
+        check_prior_features(prior_features)
         if pixel_prior:
             self.prior = build_prior(prior_features, len(self.views) * len(self.bands), len(self.outputs))
-        elif prior_features not in PRIOR_FEATURES:
-            raise ValueError(
-                f"unknown prior_features {prior_features!r}; choose one of {', '.join(PRIOR_FEATURES)}"
-            )
         self.register_buffer("waves", band_wavelengths(self.bands), persistent=False)
         self.last_missing_views: tuple[str, ...] = ()
         self._warned_missing: set[tuple[str, ...]] = set()

@@ -80,8 +80,6 @@ def fit_pixel_prior(
     `kinds` (None: every output) stays at zero. In a context prior, outputs not in `context_kinds`
     (None: every output) are fitted as a logistic term on the pixel's own bands.
     """
-    from sklearn.linear_model import LogisticRegression
-
     if model.prior is None:
         raise ValueError("this model has no pixel prior (model.pixel_prior is off)")
     if isinstance(model.prior, ContextPrior):
@@ -106,11 +104,10 @@ def fit_pixel_prior(
         elif isinstance(model.prior, ContextPrior):
             accuracy, form = _fit_context(model.prior, k, x, y, seed), "context"
         else:
-            lr = LogisticRegression(C=1.0, max_iter=500).fit(x, y)
+            coef, intercept, accuracy = _fit_logistic(x, y)
             with torch.no_grad():
-                model.prior.weight[k, :, 0, 0] = torch.from_numpy(lr.coef_[0]).to(model.prior.weight)
-                model.prior.bias[k] = float(lr.intercept_[0])
-            accuracy = float(lr.score(x, y))
+                model.prior.weight[k, :, 0, 0] = torch.from_numpy(coef).to(model.prior.weight)
+                model.prior.bias[k] = intercept
         summary[kind] = {
             "fitted": True,
             "form": form,
@@ -158,15 +155,21 @@ def _fit_logistic_in_context(prior: ContextPrior, k: int, x: np.ndarray, y: np.n
     The bands are the first `in_channels` context features; two hidden units carry the linear term
     z as relu(z) - relu(-z), the others stay at zero.
     """
-    from sklearn.linear_model import LogisticRegression
-
     c = prior.in_channels
-    lr = LogisticRegression(C=1.0, max_iter=500).fit(x[:, :c], y)
+    coef, intercept, accuracy = _fit_logistic(x[:, :c], y)
     first = np.zeros((prior.hidden_size, prior.n_features))
-    first[0, :c], first[1, :c] = lr.coef_[0], -lr.coef_[0]
+    first[0, :c], first[1, :c] = coef, -coef
     first_bias = np.zeros(prior.hidden_size)
-    first_bias[0], first_bias[1] = lr.intercept_[0], -lr.intercept_[0]
+    first_bias[0], first_bias[1] = intercept, -intercept
     second = np.zeros(prior.hidden_size)
     second[0], second[1] = 1.0, -1.0
     prior.set_output(k, torch.from_numpy(first), torch.from_numpy(first_bias), torch.from_numpy(second), 0.0)
-    return float(lr.score(x[:, :c], y))
+    return accuracy
+
+
+def _fit_logistic(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """A per-pixel logistic regression: (coefficients, intercept, training accuracy)."""
+    from sklearn.linear_model import LogisticRegression
+
+    lr = LogisticRegression(C=1.0, max_iter=500).fit(x, y)
+    return lr.coef_[0], float(lr.intercept_[0]), float(lr.score(x, y))
