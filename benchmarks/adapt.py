@@ -13,12 +13,13 @@ For each held-out event group (the groups of ``benchmarks/quality.py``):
   hold flood (nested: the 5 are among the 10, the 10 among the 20), are given to `adapt` (a) from that
   starting model and (b) from the bare ``embedded`` encoder;
 * **fitted threshold**: the VV+VH threshold maximising F1 on the same k chips;
-* **uncertainty-chosen chips**: at one k (``--uncertain-k``), the k chips with flood that the
-  starting model is least sure of (mean flip-TTA spread of its probabilities), adapted from the
-  starting model, against the random k.
+* **uncertainty-chosen chips**: at one k (``--uncertain-k``), the k chips that the starting model is
+  least sure of (mean flip-TTA spread of its probabilities) among a seeded reserve of
+  ``UNCERTAIN_POOL`` x k other chips with flood, adapted from the starting model, against the random k.
 
-Every method is scored on the same chips: the group's chips not chosen by any selection (at most
-``--max-eval`` of them, evenly spaced), with at most half nodata. Results go to
+Every method is scored on the same chips: the group's chips neither drawn for k nor reserved (at most
+``--max-eval`` of them, evenly spaced), with at most half nodata. They depend on the group and the
+seed alone, so runs with different starting models are scored on the same chips. Results go to
 ``benchmarks/results/adapt.json`` (written after every group, so a run cut short keeps what
 finished), a PNG of F1 against k, and the section of ``docs/quality.md`` between the markers.
 """
@@ -58,6 +59,8 @@ START_CONFIG = "generalist"
 ENCODER = "embedded"
 KS: tuple[int, ...] = (5, 10, 20)
 UNCERTAIN_K = 10
+#: The uncertainty-chosen chips are the k most uncertain of this many times k reserved chips with flood.
+UNCERTAIN_POOL = 2
 #: The starting model's documented budget: the quality benchmark's (4 epochs x 20 batches), so that a
 #: group's starting model trains in about 4 minutes; the full generalist (12 x 150) takes ~45 min.
 START_BUDGET: dict[str, Any] = dict(BUDGET)
@@ -284,16 +287,22 @@ def run_group(
     start_dir = Path(start["run_dir"])
     log(f"{group.name}: starting model ready ({start.get('wall_seconds', 0):.0f} s)")
     randoms = random_choice(flooded, kmax, seed)
+    random_keys = {r.key for r in randoms}
+    # The uncertainty candidates are a seeded reserve drawn before any model exists, so the scored
+    # chips depend on the group and the seed alone, never on what a starting model finds uncertain.
+    pool: list[Any] = []
+    if uncertain_k:
+        rest = [r for r in flooded if r.key not in random_keys]
+        pool = random_choice(rest, min(len(rest), UNCERTAIN_POOL * uncertain_k), seed + 1)
+    pool_keys = {r.key for r in pool}
+    eval_refs = subsample([r for r in usable if r.key not in random_keys | pool_keys], max_eval)
     uncertain: list[Any] = []
     unc_seconds = 0.0
     if uncertain_k:
         t0 = time.perf_counter()
-        pool = [r for r in flooded if r not in randoms[:uncertain_k]]
         unc = chip_uncertainty(start_dir, pool)
         unc_seconds = time.perf_counter() - t0
         uncertain = sorted(pool, key=lambda r: -unc[r.key])[:uncertain_k]
-    chosen_keys = {r.key for r in randoms} | {r.key for r in uncertain}
-    eval_refs = subsample([r for r in usable if r.key not in chosen_keys], max_eval)
     eval_root = subset_tree(real, eval_refs, work / group.name / "eval")
     zero = score_run(start_dir, eval_root)
     log(f"{group.name}: zero-shot F1 {_pct(zero['f1'])} on {zero['n_chips']} chips")
@@ -308,6 +317,7 @@ def run_group(
             "n_flooded": len(flooded),
             "n_eval": len(eval_refs),
             "start": start,
+            "uncertainty_pool": [r.chip_id for r in pool],
             "uncertainty_seconds": unc_seconds,
             "zero_shot": zero,
             "rows": rows,
@@ -449,8 +459,9 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"Starting model (zero-shot row): {result['start_text']}. Adaptation budget: {result['adapt_text']}. "
         f"k chips drawn with seed {result['seed']} among the group's chips with flood (nested across k); "
-        f"every method of a group is scored on the same chips: the group's chips chosen by no selection, "
-        f"with at most half nodata{cap}. "
+        f"every method of a group is scored on the same chips: the group's chips neither drawn for k nor "
+        f"reserved as uncertainty candidates ({UNCERTAIN_POOL} x k chips with flood, drawn with seed "
+        f"{result['seed'] + 1}), with at most half nodata{cap}, so they depend on the seed alone. "
         "Fine-tuned runs score at their own threshold (0.5 below 8 chips, else optimal on the held-back "
         "chips); "
         "calibrated runs at their best threshold on all k chips, moved to 0.5.",
@@ -505,7 +516,8 @@ def markdown(result: dict[str, Any]) -> str:
                 "",
                 f"Uncertainty-chosen against random chips (k = {k_u}, from the starting model): "
                 + "; ".join(compared)
-                + f" (ranking the candidates by flip-TTA spread took {g['uncertainty_seconds']:.0f} s).",
+                + " (ranking the reserved candidates by flip-TTA spread took "
+                + f"{g['uncertainty_seconds']:.0f} s).",
             ]
         lines.append("")
     lines += ["### Targets (issue 12)", ""]

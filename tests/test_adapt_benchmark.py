@@ -48,7 +48,9 @@ def test_tiny_benchmark_end_to_end(bench: ModuleType, real_data: Path, tmp_path:
     (g,) = saved["groups"]
     assert g["name"] == "ombria-france" and g["n_chips"] == 8 and g["complete"] is True
     chosen = {c for r in g["rows"] for c in r["chips"]}
-    assert g["n_eval"] == g["n_usable"] - len(chosen) and g["n_eval"] > 0
+    pool = set(g["uncertainty_pool"])  # reserved before any model: the scored chips exclude all of it
+    assert len(pool) == len(g["uncertainty_pool"]) >= bench.TINY_KS[0]
+    assert g["n_eval"] == g["n_usable"] - len(chosen | pool) and g["n_eval"] > 0
     assert 0.0 <= g["zero_shot"]["f1"] <= 1.0 and g["zero_shot"]["n_chips"] == g["n_eval"]
     rows = {(r["k"], r["selection"], r["method"]): r for r in g["rows"]}
     methods = ("fitted", "calibrate-start", "adapt-start", "adapt-encoder")
@@ -66,6 +68,8 @@ def test_tiny_benchmark_end_to_end(bench: ModuleType, real_data: Path, tmp_path:
     k1, k2 = bench.TINY_KS
     assert set(rows[(k1, "random", "fitted")]["chips"]) <= set(rows[(k2, "random", "fitted")]["chips"])
     assert not set(rows[(k1, "uncertain", "fitted")]["chips"]) & set(rows[(k1, "random", "fitted")]["chips"])
+    assert set(rows[(k1, "uncertain", "fitted")]["chips"]) <= pool
+    assert not pool & set(rows[(k2, "random", "fitted")]["chips"])
     summary = saved["summary"]
     assert summary["max_adapt_seconds"] == pytest.approx(
         max(r["wall_seconds"] for r in g["rows"] if r["method"] != "fitted")

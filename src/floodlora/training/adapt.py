@@ -25,9 +25,9 @@ loops, checkpoints and the run directory, and changes only what few labels need:
   need to set, so none is held back.
 * **Which of the two** (``method="auto"``, the default): a trained FROM is calibrated, a bare
   encoder (no decoder to calibrate) is fine-tuned. The few-shot benchmark (benchmarks/adapt.py)
-  chose it: from the generalist, calibration was within a point of fine-tuning or above it
-  on every held-out group at k = 5, 10 and 20, in seconds instead of minutes, while fine-tuning on
-  a few chips swung by tens of F1 points from one k to the next.
+  chose it as the safe default: from the generalist, calibration never fell more than a fraction
+  of a point below a threshold fitted on the same chips, in seconds, while fine-tuning was far
+  better on one held-out flood and several points worse on another (docs/quality.md).
 
 `RUN/adapt.json` records where it started (kind, path, sha256 of FROM's weights file or
 checkpoint, FROM's base checkpoint), which chips trained and which were held back, the budget and
