@@ -290,10 +290,8 @@ def run_group(
     random_keys = {r.key for r in randoms}
     # The uncertainty candidates are a seeded reserve drawn before any model exists, so the scored
     # chips depend on the group and the seed alone, never on what a starting model finds uncertain.
-    pool: list[Any] = []
-    if uncertain_k:
-        rest = [r for r in flooded if r.key not in random_keys]
-        pool = random_choice(rest, min(len(rest), UNCERTAIN_POOL * uncertain_k), seed + 1)
+    rest = [r for r in flooded if r.key not in random_keys]
+    pool = random_choice(rest, UNCERTAIN_POOL * (uncertain_k or 0), seed + 1)  # at most all of `rest`
     pool_keys = {r.key for r in pool}
     eval_refs = subsample([r for r in usable if r.key not in random_keys | pool_keys], max_eval)
     uncertain: list[Any] = []
