@@ -646,6 +646,44 @@ def _db_scale_table(result: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def _prior_features_table(result: dict[str, Any] | None) -> list[str]:
+    """`benchmarks/prior_features.py`: the flood prior's MLP alone on OMBRIA, one feature set per row."""
+    if not result:
+        return []
+    seeds = ", ".join(str(s) for s in sorted({r["seed"] for r in result["rows"]}))
+    lines = [
+        "",
+        "### The prior's features",
+        "",
+        "The `flood` prior's MLP fitted alone, outside any network, on the flood chips a quality run "
+        "trains on when the group is held out (OMBRIA train and FRANCE for OMBRIA test; OMBRIA train "
+        "for FRANCE), with the recipe's sample and settings, and scored on every labelled pixel of the "
+        f"held-out group. Mean over seeds {seeds} "
+        f"(sample and MLP). Command: `{result['command']}`. F1 / precision / recall in %:",
+        "",
+        "| Held out | Features | What they add | Features per pixel | F1 / P / R at 0.5 "
+        "| Best on own labels (at) |",
+        "|---|---|---|---|---|---|",
+    ]
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in result["rows"]:
+        groups.setdefault((r["held_out"], r["features"]), []).append(r)
+    for (held, name), rows in groups.items():
+        half = {k: sum(r["at_0.5"][k] for r in rows) / len(rows) for k in ("f1", "precision", "recall")}
+        best = sum(r["oracle"]["f1"] for r in rows) / len(rows)
+        at = "/".join(f"{r['oracle']['threshold']:.2f}" for r in rows)
+        cells = [
+            held,
+            f"`{name}`",
+            rows[0]["what"],
+            str(rows[0]["n_features"]),
+            " / ".join(_pct(half[k]) for k in ("f1", "precision", "recall")),
+            f"{_pct(best)} ({at})",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def _logit_sources_table(result: dict[str, Any] | None) -> list[str]:
     """`benchmarks/logit_sources.py`: how much of a run's logits the token path, stem and prior move."""
     if not result:
@@ -798,6 +836,7 @@ def explorations_markdown(path: Path) -> list[str]:
         "Logistic prior F1 / P / R",
         change="Prior fitted on",
     )
+    lines += _prior_features_table(data.get("prior_features"))
     lines += _db_scale_table(data.get("db_scale"))
     lines += _logit_sources_table(data.get("logit_sources"))
     oracle = data.get("operating_point", [])

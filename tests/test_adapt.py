@@ -200,8 +200,8 @@ def test_generalist_config_trains_every_source_within_45_minutes() -> None:
     # the recipe's decoder, as benchmarks/adapt.py measured it (docs/quality.md)
     assert (cfg.model.decoder, cfg.model.pixel_dropout) == (small.model.decoder, small.model.pixel_dropout)
     assert (cfg.model.decoder, cfg.model.pixel_dropout) == ("hires-bn", 0.5)
-    # the recipe's prior, as benchmarks/generalist.py measured it: context prior for flood, logistic for water
-    assert (cfg.model.prior_features, small.model.prior_features) == ("context", "context")
+    # a context prior for flood, logistic for water, as benchmarks/generalist.py and adapt.py measured it
+    assert cfg.model.prior_features == "context" and small.model.prior_features.startswith("context")
     assert cfg.model.prior_context_kinds == small.model.prior_context_kinds == ["flood"]
     # the committed measurement of this very config (benchmarks/generalist.py) fits in 45 minutes
     measured = json.loads((BENCHMARKS / "results" / "generalist.json").read_text())

@@ -12,7 +12,14 @@ from floodlora.config import ConfigError, ModelConfig, RunConfig
 from floodlora.models.clay import ClayEncoder, get_preset
 from floodlora.models.decoder import otsu_levels
 from floodlora.models.factory import build_segmentor
-from floodlora.models.prior import CONTEXT_RADII, ContextPrior, context_features
+from floodlora.models.prior import (
+    CONTEXT_RADII,
+    TEXTURE_RADII,
+    TILE_QUANTILES,
+    ContextPrior,
+    context_features,
+    quantile_features,
+)
 from floodlora.models.segmentor import FloodSegmentor
 from floodlora.runs import load_run, save_run
 from floodlora.training.pixel_prior import fit_pixel_prior
@@ -82,6 +89,47 @@ def test_context_features_hold_each_band_its_local_means_and_tile_levels() -> No
     assert torch.allclose(band0[len(CONTEXT_RADII) + 3], torch.full((20, 36), level))  # the level
 
 
+def test_quantile_features_hold_the_value_against_tile_quantiles_and_the_local_texture() -> None:
+    x = torch.arange(100, dtype=torch.float32).view(1, 1, 10, 10)  # one band, values 0..99
+    f = quantile_features(x)
+    assert f.shape == (1, len(TILE_QUANTILES) + len(TEXTURE_RADII), 10, 10)
+    for i, q in enumerate(TILE_QUANTILES):  # the lower quantile by sorting: value index int(q * 99)
+        assert torch.equal(f[0, i], x[0, 0] - int(q * 99))
+    flat = torch.zeros(1, 1, 12, 12)
+    checker = (torch.arange(12)[:, None] + torch.arange(12)[None, :]) % 2 * 2.0 - 1.0  # +-1
+    texture = quantile_features(torch.stack([flat[0, 0], checker])[:, None])[:, len(TILE_QUANTILES)]
+    assert torch.equal(texture[0], torch.zeros(12, 12))  # a smooth tile has no texture
+    assert float(texture[1, 6, 6]) == pytest.approx(1.0, abs=0.05)  # 5 x 5 window: std about 1
+
+
+def test_context_quantiles_sees_texture_that_context_alone_misses() -> None:
+    """Water as smooth as glass, land speckled, both with the same mean: only texture tells them apart."""
+    g = np.random.default_rng(0)
+
+    def chips(n: int) -> list[dict]:
+        out = []
+        for _ in range(n):
+            mask = np.kron(g.random((SIZE // 8, SIZE // 8)) < 0.4, np.ones((8, 8))).astype(np.uint8)
+            vv = np.where(mask == 1, 0.1, 1.5) * g.standard_normal((SIZE, SIZE))
+            post = torch.from_numpy(np.stack([vv, vv]).astype(np.float32))
+            views = {"post": post, "pre": torch.zeros_like(post)}
+            valid = torch.ones(SIZE, SIZE, dtype=torch.bool)
+            mask_t = torch.from_numpy(mask)
+            out.append({"views": views, "mask": mask_t, "valid": valid, "label_kind": "flood"})
+        return out
+
+    train, held_out = chips(12), chips(4)
+    context = _model("context", outputs=("flood",))
+    quantiles = _model("context-quantiles", outputs=("flood",))
+    fit_pixel_prior(context, train)
+    fit_pixel_prior(quantiles, train)
+    per_band = len(CONTEXT_RADII) + 5 + len(TILE_QUANTILES) + len(TEXTURE_RADII)
+    assert quantiles.prior.n_features == 4 * per_band  # pre and post, VV and VH
+    context_acc, quantiles_acc = _accuracy(context, held_out, 0), _accuracy(quantiles, held_out, 0)
+    assert quantiles_acc > 0.9, quantiles_acc
+    assert quantiles_acc > context_acc + 0.05, (context_acc, quantiles_acc)
+
+
 def test_context_prior_is_built_by_name_and_unknown_forms_are_refused() -> None:
     assert isinstance(_model("context").prior, ContextPrior)  # inert until fitted: test_pixel_prior.py
     with pytest.raises(ValueError, match="unknown prior_features 'nope'"):
@@ -121,13 +169,14 @@ def test_context_kinds_fit_the_other_outputs_as_an_exact_logistic_term() -> None
         ModelConfig(outputs=["flood"], prior_context_kinds=["water"])
 
 
-def test_fitted_context_prior_survives_save_and_load(tmp_path: Path) -> None:
+@pytest.mark.parametrize("form", ["context", "context-quantiles"])
+def test_fitted_context_prior_survives_save_and_load(tmp_path: Path, form: str) -> None:
     cfg = RunConfig()
     cfg.model.checkpoint = "random:test-micro"
     cfg.model.lora_rank = 2
     cfg.model.outputs = ["flood", "water"]
     cfg.model.pixel_prior = True
-    cfg.model.prior_features = "context"
+    cfg.model.prior_features = form
     model = build_segmentor(cfg.model, ["pre", "post"], ["vv", "vh"])
     fit_pixel_prior(model, _speckled_chips("flood", 3, 0) + _speckled_chips("water", 3, 1))
     model.eval()
@@ -135,17 +184,19 @@ def test_fitted_context_prior_survives_save_and_load(tmp_path: Path) -> None:
     expected = model.forward_all(x)
     save_run(tmp_path / "run", cfg, model)
     loaded = load_run(tmp_path / "run")
-    assert loaded.base["prior_features"] == "context"
+    assert loaded.base["prior_features"] == form
     assert isinstance(loaded.model.prior, ContextPrior)
+    assert loaded.model.prior.quantiles == (form == "context-quantiles")
     assert torch.allclose(loaded.model.forward_all(x), expected, atol=1e-6)
 
 
-def test_context_prior_exports_to_torch_export_and_onnx(tmp_path: Path) -> None:
+@pytest.mark.parametrize("form", ["context", "context-quantiles"])
+def test_context_prior_exports_to_torch_export_and_onnx(tmp_path: Path, form: str) -> None:
     from tests.inference_helpers import make_run
 
     from floodlora.inference.export import export_run
 
-    run = make_run(tmp_path / "run", decoder="hires-bn", pixel_prior=True, prior_features="context")
+    run = make_run(tmp_path / "run", decoder="hires-bn", pixel_prior=True, prior_features=form)
     assert isinstance(load_run(run).model.prior, ContextPrior)
     rep = export_run(run, tmp_path / "exp", torch_export=True, onnx=True, tile=32)
     assert rep.torch_export_max_abs_diff is not None and rep.torch_export_max_abs_diff < 1e-4

@@ -39,7 +39,7 @@ def _chips(kind: str, n: int, dark_is: int, seed: int) -> list[dict]:
     return out
 
 
-@pytest.mark.parametrize("prior_features", ["pixel", "context"])
+@pytest.mark.parametrize("prior_features", ["pixel", "context", "context-quantiles"])
 def test_prior_is_inert_until_fitted(prior_features: str) -> None:
     model = _model(prior_features=prior_features).eval()
     x = {v: torch.randn(1, 2, 32, 32) for v in ("pre", "post")}

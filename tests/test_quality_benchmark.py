@@ -214,3 +214,29 @@ def test_the_time_target_is_judged_from_the_recorded_wall_time(bench: ModuleType
     result["wall_seconds"] = 82 * 60.0
     assert bench.summarise(result)["targets"]["benchmark_within_90_min"]["met"] is True
     assert "benchmark_within_90_min" not in bench.summarise({**result, "tiny": True})["targets"]
+
+
+def test_prior_features_fits_each_feature_set_on_real_ombria_chips(
+    bench: ModuleType, real_data: Path, tmp_path: Path
+) -> None:
+    """benchmarks/prior_features.py --tiny: the flood prior's MLP alone on real OMBRIA chips, one
+    row per feature set and seed, written under its own key and shown as an exploration table."""
+    features = load_benchmark("prior_features")
+    out = tmp_path / "explorations.json"
+    out.write_text(json.dumps({"note": "kept", "runs": []}))
+    result = features.main(["--tiny", "--seeds", "0", "--real", str(real_data), "--json", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["note"] == "kept" and saved["prior_features"]["rows"] == result["rows"]
+    rows = {(r["held_out"], r["features"]): r for r in result["rows"]}
+    forms = ("context", "context-quantiles")
+    assert set(rows) == {(g, f) for g in ("ombria-test", "ombria-france") for f in forms}
+    # two views (pre, post) of one band: 10 context features each, plus 4 quantiles and 2 textures
+    assert rows["ombria-test", "context"]["n_features"] == 20
+    assert rows["ombria-test", "context-quantiles"]["n_features"] == 32
+    for r in result["rows"]:
+        assert r["test_chips"] > 0 and r["train_pixels"] > 1000
+        assert 0.0 < r["at_0.5"]["f1"] <= r["oracle"]["f1"] + 1e-9 <= 1.0 + 1e-9
+    text = "\n".join(bench.explorations_markdown(out))
+    assert "### The prior's features" in text and "| ombria-france | `context-quantiles` |" in text
+    with pytest.raises(SystemExit, match="no ombria folder"):
+        features.main(["--tiny", "--real", str(tmp_path), "--json", str(out)])

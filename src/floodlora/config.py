@@ -23,7 +23,8 @@ LATLON_ORDERS: tuple[str, ...] = ("auto", "lat-lon", "lon-lat", "zeros")
 #: pre-event view). ``water``: all open water in the post-event image, permanent water included.
 LABEL_KINDS: tuple[str, ...] = ("flood", "water")
 DEFAULT_LABEL_KIND = "flood"  # chips whose source declares nothing
-PRIOR_FEATURES: tuple[str, ...] = ("pixel", "context")  # model.prior_features (floodlora.models.prior)
+#: model.prior_features (floodlora.models.prior)
+PRIOR_FEATURES: tuple[str, ...] = ("pixel", "context", "context-quantiles")
 
 
 @dataclass
@@ -85,11 +86,12 @@ class ModelConfig:
     # A per-pixel logistic term on the inputs, fitted on the training chips before training
     # (floodlora.training.pixel_prior): the model starts from a fitted threshold.
     pixel_prior: bool = False
-    # What the prior sees: pixel (a logistic term on each pixel's bands) or context (an MLP over each
-    # pixel's neighbourhood means and its tile's Otsu level and median; floodlora.models.prior).
+    # What the prior sees: pixel (a logistic term on each pixel's bands), context (an MLP over each
+    # pixel's neighbourhood means and its tile's Otsu level and median) or context-quantiles (the
+    # same plus the tile's quantiles and the local texture; floodlora.models.prior).
     prior_features: str = "pixel"
     prior_kinds: list[str] | None = None  # outputs whose prior is fitted (None: every output)
-    # With prior_features: context, the outputs fitted as the MLP over context (None: every output);
+    # With a context form of prior_features, the outputs fitted as the MLP over context (None: every output);
     # the others get a logistic term on the pixel's own bands inside the same module. A rule over
     # tile-relative features needs many training events of its label kind to carry to a new one.
     prior_context_kinds: list[str] | None = None

@@ -119,8 +119,8 @@ class FloodSegmentor(nn.Module):
         # threshold as part of the model. floodlora.training.pixel_prior fits it on the training
         # chips before training, so the network starts where a fitted threshold ends and learns
         # the context a threshold cannot see. Zero (no effect) until fitted.
-        # `prior_features: context` makes it a small MLP over each pixel's neighbourhood and tile
-        # (floodlora.models.prior).
+        # `prior_features: context` (or `context-quantiles`) makes it a small MLP over each pixel's
+        # neighbourhood and tile (floodlora.models.prior).
         self.prior: nn.Module | None = None
         self.prior_kind = prior_features
         check_prior_features(prior_features)

@@ -7,7 +7,8 @@ training, a logistic regression (scikit-learn) is fitted on pixels of the traini
 output (label kind), and written into the segmentor's 1x1 `prior` convolution. The network then
 learns what a threshold cannot see (context, edges, change) on top of it. With
 `model.prior_features: context` the prior is a small MLP (scikit-learn's MLPClassifier) over each
-pixel's neighbourhood means and its tile's Otsu level and median (floodlora.models.prior).
+pixel's neighbourhood means and its tile's Otsu level and median; `context-quantiles` adds the
+tile's quantiles and the local texture (floodlora.models.prior).
 """
 
 from __future__ import annotations
