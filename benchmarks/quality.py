@@ -76,7 +76,7 @@ MODEL_ROWS: tuple[ModelRow, ...] = (
     ModelRow(
         "recipe",
         "Recommended recipe (cpu-small: LoRA r-8, hires-bn decoder, pixel dropout 0.5, flood + water "
-        "outputs, context prior for flood)",
+        "outputs, context prior with tile quantiles for flood)",
     ),
     ModelRow("lora-paper", "LoRA r-8, paper decoder", {"model.decoder": "paper"}),
     ModelRow(
