@@ -34,7 +34,7 @@ GROUPS: dict[str, tuple[tuple[str, str], list[tuple[str, str]]]] = {
     "ombria-test": (("ombria-OmbriaS1", "test"), [("ombria-OmbriaS1", "train"), ("ombria-FRANCE", "*")]),
     "ombria-france": (("ombria-FRANCE", "*"), [("ombria-OmbriaS1", "train")]),
 }
-#: (name, what it adds, feature parts): parts of `ContextPrior(quantiles=True).features`.
+#: (name, what it adds, feature parts): parts of `context_features(..., quantiles=True)`.
 ROWS: list[tuple[str, str, tuple[str, ...]]] = [
     ("context", "`context` (the recipe before): value, local means, Otsu level, median", ("context",)),
     ("context + texture", "the same + local standard deviation over 5 and 17 px", ("context", "texture")),
@@ -75,16 +75,12 @@ def features(views: np.ndarray, centre: float, spread: float) -> dict[str, np.nd
     """Feature part -> [N, F, H, W], computed by the prior's own functions on normalised views."""
     import torch
 
-    from floodlora.models.prior import TILE_QUANTILES, context_features, quantile_features
+    from floodlora.models.prior import CONTEXT_RADII, TILE_QUANTILES, context_features
 
     x = torch.from_numpy((views - centre) / spread)
-    q = quantile_features(x)
-    n_q = len(TILE_QUANTILES) * x.shape[1]
-    return {
-        "context": context_features(x).numpy(),
-        "quantiles": q[:, :n_q].numpy(),
-        "texture": q[:, n_q:].numpy(),
-    }
+    f = context_features(x, quantiles=True).numpy()  # context, then the tile quantiles, then texture
+    n_c, n_q = (len(CONTEXT_RADII) + 5) * x.shape[1], len(TILE_QUANTILES) * x.shape[1]
+    return {"context": f[:, :n_c], "quantiles": f[:, n_c : n_c + n_q], "texture": f[:, n_c + n_q :]}
 
 
 def fit_and_score(

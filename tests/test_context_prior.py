@@ -18,7 +18,6 @@ from floodlora.models.prior import (
     TILE_QUANTILES,
     ContextPrior,
     context_features,
-    quantile_features,
 )
 from floodlora.models.segmentor import FloodSegmentor
 from floodlora.runs import load_run, save_run
@@ -89,15 +88,22 @@ def test_context_features_hold_each_band_its_local_means_and_tile_levels() -> No
     assert torch.allclose(band0[len(CONTEXT_RADII) + 3], torch.full((20, 36), level))  # the level
 
 
+def _quantile_part(pixels: torch.Tensor) -> torch.Tensor:
+    """What `quantiles=True` adds after the plain context features: tile quantiles, then texture."""
+    full = context_features(pixels, quantiles=True)
+    assert torch.equal(full[:, : (len(CONTEXT_RADII) + 5) * pixels.shape[1]], context_features(pixels))
+    return full[:, (len(CONTEXT_RADII) + 5) * pixels.shape[1] :]
+
+
 def test_quantile_features_hold_the_value_against_tile_quantiles_and_the_local_texture() -> None:
     x = torch.arange(100, dtype=torch.float32).view(1, 1, 10, 10)  # one band, values 0..99
-    f = quantile_features(x)
+    f = _quantile_part(x)
     assert f.shape == (1, len(TILE_QUANTILES) + len(TEXTURE_RADII), 10, 10)
     for i, q in enumerate(TILE_QUANTILES):  # the lower quantile by sorting: value index int(q * 99)
         assert torch.equal(f[0, i], x[0, 0] - int(q * 99))
     flat = torch.zeros(1, 1, 12, 12)
     checker = (torch.arange(12)[:, None] + torch.arange(12)[None, :]) % 2 * 2.0 - 1.0  # +-1
-    texture = quantile_features(torch.stack([flat[0, 0], checker])[:, None])[:, len(TILE_QUANTILES)]
+    texture = _quantile_part(torch.stack([flat[0, 0], checker])[:, None])[:, len(TILE_QUANTILES)]
     assert torch.equal(texture[0], torch.zeros(12, 12))  # a smooth tile has no texture
     assert float(texture[1, 6, 6]) == pytest.approx(1.0, abs=0.05)  # 5 x 5 window: std about 1
 

@@ -13,7 +13,7 @@ before training (floodlora.training.pixel_prior), so a model starts from a fitte
 * ``context-quantiles``: the same, plus each band against its tile's 10/25/75/90 % quantiles (the
   shape of the tile's histogram, not just its middle) and its local standard deviation over 5 and
   17 px (open water is smooth, land is speckled and textured). Fitted outside the network on the
-  OMBRIA chips these lifted the MLP alone from 68 to 79 F1 on OMBRIA test and from 55 to 79 on
+  OMBRIA chips these lifted the MLP alone from 70 to 79 F1 on OMBRIA test and from 55 to 78 on
   FRANCE 2021 (docs/quality.md, "The prior's features").
 """
 
@@ -36,7 +36,6 @@ __all__ = [
     "check_prior_features",
     "context_features",
     "prior_features",
-    "quantile_features",
 ]
 CONTEXT_RADII: tuple[int, ...] = (1, 2, 4, 8, 16)  # box-mean neighbourhoods, (2r + 1) px wide
 CONTEXT_HIDDEN = 32
@@ -66,50 +65,46 @@ def box_means(x: Tensor, radii: Sequence[int]) -> list[Tensor]:
     return out
 
 
-def context_features(pixels: Tensor, radii: tuple[int, ...] = CONTEXT_RADII) -> Tensor:
-    """(B, C, H, W) -> (B, C x (len(radii) + 5), H, W): each band, its local means, and tile-relative copies.
+def context_features(
+    pixels: Tensor, radii: tuple[int, ...] = CONTEXT_RADII, quantiles: bool = False
+) -> Tensor:
+    """(B, C, H, W) -> (B, C x n, H, W): each band, its local means, and tile-relative copies.
 
-    Per band: the value; its mean over each (2r + 1)-px square; the value and its 5-px mean minus
-    the tile's Otsu level; the Otsu level itself (how bright this tile is); the value minus the
-    tile's median. Any tile size works (means ignore the padding).
+    Per band (n = len(radii) + 5): the value; its mean over each (2r + 1)-px square; the value and
+    its 5-px mean minus the tile's Otsu level; the Otsu level itself (how bright this tile is); the
+    value minus the tile's median. With `quantiles` (the context-quantiles form) then, per band, the
+    value minus each of the tile's TILE_QUANTILES and its standard deviation over each
+    TEXTURE_RADII square (n += 6). One sort serves the median and the quantiles, one set of box
+    means the means and the texture. Any tile size works (means ignore the padding).
     """
     x = pixels.float()
     level = otsu_levels(x)
-    flat = x.flatten(2)  # the lower median by sorting: ONNX has no median operator
-    median = flat.sort(dim=2).values[..., (flat.shape[2] - 1) // 2, None, None]
-    means = box_means(x, radii)
-    near = means[list(radii).index(2)] if 2 in radii else x
-    parts = [x, *means, x - level, near - level, level.expand_as(x), x - median]
-    return torch.cat(parts, dim=1).to(pixels.dtype)
-
-
-def quantile_features(
-    pixels: Tensor, quantiles: tuple[float, ...] = TILE_QUANTILES, radii: tuple[int, ...] = TEXTURE_RADII
-) -> Tensor:
-    """(B, C, H, W) -> (B, C x (len(quantiles) + len(radii)), H, W): tile quantiles and local texture.
-
-    Per band: the value minus each of its tile's quantiles (lower quantiles by sorting, as the median
-    in `context_features`), then its standard deviation over each (2r + 1)-px square.
-    """
-    x = pixels.float()
-    flat = x.flatten(2).sort(dim=2).values
-    n = flat.shape[2]
-    parts = [x - flat[..., int(q * (n - 1)), None, None] for q in quantiles]
-    means = box_means(x, radii)
-    squares = box_means(x * x, radii)
-    parts += [(sq - m * m).clamp_min(0.0).sqrt() for m, sq in zip(means, squares, strict=True)]
+    ordered = x.flatten(2).sort(dim=2).values  # lower quantiles by sorting: ONNX has no median operator
+    last = ordered.shape[2] - 1
+    extra = tuple(r for r in TEXTURE_RADII if r not in radii) if quantiles else ()
+    means = dict(zip(radii + extra, box_means(x, radii + extra), strict=True))
+    near = means.get(2, x)
+    parts = [x, *(means[r] for r in radii), x - level, near - level, level.expand_as(x)]
+    parts.append(x - ordered[..., last // 2, None, None])
+    if quantiles:
+        parts += [x - ordered[..., int(q * last), None, None] for q in TILE_QUANTILES]
+        squares = box_means(x * x, TEXTURE_RADII)
+        parts += [
+            (sq - means[r] ** 2).clamp_min(0.0).sqrt() for r, sq in zip(TEXTURE_RADII, squares, strict=True)
+        ]
     return torch.cat(parts, dim=1).to(pixels.dtype)
 
 
 class ContextPrior(nn.Module):
-    """One small MLP per output over `context_features`; zero (no effect) until fitted."""
+    """One small MLP per output over `context_features` (with `quantiles`: the context-quantiles form);
+    zero (no effect) until fitted."""
 
     def __init__(
         self, in_channels: int, n_outputs: int, hidden: int = CONTEXT_HIDDEN, quantiles: bool = False
     ) -> None:
         super().__init__()
         self.in_channels = in_channels
-        self.quantiles = quantiles  # add `quantile_features` (the context-quantiles form)
+        self.quantiles = quantiles
         per_band = len(CONTEXT_RADII) + 5 + (len(TILE_QUANTILES) + len(TEXTURE_RADII) if quantiles else 0)
         self.n_features = in_channels * per_band
         self.hidden_size = hidden
@@ -119,9 +114,7 @@ class ContextPrior(nn.Module):
         nn.init.zeros_(self.out.bias)
 
     def features(self, pixels: Tensor) -> Tensor:
-        if not self.quantiles:
-            return context_features(pixels)
-        return torch.cat([context_features(pixels), quantile_features(pixels)], dim=1)
+        return context_features(pixels, quantiles=self.quantiles)
 
     def forward(self, pixels: Tensor) -> Tensor:
         return self.out(torch.relu(self.hidden(self.features(pixels))))
