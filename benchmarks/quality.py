@@ -4,6 +4,8 @@
     python benchmarks/quality.py --tiny          # seconds: the test suite's mode
     python benchmarks/quality.py --from-json     # regenerate docs/quality.md from the JSON only
     python benchmarks/quality.py --precision-check c2s-s1f11   # the recipe on one group, fp32 vs bf16
+    python benchmarks/quality.py --seeds 1,2 --groups ombria-france --rows recipe,frozen,full
+                                                 # model rows again with other seeds (quality-seeds.json)
 
 For every labelled event group under ``../shared/data/real`` (OMBRIA test, OMBRIA FRANCE 2021, ETCI
 Nebraska, ETCI North Alabama, C2S-MS + Sen1Floods11) each model row trains on all the *other*
@@ -16,6 +18,12 @@ threshold does not transfer across them), and change detection where a pre-event
 Each model row runs in its own process, so its peak RSS is its own. Results go to
 ``benchmarks/results/quality.json``; the section of ``docs/quality.md`` between the markers is
 generated from that JSON.
+
+One run per row cannot separate a method from run-to-run spread on a held-out event (a new seed
+moves the recipe on ETCI Nebraska by several points). ``--seeds`` trains chosen model rows again
+with other seeds (``train.seed`` and ``data.seed``: the weights' initialisation, the draws and the
+train/val split) into ``quality-seeds.json``, one entry per group, row and seed, merged into what
+the file already holds; the doc's table "Over seeds" puts them beside the main table's seed-0 run.
 """
 
 from __future__ import annotations
@@ -69,6 +77,7 @@ class ModelRow:
     name: str
     label: str
     overrides: dict[str, Any] = field(default_factory=dict)
+    default: bool = True  # in the main table; False: only where --rows names it
 
 
 RECIPE = "cpu-small"  # the packaged config that is the recommended recipe
@@ -85,6 +94,12 @@ MODEL_ROWS: tuple[ModelRow, ...] = (
         {"model.strategy": "frozen", "train.feature_cache": "auto"},
     ),
     ModelRow("full", "Full fine-tuning, hires-bn decoder", {"model.strategy": "full"}),
+    ModelRow(
+        "recipe-swa",
+        "Recommended recipe with weight averaging (train.weight_averaging: swa)",
+        {"train.weight_averaging": "swa"},
+        default=False,
+    ),
 )
 #: The documented budget, the same for every model row: half the recipe's epochs and fewer batches,
 #: so that 5 groups x 4 model rows take 80-95 minutes on 2 cores (the JSON records each run's time).
@@ -160,6 +175,20 @@ def rescore(result: dict[str, Any], work: Path, real: Path) -> dict[str, Any]:
         r["event_otsu"] = report["event_otsu"]
         r["rescored_f1"] = report["f1"]
     return result
+
+
+def select_rows(names: str | None) -> list[ModelRow]:
+    """The model rows named in `names` (comma-separated), or the main table's default rows."""
+    if not names:
+        return [r for r in MODEL_ROWS if r.default]
+    wanted = names.split(",")
+    unknown = sorted(set(wanted) - {r.name for r in MODEL_ROWS})
+    if unknown:
+        raise SystemExit(
+            f"--rows: unknown model row(s) {', '.join(unknown)}; choose from "
+            + ", ".join(r.name for r in MODEL_ROWS)
+        )
+    return [r for r in MODEL_ROWS if r.name in wanted]
 
 
 def _peak_rss_gb() -> float:
@@ -521,8 +550,10 @@ def markdown(result: dict[str, Any]) -> str:
             f"* The whole benchmark in {x['minutes']:.0f} min, within 90 on 2 cores: "
             f"**{'met' if x['met'] else 'not met'}**."
         )
-    lines += ["", f"Raw numbers: `benchmarks/results/{Path(result['json']).name}`."]
     json_path = Path(result["json"])
+    seeds_path = (json_path if json_path.is_absolute() else REPO / json_path).with_name(SEEDS)
+    lines += seeds_markdown(result, json.loads(seeds_path.read_text()) if seeds_path.is_file() else None)
+    lines += ["", f"Raw numbers: `benchmarks/results/{Path(result['json']).name}`."]
     lines += explorations_markdown(
         (json_path if json_path.is_absolute() else REPO / json_path).with_name(EXPLORATIONS)
     )
@@ -578,6 +609,7 @@ def _event_otsu_table(
 
 
 EXPLORATIONS = "quality-explorations.json"
+SEEDS = "quality-seeds.json"
 
 
 def _comparison_table(
@@ -932,6 +964,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         help="only train the recipe with GROUP held out in fp32 and bf16 and store the F1 difference "
         "(default JSON benchmarks/results/quality-precision.json)",
     )
+    p.add_argument(
+        "--seeds",
+        default=None,
+        metavar="S1,S2",
+        help="only train the model rows again with these seeds (train.seed and data.seed), merged into "
+        "the seeds JSON (default benchmarks/results/quality-seeds.json)",
+    )
     p.add_argument("--worker", nargs=2, default=None, help=argparse.SUPPRESS)
     p.add_argument("--budget", default="{}", help=argparse.SUPPRESS)
     p.add_argument("--out-dir", default=None, help=argparse.SUPPRESS)
@@ -983,8 +1022,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     budget = parse_overrides(args.set, TINY_BUDGET if args.tiny else BUDGET)
     if args.precision_check:
         return run_precision_check(args, argv, real, budget, tiny_ctx)
+    if args.seeds:
+        return run_seeds(args, argv, real, budget, tiny_ctx)
     groups = [g for g in GROUPS if not args.groups or g.name in args.groups.split(",")]
-    rows = [r for r in MODEL_ROWS if not args.rows or r.name in args.rows.split(",")]
+    rows = select_rows(args.rows)
     t0 = time.perf_counter()
     work_ctx = tempfile.TemporaryDirectory(prefix="quality-") if args.workdir is None else None
     work = Path(args.workdir) if args.workdir else Path(work_ctx.name)  # type: ignore[union-attr]
@@ -1072,6 +1113,147 @@ def run_precision_check(
     }
     atomic_write_json(json_path, result)
     return result
+
+
+def parse_seeds(text: str) -> list[int]:
+    """ "1,2" -> [1, 2]; anything else is a one-line error."""
+    try:
+        seeds = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds:
+        raise SystemExit(f"--seeds {text!r}: expected comma-separated integers, e.g. 1,2")
+    return seeds
+
+
+def run_seeds(
+    args: argparse.Namespace, argv: list[str] | None, real: Path, budget: dict[str, Any], tiny_ctx: Any
+) -> dict[str, Any]:
+    """`--seeds S1,S2`: train the chosen model rows with each seed, merge them into the seeds JSON.
+
+    An entry replaces an earlier one of the same group, row and seed; the others are kept, so the
+    file can be filled a few groups at a time (each entry records its own command and date).
+    """
+    from floodlora.io import atomic_write_json
+
+    seeds = parse_seeds(args.seeds)
+    groups = [g for g in GROUPS if not args.groups or g.name in args.groups.split(",")]
+    rows = select_rows(args.rows)
+    if not groups or not rows:
+        raise SystemExit("--seeds: no group or model row selected (see --groups and --rows)")
+    json_path = Path(args.json) if args.json else REPO / "benchmarks" / "results" / SEEDS
+    old = json.loads(json_path.read_text()) if json_path.is_file() else {}
+    if old and (old.get("budget") != budget or old.get("tiny") != args.tiny):
+        raise SystemExit(
+            f"{json_path}: holds runs of another budget ({old.get('budget')}); pass another --json"
+        )
+    command = " ".join(["python benchmarks/quality.py", *(argv if argv is not None else sys.argv[1:])])
+    t0 = time.perf_counter()
+    work_ctx = tempfile.TemporaryDirectory(prefix="quality-seeds-") if args.workdir is None else None
+    work = Path(args.workdir) if args.workdir else Path(work_ctx.name)  # type: ignore[union-attr]
+    new: list[dict[str, Any]] = []
+    try:
+        for seed in seeds:
+            for group in groups:
+                for row in rows:
+                    seeded = {**budget, "train.seed": seed, "data.seed": seed}
+                    r = _run_worker(real, group, row, seeded, work / f"seed-{seed}")
+                    r.update(seed=seed, label=row.label, command=command)
+                    r["created"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+                    new.append(r)
+                    f1 = r.get("error") or f"F1 {_pct(r['at_run_threshold']['f1'])}"
+                    msg = f1 if "error" in r else f"{f1} ({r['wall_seconds']:.0f} s)"
+                    print(f"seed {seed} {group.name:15s} {row.name:10s} {msg}", flush=True)
+    finally:
+        if work_ctx is not None:
+            work_ctx.cleanup()
+        if tiny_ctx is not None:
+            tiny_ctx.cleanup()
+    replaced = {(r["group"], r["row"], r["seed"]) for r in new}
+    kept = [r for r in old.get("rows", []) if (r["group"], r["row"], r["seed"]) not in replaced]
+    result = {
+        "benchmark": "quality-seeds",
+        "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": machine(),
+        "tiny": args.tiny,
+        "budget": budget,
+        "rows": sorted(kept + new, key=lambda r: (r["group"], r["row"], r["seed"])),
+        "wall_seconds": old.get("wall_seconds", 0.0) + time.perf_counter() - t0,
+    }
+    atomic_write_json(json_path, result)
+    return result
+
+
+def seeds_markdown(main: dict[str, Any], seeds: dict[str, Any] | None) -> list[str]:
+    """The table "Over seeds": each (group, model row) with other seeds, beside the main table's run.
+
+    The main table's run is seed 0 (the config default); it joins the mean only where the seeds
+    JSON was measured with the main table's budget.
+    """
+    if not seeds or not seeds.get("rows"):
+        return []
+    same_budget = seeds.get("budget") == main.get("budget") and seeds.get("tiny") == main.get("tiny")
+    by_main = {(r["row"], r["group"]): r for r in main["rows"] if "error" not in r}
+    labels = {g["name"]: g["label"] for g in main["groups"]}
+    per: dict[tuple[str, str], dict[int, float]] = {}
+    oracle: dict[tuple[str, str], list[float]] = {}
+    for r in seeds["rows"]:
+        if "error" not in r:
+            per.setdefault((r["group"], r["row"]), {})[r["seed"]] = r["at_run_threshold"]["f1"]
+            if r.get("oracle"):
+                oracle.setdefault((r["group"], r["row"]), []).append(r["oracle"]["f1"])
+    if same_budget:
+        for (group, row), f1s in per.items():
+            main_run = by_main.get((row, group))
+            if main_run is not None and 0 not in f1s:
+                f1s[0] = main_run["at_run_threshold"]["f1"]
+                if main_run.get("oracle"):
+                    oracle.setdefault((group, row), []).append(main_run["oracle"]["f1"])
+    all_seeds = sorted({s for f1s in per.values() for s in f1s})
+    lines = [
+        "",
+        "### Over seeds",
+        "",
+        "Model rows trained again with other seeds (`train.seed` and `data.seed`: initialisation, draws, "
+        "train/val split), same budget"
+        + (" as the main table, whose run is seed 0" if same_budget else " as recorded in the JSON")
+        + ". F1 in % on the held-out group at each run's own threshold. Command: "
+        "`python benchmarks/quality.py --seeds S1,S2 --groups G --rows R` "
+        f"(`benchmarks/results/{SEEDS}`, each entry with its own command). The last column is the "
+        "mean of each run's best F1 at one threshold on the group's own labels (a diagnostic of its "
+        "ranking, not a result):",
+        "",
+        "| Held out | Method | "
+        + " | ".join(f"Seed {s}" for s in all_seeds)
+        + " | Mean | Range | Best on own labels |",
+        "|---" * (len(all_seeds) + 5) + "|",
+    ]
+    row_labels = {m.name: m.label.split(" (")[0] for m in MODEL_ROWS}
+    group_order = [g.name for g in GROUPS]
+    row_order = [m.name for m in MODEL_ROWS]
+    fitted_lines = []
+    for group, row in sorted(per, key=lambda k: (group_order.index(k[0]), row_order.index(k[1]))):
+        f1s = per[(group, row)]
+        values = list(f1s.values())
+        mean = sum(values) / len(values)
+        cells = [_pct(f1s[s]) if s in f1s else "–" for s in all_seeds]
+        spread = f"{_pct(min(values))}–{_pct(max(values))}"
+        ranked = oracle.get((group, row))
+        best = _pct(sum(ranked) / len(ranked)) if ranked else "–"
+        lines.append(
+            f"| {labels.get(group, group)} | {row_labels.get(row, row)} | "
+            + " | ".join(cells)
+            + f" | {_pct(mean)} | {spread} | {best} |"
+        )
+        fit = by_main.get(("fitted", group))
+        if row == "recipe" and fit is not None and group.startswith("etci-") and len(values) > 1:
+            f = fit["at_run_threshold"]["f1"]
+            fitted_lines.append(
+                f"* {group}: the recipe's mean over {len(values)} seeds {_pct(mean)} against the fitted "
+                f"threshold's {_pct(f)}: **{'met' if mean >= f else 'not met'}** on the mean, "
+                f"met by {sum(v >= f for v in values)} of {len(values)} runs."
+            )
+    return lines + (["", *fitted_lines] if fitted_lines else [])
 
 
 if __name__ == "__main__":

@@ -240,3 +240,66 @@ def test_prior_features_fits_each_feature_set_on_real_ombria_chips(
     assert "### The prior's features" in text and "| ombria-france | `context-quantiles` |" in text
     with pytest.raises(SystemExit, match="no ombria folder"):
         features.main(["--tiny", "--real", str(tmp_path), "--json", str(out)])
+
+
+def test_seeds_mode_merges_runs_per_seed_and_tabulates_them_beside_the_main_run(
+    bench: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--seeds` trains each selected model row once per seed (workers replaced: training is tested
+    elsewhere), merges entries by (group, row, seed), and the doc's "Over seeds" table puts them
+    beside the main table's seed-0 run with the mean and its verdict against the fitted threshold."""
+    calls: list[tuple[str, str, dict]] = []
+    f1 = {(1, "recipe"): 0.30, (2, "recipe"): 0.44, (1, "full"): 0.41, (2, "full"): 0.43}
+
+    def fake_worker(real: Path, group, row, budget: dict, work: Path) -> dict:
+        calls.append((group.name, row.name, budget))
+        seed = budget["train.seed"]
+        assert budget["data.seed"] == seed and work.name == f"seed-{seed}"
+        return {
+            "group": group.name,
+            "row": row.name,
+            "at_run_threshold": {"f1": f1[(seed, row.name)]},
+            "wall_seconds": 1.0,
+        }
+
+    monkeypatch.setattr(bench, "_run_worker", fake_worker)
+    out = tmp_path / "seeds.json"
+    args = ["--groups", "etci-nebraska", "--rows", "recipe", "--real", str(tmp_path), "--json", str(out)]
+    bench.main(["--seeds", "1,2", *args])
+    assert [(c[1], c[2]["train.seed"]) for c in calls] == [("recipe", 1), ("recipe", 2)]
+    assert calls[0][2]["train.max_epochs"] == bench.BUDGET["train.max_epochs"]  # the main table's budget
+    # a second call adds another row and replaces seed 2 of the recipe; seed 1 is kept
+    f1[(2, "recipe")] = 0.46
+    bench.main(["--seeds", "2", *args[:2], "--rows", "recipe,full", *args[4:]])
+    saved = json.loads(out.read_text())
+    got = {(r["row"], r["seed"]): r["at_run_threshold"]["f1"] for r in saved["rows"]}
+    assert got == {("recipe", 1): 0.30, ("recipe", 2): 0.46, ("full", 2): 0.43}
+    assert all(r["command"].startswith("python benchmarks/quality.py --seeds") for r in saved["rows"])
+
+    main = {
+        "budget": bench.BUDGET,
+        "tiny": False,
+        "groups": [{"name": "etci-nebraska", "label": "ETCI Nebraska"}],
+        "rows": [
+            {
+                "group": "etci-nebraska",
+                "row": "recipe",
+                "at_run_threshold": {"f1": 0.35},
+                "oracle": {"f1": 0.45},
+            },
+            {"group": "etci-nebraska", "row": "fitted", "at_run_threshold": {"f1": 0.393}},
+        ],
+    }
+    text = "\n".join(bench.seeds_markdown(main, saved))
+    assert "| ETCI Nebraska | Recommended recipe | 35.0 | 30.0 | 46.0 | 37.0 | 30.0–46.0 | 45.0 |" in text
+    assert (
+        "| ETCI Nebraska | Full fine-tuning, hires-bn decoder | – | – | 43.0 | 43.0 | 43.0–43.0 | – |" in text
+    )
+    assert "mean over 3 seeds 37.0 against the fitted threshold's 39.3: **not met**" in text
+    assert "met by 1 of 3 runs" in text
+    # another budget's runs are not averaged with the main table's seed 0, nor merged into its file
+    assert "| 30.0 | 46.0 | 38.0 |" in "\n".join(bench.seeds_markdown({**main, "budget": {}}, saved))
+    with pytest.raises(SystemExit, match="another budget"):
+        bench.main(["--seeds", "1", *args, "--set", "train.max_epochs=9"])
+    with pytest.raises(SystemExit, match="expected comma-separated integers"):
+        bench.main(["--seeds", "one", *args])

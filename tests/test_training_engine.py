@@ -210,3 +210,31 @@ def test_packaged_configs() -> None:
     for name in ("paper", "cpu-small"):
         assert load_config(repo_configs / f"{name}.yaml") == load_config(name)
     assert copy.deepcopy(small) == small
+
+
+def test_weight_averaging_keeps_the_average_of_every_step(tiny_data: Path, tmp_path: Path) -> None:
+    """`train.weight_averaging: swa`: the checkpoint, val and the run's weights hold the uniform
+    average over the optimiser steps (the last step's weights are kept beside it for --resume)."""
+    from safetensors.torch import load_file
+
+    def config(epochs: int) -> RunConfig:
+        cfg = _config(tiny_data, "lora", limit_train_batches=2, max_epochs=epochs, weight_averaging="swa")
+        cfg.model.decoder = "hires-bn"  # BatchNorm buffers are averaged with the weights
+        return cfg
+
+    result = train_run(config(2), tmp_path / "run")
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert int(ckpt["averaging_state"]["n_averaged"]) == 2 * result.accounting["epochs"]  # every step
+    averaged, current = ckpt["state_dict"], ckpt["current_model_state"]
+    lora = [k for k in averaged if "lora_B" in k]
+    assert lora and any(not torch.equal(averaged[k], current[k]) for k in lora)
+    best = torch.load(tmp_path / "run" / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    kept = load_file(tmp_path / "run" / "weights.safetensors")
+    key = lora[0].removeprefix("model.")
+    assert torch.equal(kept[key], best["state_dict"][lora[0]])  # the run keeps the best average
+    resumed = train_run(config(3), tmp_path / "run", resume=True)
+    assert resumed.accounting["epochs"] == 3
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert int(ckpt["averaging_state"]["n_averaged"]) == 6  # the average went on where it stopped
+    with pytest.raises(ConfigError, match=r"train\.weight_averaging: 'ema' is not one of none, swa"):
+        load_config(None, {"train.weight_averaging": "ema"})

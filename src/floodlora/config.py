@@ -147,6 +147,7 @@ class ModelConfig:
 
 LOGGERS: tuple[str, ...] = ("csv", "tensorboard", "mlflow")
 FEATURE_CACHE_AUTO = "auto"  # train.feature_cache: build the cache only where it saves encoder work
+WEIGHT_AVERAGING = ("none", "swa")  # train.weight_averaging
 
 
 @dataclass
@@ -174,6 +175,10 @@ class TrainConfig:
     # Frozen strategy only: cache encoder tokens on disk. "auto": only where the cache encodes fewer
     # pixels than live training would (floodlora.training.feature_cache.feature_cache_plan).
     feature_cache: bool | str = False
+    # swa: validate, checkpoint and keep the uniform average of the weights after every optimiser
+    # step (Lightning's WeightAveraging) rather than the last step's weights. Averaging along the
+    # path flattens the minimum a short run ends in, which matters on events it never saw.
+    weight_averaging: str = "none"
     logger: str = "csv"  # csv | tensorboard | mlflow; logs/metrics.csv is written in every case
     tracking_uri: str | None = None  # mlflow: None = a local file store in RUN_DIR/mlruns
     experiment: str = "floodlora"  # mlflow experiment name
@@ -184,6 +189,11 @@ class TrainConfig:
         if isinstance(self.feature_cache, str) and self.feature_cache != FEATURE_CACHE_AUTO:
             raise ConfigError(
                 f"train.feature_cache: {self.feature_cache!r} is not one of true, false, {FEATURE_CACHE_AUTO}"
+            )
+        if self.weight_averaging not in WEIGHT_AVERAGING:
+            raise ConfigError(
+                f"train.weight_averaging: {self.weight_averaging!r} is not one of "
+                + ", ".join(WEIGHT_AVERAGING)
             )
 
 

@@ -383,6 +383,10 @@ def train_run(
     latest = ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, enable_version_counter=False)
     early = EarlyStopping(monitor="val_loss", mode="min", patience=tcfg.early_stopping_patience)
     callbacks = [accounting, checkpoint, latest, early, LearningRateMonitor(logging_interval="epoch")]
+    if tcfg.weight_averaging == "swa":  # val, checkpoints and the kept weights see the average
+        from floodlora.training.task import StoredWeightAveraging
+
+        callbacks.append(StoredWeightAveraging())
     loggers = make_loggers(tcfg, run_dir)
     trainer = _trainer(
         tcfg, run_dir, callbacks, progress, fit=True, loggers=loggers, precision=precision.precision

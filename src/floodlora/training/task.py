@@ -14,6 +14,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.callbacks import WeightAveraging
 from torch import Tensor
 
 from floodlora.config import TrainConfig
@@ -120,4 +121,23 @@ class FloodSegmentationTask(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep what the strategy stores: frozen base weights stay in the base checkpoint."""
         strategy = strategy_of(self.model)
-        checkpoint["state_dict"] = strategy.checkpoint_filter(checkpoint["state_dict"], prefix="model.")
+        for key in ("state_dict", "current_model_state"):  # the latter: the last step's, with averaging
+            if key in checkpoint:
+                checkpoint[key] = strategy.checkpoint_filter(checkpoint[key], prefix="model.")
+
+
+class StoredWeightAveraging(WeightAveraging):
+    """Lightning's uniform weight averaging (SWA over every optimiser step), resumable from this
+    project's checkpoints, which leave out the frozen base weights: a frozen weight's average is
+    its own value, so it is taken from the model on resume."""
+
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        if self._average_model is None or "averaging_state" not in checkpoint:
+            super().on_load_checkpoint(trainer, pl_module, checkpoint)
+            return
+        average = {f"module.{k}": v for k, v in pl_module.state_dict().items()}
+        average |= {f"module.{k}": v for k, v in checkpoint["state_dict"].items()}
+        self._average_model.load_state_dict(average | checkpoint["averaging_state"])
+        pl_module.load_state_dict(checkpoint["current_model_state"], strict=False)
