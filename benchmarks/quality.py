@@ -716,6 +716,36 @@ def _prior_features_table(result: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def _water_prior_table(result: dict[str, Any] | None) -> list[str]:
+    """`benchmarks/water_prior.py`: the `water` prior alone, one form per row, per held-out group."""
+    if not result:
+        return []
+    lines = [
+        "",
+        "### The water prior's form",
+        "",
+        "The `water` output's prior fitted alone, outside any network, exactly as training fits it "
+        "(`fit_pixel_prior`, the recipe's data and normalisation), on every other group or on the other "
+        "ETCI event only, and scored on every labelled pixel of the held-out group. F1 / precision / "
+        f"recall in % at 0.5, and the best F1 at one threshold on the group's own labels. Command: "
+        f"`{result['command']}`.",
+        "",
+        "| Held out | Trained on | Water prior | F1 / P / R at 0.5 | Best on own labels (at) |",
+        "|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        half, best = r["at_0.5"], r["oracle"]
+        cells = [
+            r["held_out"],
+            r["trained_on"],
+            r["form"],
+            " / ".join(_pct(half[k]) for k in ("f1", "precision", "recall")),
+            f"{_pct(best['f1'])} ({best['threshold']:.2f})",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def _logit_sources_table(result: dict[str, Any] | None) -> list[str]:
     """`benchmarks/logit_sources.py`: how much of a run's logits the token path, stem and prior move."""
     if not result:
@@ -869,6 +899,7 @@ def explorations_markdown(path: Path) -> list[str]:
         change="Prior fitted on",
     )
     lines += _prior_features_table(data.get("prior_features"))
+    lines += _water_prior_table(data.get("water_prior"))
     lines += _db_scale_table(data.get("db_scale"))
     lines += _logit_sources_table(data.get("logit_sources"))
     oracle = data.get("operating_point", [])

@@ -242,6 +242,33 @@ def test_prior_features_fits_each_feature_set_on_real_ombria_chips(
         features.main(["--tiny", "--real", str(tmp_path), "--json", str(out)])
 
 
+def test_water_prior_fits_each_form_as_training_does_on_real_etci_chips(
+    bench: ModuleType, real_data: Path, tmp_path: Path
+) -> None:
+    """benchmarks/water_prior.py --tiny: the water prior alone, fitted by fit_pixel_prior with
+    Nebraska held out, in its logistic and context forms, scored on Nebraska's real chips."""
+    water = load_benchmark("water_prior")
+    out = tmp_path / "explorations.json"
+    out.write_text(json.dumps({"note": "kept", "runs": []}))
+    result = water.main(["--tiny", "--real", str(real_data), "--json", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["note"] == "kept" and saved["water_prior"]["rows"] == result["rows"]
+    rows = {r["form"]: r for r in result["rows"]}
+    assert set(rows) == {"logistic (the recipe)", "context MLP"}
+    assert rows["logistic (the recipe)"]["water_fit"]["form"] == "logistic"
+    assert rows["context MLP"]["water_fit"]["form"] == "context"
+    for r in result["rows"]:
+        assert r["held_out"] == "etci-nebraska" and r["chips"] == 4  # the subset's Nebraska chips
+        assert r["water_fit"]["fitted"] and r["water_fit"]["pixels"] > 1000
+        assert 0.0 <= r["at_0.5"]["f1"] <= r["oracle"]["f1"] + 1e-9 <= 1.0 + 1e-9
+    text = "\n".join(bench.explorations_markdown(out))
+    assert (
+        "### The water prior's form" in text and "| etci-nebraska | every other group | context MLP |" in text
+    )
+    with pytest.raises(SystemExit, match="no etci2021 folder"):
+        water.main(["--tiny", "--real", str(tmp_path), "--json", str(out)])
+
+
 def test_seeds_mode_merges_runs_per_seed_and_tabulates_them_beside_the_main_run(
     bench: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
