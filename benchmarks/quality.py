@@ -1228,9 +1228,13 @@ def seeds_markdown(main: dict[str, Any], seeds: dict[str, Any] | None) -> list[s
     labels = {g["name"]: g["label"] for g in main["groups"]}
     per: dict[tuple[str, str], dict[int, float]] = {}
     oracle: dict[tuple[str, str], list[float]] = {}
+    pr: dict[tuple[str, str], list[tuple[float, float]]] = {}
     for r in seeds["rows"]:
         if "error" not in r:
             per.setdefault((r["group"], r["row"]), {})[r["seed"]] = r["at_run_threshold"]["f1"]
+            if "precision" in r["at_run_threshold"]:
+                s = r["at_run_threshold"]
+                pr.setdefault((r["group"], r["row"]), []).append((s["precision"], s["recall"]))
             if r.get("oracle"):
                 oracle.setdefault((r["group"], r["row"]), []).append(r["oracle"]["f1"])
     if same_budget:
@@ -1238,6 +1242,9 @@ def seeds_markdown(main: dict[str, Any], seeds: dict[str, Any] | None) -> list[s
             main_run = by_main.get((row, group))
             if main_run is not None and 0 not in f1s:
                 f1s[0] = main_run["at_run_threshold"]["f1"]
+                s = main_run["at_run_threshold"]
+                if "precision" in s:
+                    pr.setdefault((group, row), []).append((s["precision"], s["recall"]))
                 if main_run.get("oracle"):
                     oracle.setdefault((group, row), []).append(main_run["oracle"]["f1"])
     all_seeds = sorted({s for f1s in per.values() for s in f1s})
@@ -1250,14 +1257,14 @@ def seeds_markdown(main: dict[str, Any], seeds: dict[str, Any] | None) -> list[s
         + (" as the main table, whose run is seed 0" if same_budget else " as recorded in the JSON")
         + ". F1 in % on the held-out group at each run's own threshold. Command: "
         "`python benchmarks/quality.py --seeds S1,S2 --groups G --rows R` "
-        f"(`benchmarks/results/{SEEDS}`, each entry with its own command). The last column is the "
-        "mean of each run's best F1 at one threshold on the group's own labels (a diagnostic of its "
-        "ranking, not a result):",
+        f"(`benchmarks/results/{SEEDS}`, each entry with its own command). Then the mean precision "
+        "and recall, and the mean of each run's best F1 at one threshold on the group's own labels "
+        "(a diagnostic of its ranking, not a result):",
         "",
         "| Held out | Method | "
         + " | ".join(f"Seed {s}" for s in all_seeds)
-        + " | Mean | Range | Best on own labels |",
-        "|---" * (len(all_seeds) + 5) + "|",
+        + " | Mean | Range | Mean P / R | Best on own labels |",
+        "|---" * (len(all_seeds) + 6) + "|",
     ]
     row_labels = {m.name: m.label.split(" (")[0] for m in MODEL_ROWS}
     group_order = [g.name for g in GROUPS]
@@ -1271,10 +1278,16 @@ def seeds_markdown(main: dict[str, Any], seeds: dict[str, Any] | None) -> list[s
         spread = f"{_pct(min(values))}–{_pct(max(values))}"
         ranked = oracle.get((group, row))
         best = _pct(sum(ranked) / len(ranked)) if ranked else "–"
+        rates = pr.get((group, row))
+        p_r = (
+            f"{_pct(sum(p for p, _ in rates) / len(rates))} / {_pct(sum(r for _, r in rates) / len(rates))}"
+            if rates
+            else "–"
+        )
         lines.append(
             f"| {labels.get(group, group)} | {row_labels.get(row, row)} | "
             + " | ".join(cells)
-            + f" | {_pct(mean)} | {spread} | {best} |"
+            + f" | {_pct(mean)} | {spread} | {p_r} | {best} |"
         )
         fit = by_main.get(("fitted", group))
         if row == "recipe" and fit is not None and group.startswith("etci-") and len(values) > 1:
