@@ -1163,7 +1163,8 @@ def run_seeds(
     """`--seeds S1,S2`: train the chosen model rows with each seed, merge them into the seeds JSON.
 
     An entry replaces an earlier one of the same group, row and seed; the others are kept, so the
-    file can be filled a few groups at a time (each entry records its own command and date).
+    file can be filled a few groups at a time (each entry records its own command and date). The
+    file is written after every run, so a call that stops early keeps what it measured.
     """
     from floodlora.io import atomic_write_json
 
@@ -1183,6 +1184,22 @@ def run_seeds(
     work_ctx = tempfile.TemporaryDirectory(prefix="quality-seeds-") if args.workdir is None else None
     work = Path(args.workdir) if args.workdir else Path(work_ctx.name)  # type: ignore[union-attr]
     new: list[dict[str, Any]] = []
+
+    def save() -> dict[str, Any]:  # after every run: a long call that stops keeps what it measured
+        replaced = {(r["group"], r["row"], r["seed"]) for r in new}
+        kept = [r for r in old.get("rows", []) if (r["group"], r["row"], r["seed"]) not in replaced]
+        result = {
+            "benchmark": "quality-seeds",
+            "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "machine": machine(),
+            "tiny": args.tiny,
+            "budget": budget,
+            "rows": sorted(kept + new, key=lambda r: (r["group"], r["row"], r["seed"])),
+            "wall_seconds": old.get("wall_seconds", 0.0) + time.perf_counter() - t0,
+        }
+        atomic_write_json(json_path, result)
+        return result
+
     try:
         for seed in seeds:
             for group in groups:
@@ -1192,6 +1209,7 @@ def run_seeds(
                     r.update(seed=seed, label=row.label, command=command)
                     r["created"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
                     new.append(r)
+                    save()
                     f1 = r.get("error") or f"F1 {_pct(r['at_run_threshold']['f1'])}"
                     msg = f1 if "error" in r else f"{f1} ({r['wall_seconds']:.0f} s)"
                     print(f"seed {seed} {group.name:15s} {row.name:10s} {msg}", flush=True)
@@ -1200,19 +1218,7 @@ def run_seeds(
             work_ctx.cleanup()
         if tiny_ctx is not None:
             tiny_ctx.cleanup()
-    replaced = {(r["group"], r["row"], r["seed"]) for r in new}
-    kept = [r for r in old.get("rows", []) if (r["group"], r["row"], r["seed"]) not in replaced]
-    result = {
-        "benchmark": "quality-seeds",
-        "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": machine(),
-        "tiny": args.tiny,
-        "budget": budget,
-        "rows": sorted(kept + new, key=lambda r: (r["group"], r["row"], r["seed"])),
-        "wall_seconds": old.get("wall_seconds", 0.0) + time.perf_counter() - t0,
-    }
-    atomic_write_json(json_path, result)
-    return result
+    return save()
 
 
 def seeds_markdown(main: dict[str, Any], seeds: dict[str, Any] | None) -> list[str]:

@@ -334,3 +334,16 @@ def test_seeds_mode_merges_runs_per_seed_and_tabulates_them_beside_the_main_run(
         bench.main(["--seeds", "1", *args, "--set", "train.max_epochs=9"])
     with pytest.raises(SystemExit, match="expected comma-separated integers"):
         bench.main(["--seeds", "one", *args])
+
+    # a call that stops after its first run keeps that run
+    def failing_second(real: Path, group, row, budget: dict, work: Path) -> dict:
+        if budget["train.seed"] == 4:
+            raise KeyboardInterrupt
+        return fake_worker(
+            real, group, row, {**budget, "train.seed": 1, "data.seed": 1}, work.with_name("seed-1")
+        )
+
+    monkeypatch.setattr(bench, "_run_worker", failing_second)
+    with pytest.raises(KeyboardInterrupt):
+        bench.main(["--seeds", "3,4", *args])
+    assert {r["seed"] for r in json.loads(out.read_text())["rows"]} == {1, 2, 3}
