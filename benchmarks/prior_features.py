@@ -114,8 +114,12 @@ def fit_and_score(
         mlp.fit((x - mean) / scale, y)
     pixels = test.transpose(0, 2, 3, 1)[test_keep]
     prob = mlp.predict_proba((pixels - mean) / scale)[:, 1]
-    truth = test_y[test_keep] == 1
-    out: dict[str, Any] = {"train_pixels": len(y)}
+    return {"train_pixels": len(y), **threshold_scores(prob, test_y[test_keep] == 1)}
+
+
+def threshold_scores(prob: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
+    """F1 / precision / recall at 0.5 and the best F1 of one threshold (0.05 steps) on the labels."""
+    out: dict[str, Any] = {}
     best = (-1.0, 0.5)
     for t in np.round(np.arange(0.05, 0.96, 0.05), 2):
         pred = prob >= t

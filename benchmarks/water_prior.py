@@ -28,6 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import REPO, machine_info, set_json_key
+from prior_features import threshold_scores
 
 REAL = REPO.parent / "shared" / "data" / "real"
 OUT = REPO / "benchmarks" / "results" / "quality-explorations.json"
@@ -43,21 +44,6 @@ FORMS: list[tuple[str, str, list[str]]] = [
     ("context MLP", "context", ["flood", "water"]),
     ("context-quantiles MLP", "context-quantiles", ["flood", "water"]),
 ]
-
-
-def score(prob: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
-    """F1 / precision / recall at 0.5 and the best F1 of one threshold (0.05 steps)."""
-    out: dict[str, Any] = {}
-    best = (-1.0, 0.5)
-    for t in np.round(np.arange(0.05, 0.96, 0.05), 2):
-        pred = prob >= t
-        tp, fp, fn = int((pred & truth).sum()), int((pred & ~truth).sum()), int((~pred & truth).sum())
-        f1 = 2 * tp / max(2 * tp + fp + fn, 1)
-        if t == 0.5:
-            out["at_0.5"] = {"f1": f1, "precision": tp / max(tp + fp, 1), "recall": tp / max(tp + fn, 1)}
-        best = max(best, (f1, float(t)))
-    out["oracle"] = {"f1": best[0], "threshold": best[1]}
-    return out
 
 
 def run_row(
@@ -103,7 +89,7 @@ def run_row(
             logit = model.prior(model.prior_inputs(pixels, 1, *mask.shape, ref))[0, k].numpy()
             probs.append(1.0 / (1.0 + np.exp(-logit[keep])))
             truths.append(mask[keep] == 1)
-    out = score(np.concatenate(probs), np.concatenate(truths))
+    out = threshold_scores(np.concatenate(probs), np.concatenate(truths))
     out.update(
         held_out=held,
         trained_on="other ETCI event only" if setting == "etci" else "every other group",
