@@ -209,7 +209,7 @@ def test_stored_normalisation_is_used_by_predict_and_evaluate(tmp_path: Path) ->
     stats_path.unlink()  # the run must not need it any more
 
     report = evaluate_run(run, split="val")
-    assert report["threshold_source"] == "val-optimal (run)"
+    assert report["threshold_source"] == "val (run)"
     assert report["threshold"] == pytest.approx(
         yaml.safe_load((run / "metrics.json").read_text())["best_threshold"]
     )

@@ -81,7 +81,7 @@ def test_cli_train_then_evaluate(tiny_data: Path, tmp_path: Path) -> None:
     report = json.loads(out_json.read_text())
     # the run's val-optimal threshold is the default; 0.5 is reported next to it
     assert set(METRIC_KEYS) <= set(report) and report["threshold"] == metrics["best_threshold"]
-    assert report["threshold_source"] == "val-optimal (run)"
+    assert report["threshold_source"] == "val (run)"
     assert all(0.0 <= report[k] <= 1.0 for k in METRIC_KEYS)
     assert list(report["per_event"]) == ["synthetic-in"] and len(report["per_chip"]) == 2
     assert report["f1"] == pytest.approx(metrics["test"]["at_best_threshold"]["f1"])  # same weights, chips
@@ -238,3 +238,5 @@ def test_weight_averaging_keeps_the_average_of_every_step(tiny_data: Path, tmp_p
     assert int(ckpt["averaging_state"]["n_averaged"]) == 6  # the average went on where it stopped
     with pytest.raises(ConfigError, match=r"train\.weight_averaging: 'ema' is not one of none, swa"):
         load_config(None, {"train.weight_averaging": "ema"})
+    with pytest.raises(ConfigError, match=r"train\.threshold_tolerance: 1\.5 is not an F1 difference"):
+        load_config(None, {"train.threshold_tolerance": 1.5})

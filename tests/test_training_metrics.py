@@ -11,6 +11,7 @@ from floodlora.metrics import (
     FloodConfusion,
     best_f1_threshold,
     counts_at,
+    operating_threshold,
     otsu_threshold,
     probability_histogram,
     scores_at,
@@ -71,6 +72,13 @@ def test_best_threshold_and_zero_division() -> None:
     # -> F1 10/12, the best; ties resolve towards 0.5, so t = 0.3.
     assert f1 == pytest.approx(10 / 12)
     assert threshold == pytest.approx(0.3)
+    # tolerance 0 is the F1-optimal threshold; a tolerance takes the highest threshold within it
+    assert operating_threshold(hist, 0.0) == best_f1_threshold(hist)
+    # t in (0.3, 0.4]: tp 4, fp 2, fn 1 -> F1 8/11 (0.106 below the best); (0.4, 0.5]: tp 3, fp 2 -> 6/10
+    assert operating_threshold(hist, 0.11) == pytest.approx((0.4, 8 / 11))
+    assert operating_threshold(hist, 0.05) == pytest.approx((0.3, 10 / 12))
+    dry = probability_histogram(PROBS, np.zeros_like(TARGET), VALID)  # no flood: F1 0 everywhere
+    assert operating_threshold(dry, 0.01) == best_f1_threshold(dry)
     # a dry chip predicted dry: F1 / IoU / Dice 1 (the one convention, shared with analysis.panels)
     assert scores_from_counts(0, 0, 0, 5) == {
         "accuracy": 1.0, "precision": 0.0, "recall": 0.0, "f1": 1.0, "iou": 1.0, "dice": 1.0,

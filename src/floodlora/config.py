@@ -179,6 +179,9 @@ class TrainConfig:
     # step (Lightning's WeightAveraging) rather than the last step's weights. Averaging along the
     # path flattens the minimum a short run ends in, which matters on events it never saw.
     weight_averaging: str = "none"
+    # The run's threshold (and each output's calibration): the highest whose val F1 is within this
+    # of the best (floodlora.metrics.operating_threshold); 0: the val-F1-optimal one.
+    threshold_tolerance: float = 0.0
     logger: str = "csv"  # csv | tensorboard | mlflow; logs/metrics.csv is written in every case
     tracking_uri: str | None = None  # mlflow: None = a local file store in RUN_DIR/mlruns
     experiment: str = "floodlora"  # mlflow experiment name
@@ -189,6 +192,10 @@ class TrainConfig:
         if isinstance(self.feature_cache, str) and self.feature_cache != FEATURE_CACHE_AUTO:
             raise ConfigError(
                 f"train.feature_cache: {self.feature_cache!r} is not one of true, false, {FEATURE_CACHE_AUTO}"
+            )
+        if not 0.0 <= self.threshold_tolerance < 1.0:
+            raise ConfigError(
+                f"train.threshold_tolerance: {self.threshold_tolerance!r} is not an F1 difference in [0, 1)"
             )
         if self.weight_averaging not in WEIGHT_AVERAGING:
             raise ConfigError(

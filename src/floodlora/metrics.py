@@ -131,6 +131,22 @@ def best_f1_threshold(hist: Tensor) -> tuple[float, float]:
     return float(thresholds[k]), float(f1[k])
 
 
+def operating_threshold(hist: Tensor, tolerance: float = 0.0) -> tuple[float, float]:
+    """The highest grid threshold whose F1 is within `tolerance` of the best, and that F1.
+
+    Why: a validation split seldom tells apart the thresholds on its plateau of near-equal F1, while
+    a flood the model never saw usually holds far less flood than chips curated around floods. Of the
+    thresholds val cannot separate, the one with the fewest false alarms carries best to new events.
+    ``tolerance`` 0 (or a val split without flood) is :func:`best_f1_threshold`.
+    """
+    thresholds, f1 = f1_curve(hist)
+    best = float(f1.max())
+    if tolerance <= 0 or best <= 0:
+        return best_f1_threshold(hist)
+    k = int(torch.nonzero(f1 >= best - tolerance - 1e-12).flatten().max())
+    return float(thresholds[k]), float(f1[k])
+
+
 def otsu_from_histogram(counts: np.ndarray, edges: np.ndarray) -> float:
     """Otsu (1979): the cut maximising between-class variance; returns t with class 0 = values < t."""
     counts = np.asarray(counts, dtype=np.float64)

@@ -50,16 +50,16 @@ class LoadedRun:
     model: FloodSegmentor
     base: dict[str, Any]
     presets: dict[str, NormalizationPreset] = field(default_factory=dict)  # source format -> preset
-    best_threshold: float | None = None  # val-F1-optimal, when the run recorded one
+    best_threshold: float | None = None  # the run's val threshold (metrics.json), when it recorded one
 
     @property
     def threshold(self) -> float:
-        """What evaluate / predict use by default: the val-optimal threshold, else 0.5."""
+        """What evaluate / predict use by default: the run's threshold chosen on val, else 0.5."""
         return DEFAULT_THRESHOLD if self.best_threshold is None else self.best_threshold
 
     @property
     def threshold_source(self) -> str:
-        return "default" if self.best_threshold is None else "val-optimal (run)"
+        return "default" if self.best_threshold is None else "val (run)"
 
 
 def base_fingerprint(checkpoint: str) -> str:

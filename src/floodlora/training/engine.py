@@ -29,7 +29,7 @@ import torch
 from floodlora.config import DataConfig, RunConfig, TrainConfig
 from floodlora.errors import ConfigError, FloodLoraError
 from floodlora.io import atomic_write_json
-from floodlora.metrics import best_f1_threshold
+from floodlora.metrics import operating_threshold
 from floodlora.training.accounting import OutOfMemoryError, ResourceAccounting, is_out_of_memory
 from floodlora.training.feature_cache import (
     check_feature_cache_config,
@@ -211,10 +211,14 @@ def _test(trainer: Any, task: Any, loader: Any) -> Any:
     return task.test_chips
 
 
-def calibrate_outputs_on(model: Any, chips: Any, single: bool = False) -> dict[str, dict[str, float]]:
-    """Per output (label kind) with flood pixels among `chips`: its F1-optimal threshold on them,
-    moved to 0.5 (:meth:`FloodSegmentor.calibrate_outputs`). Returns each moved output's threshold
-    and logit offset.
+def calibrate_outputs_on(
+    model: Any, chips: Any, single: bool = False, tolerance: float = 0.0
+) -> dict[str, dict[str, float]]:
+    """Per output (label kind) with flood pixels among `chips`: its operating threshold on them
+    (F1-optimal, or with `tolerance` the highest within it of the best:
+    :func:`~floodlora.metrics.operating_threshold`), moved to 0.5
+    (:meth:`FloodSegmentor.calibrate_outputs`). Returns each moved output's threshold and logit
+    offset.
 
     Training calls it on val chips for models with several outputs (one run threshold cannot fit
     every kind); ``adapt --method calibrate`` with `single` also for a one-output model, whose one
@@ -227,7 +231,7 @@ def calibrate_outputs_on(model: Any, chips: Any, single: bool = False) -> dict[s
     for kind in kinds:
         hist = chips.total(kind)
         if int(hist[1].sum()) > 0:  # the kind has flood pixels among the chips
-            thresholds[kind or model.outputs[0]], _ = best_f1_threshold(hist)
+            thresholds[kind or model.outputs[0]], _ = operating_threshold(hist, tolerance)
     offsets = model.calibrate_outputs(thresholds)
     return {k: {"threshold": thresholds[k], "logit_offset": round(offsets[k], 4)} for k in thresholds}
 
@@ -426,10 +430,11 @@ def train_run(
 
     # Evaluate with the same trainer, so that DDP ranks share the work and the results.
     val_chips = _test(trainer, task, datamodule.val_dataloader())
-    calibration = calibrate_outputs_on(model, val_chips)
+    tolerance = tcfg.threshold_tolerance
+    calibration = calibrate_outputs_on(model, val_chips, tolerance=tolerance)
     if calibration:  # val as the calibrated model scores it: every output at its own operating point
         val_chips = calibrated_chips(val_chips, calibration)
-    threshold, _ = best_f1_threshold(val_chips.total())
+    threshold, _ = operating_threshold(val_chips.total(), tolerance)
     metrics: dict[str, Any] = {"best_threshold": threshold, "val": split_report(val_chips, 0.5, threshold)}
     if calibration:
         metrics["output_calibration"] = calibration
