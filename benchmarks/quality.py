@@ -240,6 +240,11 @@ def worker(real: Path, group_name: str, row_name: str, budget: dict[str, Any], o
         "oracle": held.get("oracle"),
         # each held-out event at Otsu's threshold on the model's own probabilities (labels unused)
         "event_otsu": held.get("event_otsu"),
+        # F1 at every grid threshold on val (per label kind) and on the held-out group: other rules
+        # for the operating point, scored on this same run (table "The run's threshold")
+        "threshold_tolerance": config.train.threshold_tolerance,
+        "val_f1_curve": result.metrics["val"].get("f1_curve"),
+        "held_f1_curve": held.get("f1_curve"),
         "wall_seconds": wall,
         "peak_rss_gb": _peak_rss_gb(),
         "trainable_params": acc.get("trainable_params"),
@@ -457,8 +462,9 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"Budget per model row: {result['budget_text']}.",
         "",
-        "F1 / IoU in % on each held-out group, at each row's own threshold (models: val-optimal on the "
-        "training events; classical rows: their own rule):",
+        "F1 / IoU in % on each held-out group, at each row's own threshold (models: chosen on val "
+        'chips of the training events, see the table "The run\'s threshold"; classical rows: their '
+        "own rule):",
         "",
         head,
         "|---" * (len(groups) + 3) + "|",
@@ -525,6 +531,7 @@ def markdown(result: dict[str, Any]) -> str:
             "Rows that failed: " + "; ".join(f"{r['row']} / {r['group']}: {r['error']}" for r in errors),
         ]
     lines += _event_otsu_table(result, groups, order, labels, by)
+    lines += _threshold_rule_table(result, groups, order, labels, by)
     lines += ["", "Targets:", ""]
     t = summary["targets"]
     if "mean_f1_5_points_above_best_classical" in t:
@@ -605,6 +612,78 @@ def _event_otsu_table(
             f"Scored again from the kept runs with `{rescored['command']}` ({rescored['created']}); the F1 "
             f"at each row's own threshold {'matched' if same else 'did NOT match'} the table above.",
         ]
+    return lines
+
+
+#: the operating-point rules the table "The run's threshold" scores on every model run's curves
+THRESHOLD_RULES: tuple[tuple[str, float], ...] = (
+    ("val-optimal", 0.0),
+    ("within 0.5 point", 0.005),
+    ("within 1 point", 0.01),
+    ("within 2 points", 0.02),
+)
+
+
+def rule_index(val_curve: list[float], tolerance: float) -> int:
+    """Grid index (threshold = index / 100) a rule picks on a val F1 curve: the best F1 (ties:
+    closest to 0.5) with tolerance 0, else the highest within `tolerance` of the best, as
+    :func:`floodlora.metrics.operating_threshold` picks it."""
+    best = max(val_curve)
+    n = len(val_curve) - 1
+    if tolerance <= 0 or best <= 0:
+        ties = [i for i, v in enumerate(val_curve) if v >= best - 1e-12]
+        return min(ties, key=lambda i: abs(i / n - 0.5))
+    return max(i for i, v in enumerate(val_curve) if v >= best - tolerance - 1e-12)
+
+
+def held_out_by_rule(row: dict[str, Any]) -> dict[str, float] | None:
+    """F1 on the held-out group at each rule's threshold, chosen on val chips of the group's own
+    label kind (the output the group is scored with) in the same run; None without curves."""
+    val, held = row.get("val_f1_curve"), row.get("held_f1_curve")
+    if not val or not held:
+        return None
+    kinds = [k for k in held if k != "all"]
+    kind = kinds[0] if len(kinds) == 1 and kinds[0] in val else "all"
+    return {name: held["all"][rule_index(val[kind], tol)] for name, tol in THRESHOLD_RULES}
+
+
+def _threshold_rule_table(
+    result: dict[str, Any],
+    groups: list[dict[str, Any]],
+    order: list[str],
+    labels: dict[str, str],
+    by: dict[tuple[str, str], dict[str, Any]],
+) -> list[str]:
+    """Each model run's held-out F1 under each operating-point rule, from its own F1 curves."""
+    scored = {key: held_out_by_rule(r) for key, r in by.items()}
+    if not any(scored.values()):
+        return []
+    names = [name for name, _ in THRESHOLD_RULES]
+    lines = [
+        "",
+        "The run's threshold: F1 in % on each held-out group at the threshold each rule picks on the "
+        "same run's val chips of the group's label kind (val-optimal; the highest within 0.5, 1 or 2 "
+        "F1 points of val's best, the recipe using 1), read from the run's F1 curves (grid of 0.01). "
+        "Cells: " + " / ".join(names) + ":",
+        "",
+        "| Method | " + " | ".join(g["label"] for g in groups) + " | Mean F1 per rule |",
+        "|---" * (len(groups) + 2) + "|",
+    ]
+    for name in order:
+        cells, per_rule = [], {n: [] for n in names}
+        for g in groups:
+            f1s = scored.get((name, g["name"]))
+            if not f1s:
+                cells.append("n/a")
+                continue
+            cells.append(" / ".join(_pct(f1s[n]) for n in names))
+            for n in names:
+                per_rule[n].append(f1s[n])
+        if all(c == "n/a" for c in cells):
+            continue
+        full = all(len(v) == len(groups) for v in per_rule.values())
+        means = " / ".join(_pct(sum(v) / len(v)) for v in per_rule.values()) if full else "n/a"
+        lines.append(f"| {labels.get(name, name)} | " + " | ".join(cells) + f" | {means} |")
     return lines
 
 
@@ -1178,6 +1257,11 @@ def run_seeds(
     if old and (old.get("budget") != budget or old.get("tiny") != args.tiny):
         raise SystemExit(
             f"{json_path}: holds runs of another budget ({old.get('budget')}); pass another --json"
+        )
+    tolerance = run_config(real, groups[0], rows[0], budget).train.threshold_tolerance
+    if {r["threshold_tolerance"] for r in old.get("rows", []) if "threshold_tolerance" in r} - {tolerance}:
+        raise SystemExit(
+            f"{json_path}: holds runs with another train.threshold_tolerance than {tolerance}; pass another --json"
         )
     command = " ".join(["python benchmarks/quality.py", *(argv if argv is not None else sys.argv[1:])])
     t0 = time.perf_counter()

@@ -61,10 +61,22 @@ def test_tiny_benchmark_end_to_end(bench: ModuleType, real_data: Path, tmp_path:
         assert 0.0 <= r["at_run_threshold"]["f1"] <= 1.0 and 0.0 < r["threshold"] < 1.0
         assert r["at_run_threshold"]["n_chips"] == 8  # the subset's Nebraska chips, all scored
         assert r["peak_rss_gb"] > 0.1 and r["wall_seconds"] > 0
+        # F1 curves on val (per label kind) and on the held-out chips, one value per grid threshold
+        assert (
+            len(r["held_f1_curve"]["all"]) == 101
+            and "water" in r["held_f1_curve"]
+            and "all" in r["val_f1_curve"]
+        )
+        assert r["threshold_tolerance"] == 0.01  # cpu-small's rule
+        # the recipe's rule, re-picked from the curves, gives the run's own held-out F1
+        by_rule = bench.held_out_by_rule(r)
+        assert by_rule is not None and set(by_rule) == {n for n, _ in bench.THRESHOLD_RULES}
+        assert by_rule["within 1 point"] == pytest.approx(r["at_run_threshold"]["f1"], abs=0.02)
     assert rows["recipe"]["trainable_params"] > rows["frozen"]["trainable_params"]
     text = doc.read_text()
     assert "kept text" in text and bench.SECTION_BEGIN in text and bench.SECTION_END in text
     assert "ETCI Nebraska F1 / IoU" in text and "Recommended recipe" in text
+    assert "The run's threshold: F1 in %" in text
     # the doc is a function of the JSON alone
     again = tmp_path / "again.md"
     bench.main(["--from-json", "--json", str(out), "--markdown", str(again)])
@@ -269,6 +281,26 @@ def test_water_prior_fits_each_form_as_training_does_on_real_etci_chips(
         water.main(["--tiny", "--real", str(tmp_path), "--json", str(out)])
 
 
+def test_threshold_rules_pick_from_the_val_curve_and_score_the_held_out_curve(bench: ModuleType) -> None:
+    """Val plateau 0.40-0.60 (F1 0.80) with 0.795 up to 0.70: val-optimal keeps the tie closest to
+    0.5, the tolerance rules take the highest threshold within their margin; each is scored on the
+    held-out curve at that same threshold."""
+    val = [0.0] * 101
+    for i in range(30, 40):
+        val[i] = 0.70
+    for i in range(40, 61):
+        val[i] = 0.80
+    for i in range(61, 71):
+        val[i] = 0.795
+    held = [i / 100 for i in range(101)]  # F1 equal to the threshold: easy to read back
+    assert bench.rule_index(val, 0.0) == 50 and bench.rule_index(val, 0.005) == 70
+    assert bench.rule_index([0.0] * 101, 0.01) == 50  # no flood on val: the F1-optimal rule's tie
+    row = {"val_f1_curve": {"all": val, "water": val}, "held_f1_curve": {"all": held, "water": held}}
+    got = bench.held_out_by_rule(row)
+    assert got == {"val-optimal": 0.5, "within 0.5 point": 0.7, "within 1 point": 0.7, "within 2 points": 0.7}
+    assert bench.held_out_by_rule({"at_run_threshold": {"f1": 0.5}}) is None  # a run without curves
+
+
 def test_seeds_mode_merges_runs_per_seed_and_tabulates_them_beside_the_main_run(
     bench: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -334,6 +366,11 @@ def test_seeds_mode_merges_runs_per_seed_and_tabulates_them_beside_the_main_run(
         bench.main(["--seeds", "1", *args, "--set", "train.max_epochs=9"])
     with pytest.raises(SystemExit, match="expected comma-separated integers"):
         bench.main(["--seeds", "one", *args])
+    # runs made with another operating-point rule are not merged either
+    other_rule = tmp_path / "other-rule.json"
+    other_rule.write_text(json.dumps({**saved, "rows": [{**saved["rows"][0], "threshold_tolerance": 0.0}]}))
+    with pytest.raises(SystemExit, match=r"another train\.threshold_tolerance than 0\.01"):
+        bench.main(["--seeds", "1", *args[:4], "--json", str(other_rule)])
 
     # a call that stops after its first run keeps that run
     def failing_second(real: Path, group, row, budget: dict, work: Path) -> dict:

@@ -253,13 +253,18 @@ def split_report(chips: Any, threshold: float = 0.5, best_threshold: float | Non
     never a result, but it tells a model that ranks pixels badly from one whose operating point
     (learned on other events) does not fit this event. ``event_otsu`` scores each event at Otsu's
     threshold on its own predicted probabilities (labels unused), an operating point a responder
-    can set on a new event without labels.
+    can set on a new event without labels. ``f1_curve`` holds F1 at every grid threshold (0.00,
+    0.01, ..., 1.00), for all chips and per label kind, so that another rule for the operating point
+    can be scored on a finished run without running it again.
     """
-    from floodlora.metrics import best_f1_threshold
+    from floodlora.metrics import best_f1_threshold, f1_curve
 
     out = chips.report(threshold)
     oracle_t, oracle_f1 = best_f1_threshold(chips.total())
     out["oracle"] = {"threshold": oracle_t, "f1": oracle_f1}
+    kinds = sorted({rec.label_kind for rec in chips.chips.values()})
+    hists = {"all": chips.total(), **{kind: chips.total(kind) for kind in kinds}}
+    out["f1_curve"] = {name: [round(float(v), 4) for v in f1_curve(h)[1]] for name, h in hists.items()}
     out["event_otsu"] = chips.event_otsu_report()
     if best_threshold is not None:
         best = chips.report(best_threshold, per_chip=False)
