@@ -1261,7 +1261,8 @@ def run_seeds(
     tolerance = run_config(real, groups[0], rows[0], budget).train.threshold_tolerance
     if {r["threshold_tolerance"] for r in old.get("rows", []) if "threshold_tolerance" in r} - {tolerance}:
         raise SystemExit(
-            f"{json_path}: holds runs with another train.threshold_tolerance than {tolerance}; pass another --json"
+            f"{json_path}: holds runs with another train.threshold_tolerance than {tolerance}; "
+            "pass another --json"
         )
     command = " ".join(["python benchmarks/quality.py", *(argv if argv is not None else sys.argv[1:])])
     t0 = time.perf_counter()
