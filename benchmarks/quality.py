@@ -979,6 +979,16 @@ def explorations_markdown(path: Path) -> list[str]:
     )
     lines += _prior_features_table(data.get("prior_features"))
     lines += _water_prior_table(data.get("water_prior"))
+    archive = data.get("val_optimal_threshold")
+    if archive:
+        lines += seeds_markdown(
+            archive["main"],
+            archive["seeds"],
+            title="Over seeds, at the val-optimal threshold (before item 14)",
+            note=f"{archive['note']} The main table of that time: `{archive['main']['command']}` "
+            f"({archive['main']['created']}).",
+            source=f"benchmarks/results/{EXPLORATIONS}, key val_optimal_threshold",
+        )
     lines += _db_scale_table(data.get("db_scale"))
     lines += _logit_sources_table(data.get("logit_sources"))
     oracle = data.get("operating_point", [])
@@ -1306,11 +1316,18 @@ def run_seeds(
     return save()
 
 
-def seeds_markdown(main: dict[str, Any], seeds: dict[str, Any] | None) -> list[str]:
+def seeds_markdown(
+    main: dict[str, Any],
+    seeds: dict[str, Any] | None,
+    title: str = "Over seeds",
+    note: str | None = None,
+    source: str = f"benchmarks/results/{SEEDS}",
+) -> list[str]:
     """The table "Over seeds": each (group, model row) with other seeds, beside the main table's run.
 
     The main table's run is seed 0 (the config default); it joins the mean only where the seeds
-    JSON was measured with the main table's budget.
+    JSON was measured with the main table's budget. `title` and `note` render an archived pair
+    (a main table's rows and its seeds file) the same way.
     """
     if not seeds or not seeds.get("rows"):
         return []
@@ -1341,14 +1358,15 @@ def seeds_markdown(main: dict[str, Any], seeds: dict[str, Any] | None) -> list[s
     all_seeds = sorted({s for f1s in per.values() for s in f1s})
     lines = [
         "",
-        "### Over seeds",
+        f"### {title}",
         "",
+        *([note, ""] if note else []),
         "Model rows trained again with other seeds (`train.seed` and `data.seed`: initialisation, draws, "
         "train/val split), same budget"
         + (" as the main table, whose run is seed 0" if same_budget else " as recorded in the JSON")
         + ". F1 in % on the held-out group at each run's own threshold. Command: "
         "`python benchmarks/quality.py --seeds S1,S2 --groups G --rows R` "
-        f"(`benchmarks/results/{SEEDS}`, each entry with its own command). Then the mean precision "
+        f"(`{source}`, each entry with its own command). Then the mean precision "
         "and recall, and the mean of each run's best F1 at one threshold on the group's own labels "
         "(a diagnostic of its ranking, not a result):",
         "",

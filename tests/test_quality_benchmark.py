@@ -136,6 +136,12 @@ def test_exploration_tables_show_the_oracle_only_where_runs_kept_it(bench: Modul
         assert any(r["what"] in line and cell in line for line in text.splitlines()), cell
     per_scene = text.split("### Per-scene normalisation")[1].split("###")[0]
     assert "Best on own labels" not in per_scene and "| Held out |" in per_scene
+    # runs of the val-optimal threshold keep their own table, seed 0 from the main table of their time
+    archived = text.split("### Over seeds, at the val-optimal threshold (before item 14)")[1].split("###")[0]
+    old_main = {(r["row"], r["group"]): r for r in data["val_optimal_threshold"]["main"]["rows"]}
+    seed0 = f"| {100 * old_main[('recipe', 'etci-nebraska')]['at_run_threshold']['f1']:.1f} |"
+    assert "| ETCI Nebraska | Recommended recipe " + seed0 in archived
+    assert "key val_optimal_threshold" in archived
 
 
 def test_db_scale_rescores_a_run_held_out_on_the_db_group(
