@@ -79,7 +79,7 @@ def test_cli_train_then_evaluate(tiny_data: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["evaluate", str(run), "--json", str(out_json)])
     assert result.exit_code == 0, result.output
     report = json.loads(out_json.read_text())
-    # the run's val-optimal threshold is the default; 0.5 is reported next to it
+    # the run's threshold (chosen on val) is the default; 0.5 is reported next to it
     assert set(METRIC_KEYS) <= set(report) and report["threshold"] == metrics["best_threshold"]
     assert report["threshold_source"] == "val (run)"
     assert all(0.0 <= report[k] <= 1.0 for k in METRIC_KEYS)

@@ -6,7 +6,7 @@ A run directory holds `config.yaml` (resolved), `weights.safetensors` (decoder +
 frozen/LoRA runs, the whole model for full fine-tuning), `base.json` (base checkpoint name, sha256,
 strategy, views, bands), `normalization.json` (the per-source presets it was trained with: every
 later command normalises with these, never with statistics of the data it is given), and later
-`metrics.json` (with the val-optimal threshold that `evaluate` and `predict` use by default) /
+`metrics.json` (with the threshold chosen on val that `evaluate` and `predict` use by default) /
 `accounting.json`. Frozen and LoRA runs do not copy the base encoder: loading checks the base
 checkpoint's sha256 instead.
 
@@ -147,7 +147,7 @@ def load_presets(run_dir: str | Path) -> dict[str, NormalizationPreset]:
 
 
 def load_threshold(run_dir: str | Path) -> float | None:
-    """The run's val-F1-optimal threshold (metrics.json), or None when it has none."""
+    """The run's threshold chosen on val (metrics.json `best_threshold`), or None when it has none."""
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         return None

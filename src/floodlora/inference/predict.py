@@ -49,7 +49,7 @@ class PredictOptions:
     tile: int | None = None  # None: the run's training crop size
     overlap: int | None = None  # None: tile // 4
     batch_size: int = 4
-    threshold: float | None = None  # None: the run's val-optimal threshold (0.5 for a bare model)
+    threshold: float | None = None  # None: the run's threshold, chosen on val (0.5 for a bare model)
     tta: bool = False  # average over the 4 flips
     mc_samples: int = 0  # > 0: LoRA-dropout samples (uncertainty from the model's own dropout)
     units: str = "db"

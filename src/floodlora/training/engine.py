@@ -5,7 +5,7 @@ docs/architecture.md behind. Lightning does the loops, device placement, DDP and
 this module only wires the recipe together and decides what is written where:
 
     RUN_DIR/config.yaml, weights.safetensors, base.json   (floodlora.runs.save_run)
-    RUN_DIR/metrics.json      val / test (/ ood) reports at threshold 0.5 and the val-F1-optimal one
+    RUN_DIR/metrics.json      val / test (/ ood) reports at threshold 0.5 and the run's (chosen on val)
     RUN_DIR/accounting.json   memory, parameters, throughput, time-to-best-F1, wall time
     RUN_DIR/checkpoints/      Lightning checkpoints: last.ckpt (for --resume), best.ckpt (lowest val loss)
     RUN_DIR/logs/metrics.csv  per-step / per-epoch CSV log (always)
@@ -247,7 +247,7 @@ def calibrated_chips(chips: Any, calibration: Mapping[str, Mapping[str, float]],
 
 
 def split_report(chips: Any, threshold: float = 0.5, best_threshold: float | None = None) -> dict[str, Any]:
-    """Metrics at `threshold` (+ per event / per chip) and, when given, at the val-F1-optimal threshold.
+    """Metrics at `threshold` (+ per event / per chip) and, when given, at the run's threshold.
 
     ``oracle`` is the best F1 any one threshold reaches on these chips, found with their own labels:
     never a result, but it tells a model that ranks pixels badly from one whose operating point
@@ -546,8 +546,8 @@ def evaluate_run(
     run never saw need `stats_from_data` (statistics of the chips being scored).
 
     Returns (and optionally writes) accuracy, precision, recall, f1, iou, dice as fractions at
-    `threshold` (default: the run's val-F1-optimal threshold), the per-event and per-chip
-    breakdowns, and the same at the other of {0.5, val-optimal}. Views the run was trained on but
+    `threshold` (default: the run's threshold, chosen on val), the per-event and per-chip
+    breakdowns, and the same at the other of {0.5, the run's}. Views the run was trained on but
     the data lacks are listed in `missing_views`. `precision` overrides the run's `train.precision`
     for the forward passes (`auto` then decides per machine, as `predict` does; the choice is in the
     report).
@@ -615,12 +615,12 @@ TABLE2_HEADER = (
 
 
 def format_table2(report: dict[str, Any]) -> str:
-    """The evaluate command's printout: one row at 0.5, one at the val-optimal threshold."""
+    """The evaluate command's printout: one row at 0.5, one at the run's threshold."""
     source = report.get("threshold_source", "")
     label = f"{report['threshold']:.2f}" + (f" ({source})" if source else "")
     lines = [TABLE2_HEADER, table2_row(report, label)]
     if "at_best_threshold" in report and report["best_threshold"] != report["threshold"]:
-        lines.append(table2_row(report["at_best_threshold"], f"{report['best_threshold']:.2f} (val-optimal)"))
+        lines.append(table2_row(report["at_best_threshold"], f"{report['best_threshold']:.2f} (run, val)"))
     if "at_threshold_0.5" in report:
         lines.append(table2_row(report["at_threshold_0.5"], "0.50"))
     if report.get("missing_views"):
