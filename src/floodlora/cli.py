@@ -211,7 +211,7 @@ def evaluate(
     split: Annotated[str, typer.Option(help="train | val | test | ood | all.")] = "test",
     json_out: Annotated[str | None, typer.Option("--json", help="Write the metrics JSON here.")] = None,
     threshold: Annotated[
-        float | None, typer.Option(help="Probability threshold for flood (default: the run's, chosen on val).")
+        float | None, typer.Option(help="Flood probability threshold (default: the run's, chosen on val).")
     ] = None,
     checkpoint: Annotated[str | None, typer.Option(help="Where the run's base checkpoint now lives.")] = None,
     views: Annotated[str | None, typer.Option(help="Only these views, e.g. post (others missing).")] = None,
@@ -324,7 +324,7 @@ def predict(
     overlap: Annotated[int | None, typer.Option(help="Tile overlap in pixels (default: tile / 4).")] = None,
     batch_size: Annotated[int, typer.Option(help="Tiles per forward pass.")] = 4,
     threshold: Annotated[
-        float | None, typer.Option(help="Probability threshold for flood (default: the run's, chosen on val).")
+        float | None, typer.Option(help="Flood probability threshold (default: the run's, chosen on val).")
     ] = None,
     tta: Annotated[bool, typer.Option(help="Average over 4 flips (test-time augmentation).")] = False,
     mc_dropout: Annotated[int, typer.Option(help="N LoRA-dropout samples for the uncertainty layer.")] = 0,
