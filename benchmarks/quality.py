@@ -1337,6 +1337,7 @@ def seeds_markdown(
     per: dict[tuple[str, str], dict[int, float]] = {}
     oracle: dict[tuple[str, str], list[float]] = {}
     pr: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    val_optimal: dict[tuple[str, str], list[float]] = {}  # the same runs at the val-optimal threshold
     for r in seeds["rows"]:
         if "error" not in r:
             per.setdefault((r["group"], r["row"]), {})[r["seed"]] = r["at_run_threshold"]["f1"]
@@ -1345,6 +1346,9 @@ def seeds_markdown(
                 pr.setdefault((r["group"], r["row"]), []).append((s["precision"], s["recall"]))
             if r.get("oracle"):
                 oracle.setdefault((r["group"], r["row"]), []).append(r["oracle"]["f1"])
+            rules = held_out_by_rule(r)
+            if rules:
+                val_optimal.setdefault((r["group"], r["row"]), []).append(rules["val-optimal"])
     if same_budget:
         for (group, row), f1s in per.items():
             main_run = by_main.get((row, group))
@@ -1355,6 +1359,9 @@ def seeds_markdown(
                     pr.setdefault((group, row), []).append((s["precision"], s["recall"]))
                 if main_run.get("oracle"):
                     oracle.setdefault((group, row), []).append(main_run["oracle"]["f1"])
+                rules = held_out_by_rule(main_run)
+                if rules:
+                    val_optimal.setdefault((group, row), []).append(rules["val-optimal"])
     all_seeds = sorted({s for f1s in per.values() for s in f1s})
     lines = [
         "",
@@ -1368,12 +1375,19 @@ def seeds_markdown(
         "`python benchmarks/quality.py --seeds S1,S2 --groups G --rows R` "
         f"(`{source}`, each entry with its own command). Then the mean precision "
         "and recall, and the mean of each run's best F1 at one threshold on the group's own labels "
-        "(a diagnostic of its ranking, not a result):",
+        "(a diagnostic of its ranking, not a result)"
+        + (
+            "; where the runs kept their F1 curves, the same runs' mean F1 at the val-optimal threshold "
+            '(table "The run\'s threshold"):'
+            if val_optimal
+            else ":"
+        ),
         "",
         "| Held out | Method | "
         + " | ".join(f"Seed {s}" for s in all_seeds)
-        + " | Mean | Range | Mean P / R | Best on own labels |",
-        "|---" * (len(all_seeds) + 6) + "|",
+        + " | Mean | Range | Mean P / R | Best on own labels |"
+        + (" Mean at val-optimal |" if val_optimal else ""),
+        "|---" * (len(all_seeds) + 6 + bool(val_optimal)) + "|",
     ]
     row_labels = {m.name: m.label.split(" (")[0] for m in MODEL_ROWS}
     group_order = [g.name for g in GROUPS]
@@ -1393,10 +1407,13 @@ def seeds_markdown(
             if rates
             else "–"
         )
+        at_optimal = val_optimal.get((group, row))
+        optimal_cell = _pct(sum(at_optimal) / len(at_optimal)) if at_optimal else "–"
         lines.append(
             f"| {labels.get(group, group)} | {row_labels.get(row, row)} | "
             + " | ".join(cells)
             + f" | {_pct(mean)} | {spread} | {p_r} | {best} |"
+            + (f" {optimal_cell} |" if val_optimal else "")
         )
         fit = by_main.get(("fitted", group))
         if row == "recipe" and fit is not None and group.startswith("etci-") and len(values) > 1:

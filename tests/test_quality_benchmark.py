@@ -305,6 +305,12 @@ def test_threshold_rules_pick_from_the_val_curve_and_score_the_held_out_curve(be
     got = bench.held_out_by_rule(row)
     assert got == {"val-optimal": 0.5, "within 0.5 point": 0.7, "within 1 point": 0.7, "within 2 points": 0.7}
     assert bench.held_out_by_rule({"at_run_threshold": {"f1": 0.5}}) is None  # a run without curves
+    # "Over seeds" adds the same runs' mean at the val-optimal threshold where they kept curves
+    run = {"group": "etci-nebraska", "row": "recipe", "at_run_threshold": {"f1": 0.7}, **row}
+    main = {"budget": {}, "tiny": False, "groups": [{"name": "etci-nebraska", "label": "ETCI Nebraska"}]}
+    text = "\n".join(bench.seeds_markdown({**main, "rows": [run]}, {**main, "rows": [{**run, "seed": 1}]}))
+    assert "| Mean at val-optimal |" in text
+    assert "| ETCI Nebraska | Recommended recipe | 70.0 | 70.0 | 70.0 | 70.0–70.0 | – | – | 50.0 |" in text
 
 
 def test_seeds_mode_merges_runs_per_seed_and_tabulates_them_beside_the_main_run(
