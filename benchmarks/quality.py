@@ -624,18 +624,6 @@ THRESHOLD_RULES: tuple[tuple[str, float], ...] = (
 )
 
 
-def rule_index(val_curve: list[float], tolerance: float) -> int:
-    """Grid index (threshold = index / 100) a rule picks on a val F1 curve: the best F1 (ties:
-    closest to 0.5) with tolerance 0, else the highest within `tolerance` of the best, as
-    :func:`floodlora.metrics.operating_threshold` picks it."""
-    best = max(val_curve)
-    n = len(val_curve) - 1
-    if tolerance <= 0 or best <= 0:
-        ties = [i for i, v in enumerate(val_curve) if v >= best - 1e-12]
-        return min(ties, key=lambda i: abs(i / n - 0.5))
-    return max(i for i, v in enumerate(val_curve) if v >= best - tolerance - 1e-12)
-
-
 def held_out_by_rule(row: dict[str, Any]) -> dict[str, float] | None:
     """F1 on the held-out group at each rule's threshold, chosen on val chips of the group's own
     label kind (the output the group is scored with) in the same run; None without curves."""
@@ -644,7 +632,9 @@ def held_out_by_rule(row: dict[str, Any]) -> dict[str, float] | None:
         return None
     kinds = [k for k in held if k != "all"]
     kind = kinds[0] if len(kinds) == 1 and kinds[0] in val else "all"
-    return {name: held["all"][rule_index(val[kind], tol)] for name, tol in THRESHOLD_RULES}
+    from floodlora.metrics import operating_index  # the rule training applies, on the stored curve
+
+    return {name: held["all"][operating_index(val[kind], tol)] for name, tol in THRESHOLD_RULES}
 
 
 def _threshold_rule_table(

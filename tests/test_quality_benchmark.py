@@ -299,8 +299,10 @@ def test_threshold_rules_pick_from_the_val_curve_and_score_the_held_out_curve(be
     for i in range(61, 71):
         val[i] = 0.795
     held = [i / 100 for i in range(101)]  # F1 equal to the threshold: easy to read back
-    assert bench.rule_index(val, 0.0) == 50 and bench.rule_index(val, 0.005) == 70
-    assert bench.rule_index([0.0] * 101, 0.01) == 50  # no flood on val: the F1-optimal rule's tie
+    from floodlora.metrics import operating_index
+
+    assert operating_index(val, 0.0) == 50 and operating_index(val, 0.005) == 70
+    assert operating_index([0.0] * 101, 0.01) == 50  # no flood on val: the F1-optimal rule's tie
     row = {"val_f1_curve": {"all": val, "water": val}, "held_f1_curve": {"all": held, "water": held}}
     got = bench.held_out_by_rule(row)
     assert got == {"val-optimal": 0.5, "within 0.5 point": 0.7, "within 1 point": 0.7, "within 2 points": 0.7}

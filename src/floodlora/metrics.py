@@ -122,12 +122,23 @@ def f1_curve(hist: Tensor) -> tuple[Tensor, Tensor]:
     return torch.arange(nbins + 1, dtype=torch.float64) / nbins, f1
 
 
+def operating_index(f1: Tensor, tolerance: float = 0.0) -> int:
+    """Grid index an operating-point rule picks on an F1 curve (threshold = index / (len - 1)): the
+    best F1 (ties: closest to 0.5) with tolerance 0 or a curve without flood, else the highest
+    index whose F1 is within `tolerance` of the best (see :func:`operating_threshold`)."""
+    f1 = torch.as_tensor(f1, dtype=torch.float64)
+    thresholds = torch.arange(len(f1), dtype=torch.float64) / (len(f1) - 1)
+    best = float(f1.max())
+    if tolerance <= 0 or best <= 0:
+        candidates = torch.nonzero(f1 >= best - 1e-12).flatten()
+        return int(candidates[(thresholds[candidates] - 0.5).abs().argmin()])
+    return int(torch.nonzero(f1 >= best - tolerance - 1e-12).flatten().max())
+
+
 def best_f1_threshold(hist: Tensor) -> tuple[float, float]:
     """The grid threshold maximising F1 (ties: closest to 0.5), and that F1."""
     thresholds, f1 = f1_curve(hist)
-    best = f1.max()
-    candidates = torch.nonzero(f1 >= best - 1e-12).flatten()
-    k = int(candidates[(thresholds[candidates] - 0.5).abs().argmin()])
+    k = operating_index(f1)
     return float(thresholds[k]), float(f1[k])
 
 
@@ -140,10 +151,7 @@ def operating_threshold(hist: Tensor, tolerance: float = 0.0) -> tuple[float, fl
     ``tolerance`` 0 (or a val split without flood) is :func:`best_f1_threshold`.
     """
     thresholds, f1 = f1_curve(hist)
-    best = float(f1.max())
-    if tolerance <= 0 or best <= 0:
-        return best_f1_threshold(hist)
-    k = int(torch.nonzero(f1 >= best - tolerance - 1e-12).flatten().max())
+    k = operating_index(f1, tolerance)
     return float(thresholds[k]), float(f1[k])
 
 
