@@ -384,7 +384,7 @@ def test_seeds_mode_merges_runs_per_seed_and_tabulates_them_beside_the_main_run(
     other_rule = tmp_path / "other-rule.json"
     other_rule.write_text(json.dumps({**saved, "rows": [{**saved["rows"][0], "threshold_tolerance": 0.0}]}))
     with pytest.raises(SystemExit, match=r"another train\.threshold_tolerance than 0\.01"):
-        bench.main(["--seeds", "1", *args[:4], "--json", str(other_rule)])
+        bench.main(["--seeds", "1", *args[:6], "--json", str(other_rule)])
 
     # a call that stops after its first run keeps that run
     def failing_second(real: Path, group, row, budget: dict, work: Path) -> dict:
