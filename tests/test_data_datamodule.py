@@ -242,3 +242,17 @@ def test_real_scaled_uint8_auto_normalisation(real_data: Path) -> None:
     assert p.units == "scaled-uint8" and 50 < p.mean["vv"] < 200
     x = torch.cat([dm.dataset("train")[i]["views"]["post"][0].flatten() for i in range(8)])
     assert abs(float(x.mean())) < 0.5 and 0.5 < float(x.std()) < 1.5  # roughly zero-mean, unit variance
+
+
+def test_whole_chips_are_the_training_chips_as_evaluation_reads_them(syn: Path) -> None:
+    cfg = DataConfig(roots=[str(syn)], crop_size=32, augment=True, intensity_jitter=0.5, seed=1)
+    dm = FloodDataModule(cfg)
+    whole = dm.whole_chips("train")
+    assert [r.chip_id for r in whole.refs] == [r.chip_id for r in dm.splits["train"]]
+    crop, item = dm.dataset("train")[0], whole[0]
+    assert crop["views"]["post"].shape[-2:] == (32, 32)
+    assert item["views"]["post"].shape[-2:] == (48, 48)  # whole, as the val loader reads it
+    # no flip, rotation or jitter: the same pixels as the evaluation reader gives for the same chip
+    val_reader = FloodDataset(whole.refs, dm.presets, cfg.views, cfg.bands, crop_size=None, train=False)
+    torch.testing.assert_close(item["views"]["post"], val_reader[0]["views"]["post"])
+    torch.testing.assert_close(whole[0]["views"]["post"], item["views"]["post"])  # deterministic

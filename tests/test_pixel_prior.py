@@ -112,3 +112,68 @@ def test_prior_kinds_limit_which_outputs_are_fitted() -> None:
     assert summary["flood"]["fitted"] is False and summary["water"]["fitted"] is True
     w = model.prior.weight.detach()
     assert float(w[0].abs().sum()) == 0.0 and float(w[1].abs().sum()) > 0
+
+
+@pytest.mark.parametrize("trainable", [True, False])
+def test_prior_trainable_decides_whether_training_moves_the_fitted_prior(trainable: bool) -> None:
+    cfg = RunConfig()
+    cfg.model.checkpoint = "random:test-micro"
+    cfg.model.lora_rank = 2
+    cfg.model.decoder = "hires"
+    cfg.model.outputs = ["flood", "water"]
+    cfg.model.pixel_prior = True
+    cfg.model.prior_trainable = trainable
+    torch.manual_seed(0)
+    model = build_segmentor(cfg.model, ["pre", "post"], ["vv", "vh"])
+    fit_pixel_prior(model, _chips("flood", 3, 1, 0) + _chips("water", 3, 1, 1))  # fits with grads off too
+    fitted = model.prior.weight.detach().clone()
+    assert float(fitted.abs().sum()) > 0
+    trainable_params = [p for p in model.parameters() if p.requires_grad]
+    assert any(p is model.prior.weight for p in trainable_params) is trainable
+    head_before = [p.detach().clone() for p in model.head.parameters()]
+    opt = torch.optim.SGD(trainable_params, lr=0.5)
+    x = {v: torch.randn(2, 2, 32, 32) for v in ("pre", "post")}
+    model.forward_all(x).square().mean().backward()
+    opt.step()
+    assert torch.equal(model.prior.weight, fitted) is not trainable
+    assert any(not torch.equal(a, b) for a, b in zip(head_before, model.head.parameters(), strict=True))
+
+
+def test_prior_fit_names_the_chips_or_fails_in_one_line() -> None:
+    from floodlora.config import ConfigError, ModelConfig
+
+    assert ModelConfig(prior_fit="whole").prior_fit == "whole"
+    expected = r"model\.prior_fit: must be one of crops, whole, whole-context, got 'all'"
+    with pytest.raises(ConfigError, match=expected):
+        ModelConfig(prior_fit="all")
+
+
+class _Chips(list):
+    """A list of chip dicts with `refs`, as `sample_pixels(only_kinds=...)` reads a dataset's kinds."""
+
+    @property
+    def refs(self) -> list:
+        from types import SimpleNamespace
+
+        return [SimpleNamespace(label_kind=c["label_kind"]) for c in self]
+
+
+def test_context_dataset_feeds_only_the_context_outputs() -> None:
+    """`whole-context`: the MLP output is sampled from the whole chips, the logistic one from the crops."""
+    torch.manual_seed(0)
+    model = FloodSegmentor(
+        ClayEncoder(get_preset("test-micro")), decoder="hires", pixel_prior=True,
+        outputs=("flood", "water"), prior_features="context",
+    )  # fmt: skip
+    crops = _Chips(_chips("flood", 4, dark_is=1, seed=0) + _chips("water", 4, dark_is=1, seed=1))
+    # the whole chips label the opposite convention, so the fit shows which set each output learned
+    whole = _Chips(_chips("flood", 4, dark_is=0, seed=2) + _chips("water", 4, dark_is=0, seed=3))
+    summary = fit_pixel_prior(model, crops, context_kinds=["flood"], context_dataset=whole)
+    assert summary["flood"]["form"] == "context" and summary["water"]["form"] == "logistic"
+    x = {"pre": torch.ones(1, 2, 32, 32), "post": torch.full((1, 2, 32, 32), -2.0)}  # dark everywhere
+    x["post"][..., :, 16:] = 1.0  # right half bright
+    with torch.no_grad():
+        prior = model.prior(model.prior_inputs(x, 1, 32, 32, x["post"]))
+    dark, bright = prior[0, :, :, :8].mean((1, 2)), prior[0, :, :, -8:].mean((1, 2))
+    assert float(dark[1]) > float(bright[1])  # water, from the crops: dark is water
+    assert float(dark[0]) < float(bright[0])  # flood, from the whole chips: dark is dry

@@ -142,6 +142,12 @@ def test_exploration_tables_show_the_oracle_only_where_runs_kept_it(bench: Modul
     seed0 = f"| {100 * old_main[('recipe', 'etci-nebraska')]['at_run_threshold']['f1']:.1f} |"
     assert "| ETCI Nebraska | Recommended recipe " + seed0 in archived
     assert "key val_optimal_threshold" in archived
+    # the prior-fit runs: each beside the recipe it was compared with
+    prior_fit = text.split("### The prior fitted on whole chips")[1].split("###")[0]
+    assert data["prior_fit"]
+    for r in data["prior_fit"]:
+        ours, theirs = (f"{100 * m['f1']:.1f} / " for m in (r["at_run_threshold"], r["compared_with"]))
+        assert any(r["what"] in line and ours in line and theirs in line for line in prior_fit.splitlines())
 
 
 def test_db_scale_rescores_a_run_held_out_on_the_db_group(

@@ -240,3 +240,26 @@ def test_weight_averaging_keeps_the_average_of_every_step(tiny_data: Path, tmp_p
         load_config(None, {"train.weight_averaging": "ema"})
     with pytest.raises(ConfigError, match=r"train\.threshold_tolerance: 1\.5 is not an F1 difference"):
         load_config(None, {"train.threshold_tolerance": 1.5})
+
+
+def test_prior_fit_and_prior_trainable_reach_training(tiny_data: Path, tmp_path: Path) -> None:
+    from floodlora.runs import load_run
+
+    cfg = _config(tiny_data, limit_train_batches=2, lr=1e-2)
+    cfg.model.decoder = "hires"
+    cfg.model.pixel_prior = True
+    cfg.model.prior_fit = "whole"
+    cfg.model.prior_trainable = False
+    result = train_run(cfg, tmp_path / "run", score=())
+    prior = result.accounting["pixel_prior"]
+    assert prior["fitted_on"] == "whole training chips" and prior["flood"]["fitted"] is True
+    saved = load_run(tmp_path / "run").model.prior.weight
+    # refitted the same way on the same chips: the weights training left are the fitted ones
+    from floodlora.data.datamodule import FloodDataModule
+    from floodlora.models.factory import build_segmentor
+    from floodlora.training.pixel_prior import fit_pixel_prior
+
+    fresh = build_segmentor(cfg.model, cfg.data.views, cfg.data.bands, cfg.data.crop_size)
+    dm = FloodDataModule(cfg.data)
+    fit_pixel_prior(fresh, dm.whole_chips("train"), seed=cfg.data.seed)
+    torch.testing.assert_close(saved, fresh.prior.weight)

@@ -25,6 +25,8 @@ LABEL_KINDS: tuple[str, ...] = ("flood", "water")
 DEFAULT_LABEL_KIND = "flood"  # chips whose source declares nothing
 #: model.prior_features (floodlora.models.prior)
 PRIOR_FEATURES: tuple[str, ...] = ("pixel", "context", "context-quantiles")
+#: model.prior_fit: the chips the prior is fitted on (floodlora.training.engine)
+PRIOR_FITS: tuple[str, ...] = ("crops", "whole", "whole-context")
 
 
 @dataclass
@@ -95,6 +97,13 @@ class ModelConfig:
     # the others get a logistic term on the pixel's own bands inside the same module. A rule over
     # tile-relative features needs many training events of its label kind to carry to a new one.
     prior_context_kinds: list[str] | None = None
+    # Whether the fitted prior keeps training with the network (True) or stays as fitted (False):
+    # trained jointly, it drifts to complement the decoder on the training events.
+    prior_trainable: bool = True
+    # What the prior is fitted on: `crops` (the training crops, augmented, as the network sees them),
+    # `whole` (whole training chips as evaluation reads them, so that tile statistics match), or
+    # `whole-context` (whole chips for the outputs fitted as the context MLP, crops for the others).
+    prior_fit: str = "crops"
     view_dropout: float = 0.0
     # Training only: per chip, the rate at which the pixel stem and the pixel prior are left out, so
     # that the encoder's token path must predict on its own and cannot be ignored (hires decoders).
@@ -132,6 +141,9 @@ class ModelConfig:
                 f"model.prior_features: must be one of {', '.join(PRIOR_FEATURES)}, "
                 f"got {self.prior_features!r}"
             )
+        if self.prior_fit not in PRIOR_FITS:
+            choices = ", ".join(PRIOR_FITS)
+            raise ConfigError(f"model.prior_fit: must be one of {choices}, got {self.prior_fit!r}")
         if self.prior_context_kinds is not None and any(
             k not in self.outputs for k in self.prior_context_kinds
         ):

@@ -576,6 +576,19 @@ class FloodDataModule(L.LightningDataModule):
         self.setup()
         return self._datasets[split]
 
+    def whole_chips(self, split: str) -> FloodDataset:
+        """`split`'s chips whole, as evaluation reads them: no crop, flip, rotation or intensity jitter.
+
+        Why: a rule over tile statistics (the context prior's quantiles) fitted on training crops
+        meets whole chips at evaluation, whose statistics differ.
+        """
+        self.setup()
+        cfg = self.config
+        return FloodDataset(
+            self.splits[split], self.presets, cfg.views, cfg.bands, crop_size=None, train=False,
+            seed=cfg.seed, speckle_filter=self.speckle_filter,
+        )  # fmt: skip
+
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         ds = self.dataset(split)
         if len(ds) == 0:

@@ -62,7 +62,10 @@ def build_segmentor(
         checkpointing = not strategy.needs_base and (crop_size or 0) >= 512  # every base weight trains
     model.clay_encoder.gradient_checkpointing = bool(checkpointing)
     model.latlon_order = resolve_latlon_order(cfg)
-    return strategy.prepare(model)
+    model = strategy.prepare(model)
+    if model.prior is not None and not cfg.prior_trainable:
+        model.prior.requires_grad_(False)
+    return model
 
 
 def compile_encoder(model: FloodSegmentor) -> FloodSegmentor:

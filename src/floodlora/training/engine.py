@@ -37,6 +37,13 @@ from floodlora.training.feature_cache import (
     prepare_feature_cache,
 )
 
+#: model.prior_fit -> what accounting.json says the prior was fitted on
+PRIOR_FIT_TEXT: dict[str, str] = {
+    "crops": "training crops",
+    "whole": "whole training chips",
+    "whole-context": "whole training chips for the context outputs, training crops for the others",
+}
+
 METRICS_FILE = "metrics.json"
 ACCOUNTING_FILE = "accounting.json"
 CHECKPOINT_DIR = "checkpoints"
@@ -354,10 +361,15 @@ def train_run(
         if model.prior is not None:  # a fresh model starts from a threshold fitted on its training chips
             from floodlora.training.pixel_prior import fit_pixel_prior
 
+            fit_on = config.model.prior_fit
+            train_chips = datamodule.dataset("train")
+            prior_chips = datamodule.whole_chips("train") if fit_on == "whole" else train_chips
             prior_fit = fit_pixel_prior(
-                model, datamodule.dataset("train"), seed=config.data.seed, log=log,
+                model, prior_chips, seed=config.data.seed, log=log,
                 kinds=config.model.prior_kinds, context_kinds=config.model.prior_context_kinds,
+                context_dataset=datamodule.whole_chips("train") if fit_on == "whole-context" else None,
             )  # fmt: skip
+            prior_fit["fitted_on"] = PRIOR_FIT_TEXT[fit_on]
     accelerator = resolve_accelerator(tcfg)
     precision = precision_choice(tcfg, accelerator)
     if log is not None:

@@ -39,12 +39,18 @@ def sample_pixels(
     max_chips: int = MAX_CHIPS,
     pixels_per_chip: int = PIXELS_PER_CHIP,
     seed: int = 0,
+    only_kinds: Sequence[str] | None = None,
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Label kind -> (features `[N, views x bands]`, labels `[N]`) from up to `max_chips` chips."""
+    """Label kind -> (features `[N, views x bands]`, labels `[N]`) from up to `max_chips` chips.
+
+    `only_kinds` skips, unread, the drawn chips of other label kinds (a dataset with `refs`).
+    """
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(dataset))[:max_chips]
     out: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {}
     for i in order.tolist():
+        if only_kinds is not None and dataset.refs[i].label_kind not in only_kinds:
+            continue
         item = dataset[i]
         mask = item["mask"].numpy()
         keep = item["valid"].numpy() & (mask != MASK_NODATA)
@@ -73,8 +79,13 @@ def fit_pixel_prior(
     log: Callable[[str], None] | None = None,
     kinds: Sequence[str] | None = None,
     context_kinds: Sequence[str] | None = None,
+    context_dataset: Any | None = None,
 ) -> dict[str, Any]:
     """Fit `model.prior` on `dataset` (the training split) in place; returns what was fitted.
+
+    With `context_dataset` (the same chips whole, `FloodDataModule.whole_chips`), the outputs fitted
+    as the context MLP are sampled from it: their tile statistics then match evaluation's, while the
+    logistic outputs, which read no tile statistic, keep the augmented crops.
 
     Each output is fitted on the chips of its label kind; a single-output model on every chip. An
     output whose kind has no training chip, whose pixels hold one class only, or that is not in
@@ -85,6 +96,12 @@ def fit_pixel_prior(
         raise ValueError("this model has no pixel prior (model.pixel_prior is off)")
     if isinstance(model.prior, ContextPrior):
         samples = sample_pixels(model, dataset, CONTEXT_MAX_CHIPS, CONTEXT_PIXELS_PER_CHIP, seed=seed)
+        if context_dataset is not None and len(model.outputs) > 1:
+            mlp_kinds = [k for k in model.outputs if context_kinds is None or k in context_kinds]
+            whole = sample_pixels(
+                model, context_dataset, CONTEXT_MAX_CHIPS, CONTEXT_PIXELS_PER_CHIP, seed, mlp_kinds
+            )
+            samples.update({k: v for k, v in whole.items() if k in mlp_kinds})
     else:
         samples = sample_pixels(model, dataset, seed=seed)
     if len(model.outputs) == 1 and samples:
