@@ -967,6 +967,20 @@ def explorations_markdown(path: Path) -> list[str]:
         "Logistic prior F1 / P / R",
         change="Prior fitted on",
     )
+    lines += _comparison_table(
+        data.get("prior_fit", []),
+        "The prior fitted on whole chips",
+        "The recipe with its pixel prior fitted on whole training chips, as evaluation reads them "
+        "(`model.prior_fit: whole`), instead of on the augmented 128-px training crops: the context "
+        "prior's tile quantiles and medians are statistics of whatever tile it is given, so a prior "
+        "fitted on crops meets other statistics on whole chips. Same budget, the first column's group "
+        "held out. Command: `python benchmarks/quality.py --groups G --rows recipe --set model.prior_fit=P "
+        "[--set model.prior_trainable=false]` (each entry with its own in `quality-explorations.json`, "
+        "key prior_fit). The rightmost column is the recipe of the main table.",
+        "F1 / P / R",
+        "Recipe F1 / P / R (main table)",
+        change="Prior",
+    )
     lines += _prior_features_table(data.get("prior_features"))
     lines += _water_prior_table(data.get("water_prior"))
     archive = data.get("val_optimal_threshold")
