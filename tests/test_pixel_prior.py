@@ -177,3 +177,26 @@ def test_context_dataset_feeds_only_the_context_outputs() -> None:
     dark, bright = prior[0, :, :, :8].mean((1, 2)), prior[0, :, :, -8:].mean((1, 2))
     assert float(dark[1]) > float(bright[1])  # water, from the crops: dark is water
     assert float(dark[0]) < float(bright[0])  # flood, from the whole chips: dark is dry
+
+
+def test_a_single_context_output_is_fitted_on_the_context_dataset() -> None:
+    """One MLP output answers every chip, so `context_dataset` replaces the crops for it."""
+
+    def fitted(chips: list, context: list | None) -> torch.Tensor:
+        torch.manual_seed(0)
+        model = FloodSegmentor(
+            ClayEncoder(get_preset("test-micro")), decoder="hires", pixel_prior=True,
+            outputs=("flood",), prior_features="context",
+        )  # fmt: skip
+        fit_pixel_prior(model, chips, context_dataset=context)
+        chip = _chips("flood", 1, dark_is=0, seed=7)[0]  # unseen; flood is bright here
+        x = {k: v[None] for k, v in chip["views"].items()}
+        with torch.no_grad():
+            prior = model.prior(model.prior_inputs(x, 1, 32, 32, x["post"]))[0, 0]
+        return prior[chip["mask"] == 1].mean() - prior[chip["mask"] == 0].mean()
+
+    crops = _Chips(_chips("flood", 4, dark_is=1, seed=0))
+    whole = _Chips(_chips("flood", 4, dark_is=0, seed=2))  # the opposite convention
+    with_context = fitted(crops, whole)
+    assert float(with_context) > 1.0 and float(fitted(crops, None)) < -1.0
+    torch.testing.assert_close(with_context, fitted(whole, None))  # exactly a fit on `whole`

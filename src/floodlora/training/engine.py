@@ -362,12 +362,11 @@ def train_run(
             from floodlora.training.pixel_prior import fit_pixel_prior
 
             fit_on = config.model.prior_fit
-            train_chips = datamodule.dataset("train")
-            prior_chips = datamodule.whole_chips("train") if fit_on == "whole" else train_chips
+            whole = datamodule.whole_chips("train") if fit_on != "crops" else None
             prior_fit = fit_pixel_prior(
-                model, prior_chips, seed=config.data.seed, log=log,
-                kinds=config.model.prior_kinds, context_kinds=config.model.prior_context_kinds,
-                context_dataset=datamodule.whole_chips("train") if fit_on == "whole-context" else None,
+                model, whole if fit_on == "whole" else datamodule.dataset("train"), seed=config.data.seed,
+                log=log, kinds=config.model.prior_kinds, context_kinds=config.model.prior_context_kinds,
+                context_dataset=whole if fit_on == "whole-context" else None,
             )  # fmt: skip
             prior_fit["fitted_on"] = PRIOR_FIT_TEXT[fit_on]
     accelerator = resolve_accelerator(tcfg)

@@ -95,9 +95,11 @@ def fit_pixel_prior(
     if model.prior is None:
         raise ValueError("this model has no pixel prior (model.pixel_prior is off)")
     if isinstance(model.prior, ContextPrior):
+        mlp_kinds = [k for k in model.outputs if context_kinds is None or k in context_kinds]
+        if context_dataset is not None and len(model.outputs) == 1 and mlp_kinds:
+            dataset, context_dataset = context_dataset, None  # one MLP output answers every chip
         samples = sample_pixels(model, dataset, CONTEXT_MAX_CHIPS, CONTEXT_PIXELS_PER_CHIP, seed=seed)
-        if context_dataset is not None and len(model.outputs) > 1:
-            mlp_kinds = [k for k in model.outputs if context_kinds is None or k in context_kinds]
+        if context_dataset is not None:
             whole = sample_pixels(
                 model, context_dataset, CONTEXT_MAX_CHIPS, CONTEXT_PIXELS_PER_CHIP, seed, mlp_kinds
             )
