@@ -85,7 +85,7 @@ MODEL_ROWS: tuple[ModelRow, ...] = (
     ModelRow(
         "recipe",
         "Recommended recipe (cpu-small: LoRA r-8, hires-bn decoder, pixel dropout 0.5, flood + water "
-        "outputs, context prior with tile quantiles for flood)",
+        "outputs, context prior with tile quantiles for flood, fitted on whole chips)",
     ),
     ModelRow("lora-paper", "LoRA r-8, paper decoder", {"model.decoder": "paper"}),
     ModelRow(
@@ -976,9 +976,10 @@ def explorations_markdown(path: Path) -> list[str]:
         "fitted on crops meets other statistics on whole chips. Same budget, the first column's group "
         "held out. Command: `python benchmarks/quality.py --groups G --rows recipe --set model.prior_fit=P "
         "[--set model.prior_trainable=false]` (each entry with its own in `quality-explorations.json`, "
-        "key prior_fit). The rightmost column is the recipe of the main table.",
+        "key prior_fit). The rightmost column is the recipe with its prior fitted on crops, as the main "
+        "table measured it on 2026-12-03 at 16:08 UTC, before `whole-context` became the recipe.",
         "F1 / P / R",
-        "Recipe F1 / P / R (main table)",
+        "Recipe F1 / P / R (crops)",
         change="Prior",
     )
     lines += _prior_features_table(data.get("prior_features"))

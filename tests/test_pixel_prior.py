@@ -179,6 +179,33 @@ def test_context_dataset_feeds_only_the_context_outputs() -> None:
     assert float(dark[0]) < float(bright[0])  # flood, from the whole chips: dark is dry
 
 
+class _CountingChips(_Chips):
+    """Chips that record the label kinds read from them."""
+
+    def __init__(self, chips: list) -> None:
+        super().__init__(chips)
+        self.read: list[str] = []
+
+    def __getitem__(self, index):  # type: ignore[no-untyped-def]
+        chip = super().__getitem__(index)
+        self.read.append(chip["label_kind"])
+        return chip
+
+
+def test_with_whole_chips_the_crops_are_read_only_for_the_logistic_outputs() -> None:
+    torch.manual_seed(0)
+    model = FloodSegmentor(
+        ClayEncoder(get_preset("test-micro")), decoder="hires", pixel_prior=True,
+        outputs=("flood", "water"), prior_features="context",
+    )  # fmt: skip
+    crops = _CountingChips(_chips("flood", 4, dark_is=1, seed=0) + _chips("water", 4, dark_is=1, seed=1))
+    whole = _CountingChips(_chips("flood", 4, dark_is=0, seed=2) + _chips("water", 4, dark_is=0, seed=3))
+    summary = fit_pixel_prior(model, crops, context_kinds=["flood"], context_dataset=whole)
+    assert sorted(crops.read) == ["water"] * 4
+    assert sorted(whole.read) == ["flood"] * 4
+    assert summary["flood"]["pixels"] > 0 and summary["water"]["pixels"] > 0
+
+
 def test_a_single_context_output_is_fitted_on_the_context_dataset() -> None:
     """One MLP output answers every chip, so `context_dataset` replaces the crops for it."""
 

@@ -85,7 +85,8 @@ def fit_pixel_prior(
 
     With `context_dataset` (the same chips whole, `FloodDataModule.whole_chips`), the outputs fitted
     as the context MLP are sampled from it: their tile statistics then match evaluation's, while the
-    logistic outputs, which read no tile statistic, keep the augmented crops.
+    logistic outputs, which read no tile statistic, keep the augmented crops (only their chips are
+    read from `dataset`).
 
     Each output is fitted on the chips of its label kind; a single-output model on every chip. An
     output whose kind has no training chip, whose pixels hold one class only, or that is not in
@@ -98,7 +99,15 @@ def fit_pixel_prior(
         mlp_kinds = [k for k in model.outputs if context_kinds is None or k in context_kinds]
         if context_dataset is not None and len(model.outputs) == 1 and mlp_kinds:
             dataset, context_dataset = context_dataset, None  # one MLP output answers every chip
-        samples = sample_pixels(model, dataset, CONTEXT_MAX_CHIPS, CONTEXT_PIXELS_PER_CHIP, seed=seed)
+        # with whole chips for the MLP outputs, the crops are read only for the logistic ones
+        crop_kinds = None
+        if context_dataset is not None and hasattr(dataset, "refs"):
+            crop_kinds = [k for k in model.outputs if k not in mlp_kinds]
+        samples = (
+            sample_pixels(model, dataset, CONTEXT_MAX_CHIPS, CONTEXT_PIXELS_PER_CHIP, seed, crop_kinds)
+            if crop_kinds != []
+            else {}
+        )
         if context_dataset is not None:
             whole = sample_pixels(
                 model, context_dataset, CONTEXT_MAX_CHIPS, CONTEXT_PIXELS_PER_CHIP, seed, mlp_kinds
