@@ -149,7 +149,12 @@ def test_prior_fit_names_the_chips_or_fails_in_one_line() -> None:
 
 
 class _Chips(list):
-    """A list of chip dicts with `refs`, as `sample_pixels(only_kinds=...)` reads a dataset's kinds."""
+    """A list of chip dicts with `refs` (the label kinds `sample_pixels(only_kinds=...)` reads before a
+    chip) that records the kinds of the chips read from it."""
+
+    def __init__(self, chips: list) -> None:
+        super().__init__(chips)
+        self.read: list[str] = []
 
     @property
     def refs(self) -> list:
@@ -157,9 +162,15 @@ class _Chips(list):
 
         return [SimpleNamespace(label_kind=c["label_kind"]) for c in self]
 
+    def __getitem__(self, index):  # type: ignore[no-untyped-def]
+        chip = super().__getitem__(index)
+        self.read.append(chip["label_kind"])
+        return chip
+
 
 def test_context_dataset_feeds_only_the_context_outputs() -> None:
-    """`whole-context`: the MLP output is sampled from the whole chips, the logistic one from the crops."""
+    """`whole-context`: the MLP output is sampled from the whole chips, the logistic one from the crops,
+    and each set is read only for its own outputs' chips."""
     torch.manual_seed(0)
     model = FloodSegmentor(
         ClayEncoder(get_preset("test-micro")), decoder="hires", pixel_prior=True,
@@ -170,6 +181,7 @@ def test_context_dataset_feeds_only_the_context_outputs() -> None:
     whole = _Chips(_chips("flood", 4, dark_is=0, seed=2) + _chips("water", 4, dark_is=0, seed=3))
     summary = fit_pixel_prior(model, crops, context_kinds=["flood"], context_dataset=whole)
     assert summary["flood"]["form"] == "context" and summary["water"]["form"] == "logistic"
+    assert sorted(crops.read) == ["water"] * 4 and sorted(whole.read) == ["flood"] * 4
     x = {"pre": torch.ones(1, 2, 32, 32), "post": torch.full((1, 2, 32, 32), -2.0)}  # dark everywhere
     x["post"][..., :, 16:] = 1.0  # right half bright
     with torch.no_grad():
@@ -177,33 +189,6 @@ def test_context_dataset_feeds_only_the_context_outputs() -> None:
     dark, bright = prior[0, :, :, :8].mean((1, 2)), prior[0, :, :, -8:].mean((1, 2))
     assert float(dark[1]) > float(bright[1])  # water, from the crops: dark is water
     assert float(dark[0]) < float(bright[0])  # flood, from the whole chips: dark is dry
-
-
-class _CountingChips(_Chips):
-    """Chips that record the label kinds read from them."""
-
-    def __init__(self, chips: list) -> None:
-        super().__init__(chips)
-        self.read: list[str] = []
-
-    def __getitem__(self, index):  # type: ignore[no-untyped-def]
-        chip = super().__getitem__(index)
-        self.read.append(chip["label_kind"])
-        return chip
-
-
-def test_with_whole_chips_the_crops_are_read_only_for_the_logistic_outputs() -> None:
-    torch.manual_seed(0)
-    model = FloodSegmentor(
-        ClayEncoder(get_preset("test-micro")), decoder="hires", pixel_prior=True,
-        outputs=("flood", "water"), prior_features="context",
-    )  # fmt: skip
-    crops = _CountingChips(_chips("flood", 4, dark_is=1, seed=0) + _chips("water", 4, dark_is=1, seed=1))
-    whole = _CountingChips(_chips("flood", 4, dark_is=0, seed=2) + _chips("water", 4, dark_is=0, seed=3))
-    summary = fit_pixel_prior(model, crops, context_kinds=["flood"], context_dataset=whole)
-    assert sorted(crops.read) == ["water"] * 4
-    assert sorted(whole.read) == ["flood"] * 4
-    assert summary["flood"]["pixels"] > 0 and summary["water"]["pixels"] > 0
 
 
 def test_a_single_context_output_is_fitted_on_the_context_dataset() -> None:
@@ -227,3 +212,17 @@ def test_a_single_context_output_is_fitted_on_the_context_dataset() -> None:
     with_context = fitted(crops, whole)
     assert float(with_context) > 1.0 and float(fitted(crops, None)) < -1.0
     torch.testing.assert_close(with_context, fitted(whole, None))  # exactly a fit on `whole`
+
+
+def test_a_single_logistic_output_keeps_every_crop_whatever_the_context_dataset() -> None:
+    """One output answers chips of every kind; as a logistic term it is fitted on all the crops."""
+    torch.manual_seed(0)
+    model = FloodSegmentor(
+        ClayEncoder(get_preset("test-micro")), decoder="hires", pixel_prior=True,
+        outputs=("flood",), prior_features="context",
+    )  # fmt: skip
+    crops = _Chips(_chips("flood", 3, dark_is=1, seed=0) + _chips("water", 3, dark_is=1, seed=1))
+    whole = _Chips(_chips("flood", 3, dark_is=0, seed=2))
+    summary = fit_pixel_prior(model, crops, context_kinds=[], context_dataset=whole)
+    assert summary["flood"]["form"] == "logistic"
+    assert sorted(crops.read) == ["flood"] * 3 + ["water"] * 3 and whole.read == []

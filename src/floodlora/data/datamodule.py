@@ -514,20 +514,25 @@ class FloodDataModule(L.LightningDataModule):
         self.splits = splits
         for name, chips in splits.items():
             train = name == "train"
-            self._datasets[name] = FloodDataset(
-                chips,
-                self.presets,
-                cfg.views,
-                cfg.bands,
-                crop_size=cfg.crop_size if train else None,
-                train=train,
-                augment=cfg.augment,
-                seed=cfg.seed,
-                speckle_filter=self.speckle_filter,
-                intensity_jitter=cfg.intensity_jitter,
-                cache_chips=cfg.cache_chips,
-                no_change_pairs=cfg.no_change_pairs,
-            )
+            self._datasets[name] = self._new_dataset(chips, train, cache_chips=cfg.cache_chips)
+
+    def _new_dataset(self, chips: list[ChipRef], train: bool, cache_chips: bool) -> FloodDataset:
+        """Training crops (augmented) with `train`, else whole chips as evaluation reads them."""
+        cfg = self.config
+        return FloodDataset(
+            chips,
+            self.presets,
+            cfg.views,
+            cfg.bands,
+            crop_size=cfg.crop_size if train else None,
+            train=train,
+            augment=cfg.augment,
+            seed=cfg.seed,
+            speckle_filter=self.speckle_filter,
+            intensity_jitter=cfg.intensity_jitter,
+            cache_chips=cache_chips,
+            no_change_pairs=cfg.no_change_pairs,
+        )
 
     def assign_splits(self, refs: list[ChipRef]) -> dict[str, list[ChipRef]]:
         """train/val/test/ood lists of the discovered chips; a subclass may choose them otherwise."""
@@ -583,11 +588,7 @@ class FloodDataModule(L.LightningDataModule):
         meets whole chips at evaluation, whose statistics differ.
         """
         self.setup()
-        cfg = self.config
-        return FloodDataset(
-            self.splits[split], self.presets, cfg.views, cfg.bands, crop_size=None, train=False,
-            seed=cfg.seed, speckle_filter=self.speckle_filter,
-        )  # fmt: skip
+        return self._new_dataset(self.splits[split], train=False, cache_chips=False)  # read once
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         ds = self.dataset(split)

@@ -43,15 +43,20 @@ def sample_pixels(
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Label kind -> (features `[N, views x bands]`, labels `[N]`) from up to `max_chips` chips.
 
-    `only_kinds` skips, unread, the drawn chips of other label kinds (a dataset with `refs`).
+    `only_kinds` keeps the chips of those label kinds only; a dataset with `refs` skips the others
+    unread.
     """
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(dataset))[:max_chips]
+    refs = getattr(dataset, "refs", None)
     out: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {}
     for i in order.tolist():
-        if only_kinds is not None and dataset.refs[i].label_kind not in only_kinds:
+        if only_kinds is not None and refs is not None and refs[i].label_kind not in only_kinds:
             continue
         item = dataset[i]
+        kind = str(item.get("label_kind", DEFAULT_LABEL_KIND))
+        if only_kinds is not None and kind not in only_kinds:
+            continue
         mask = item["mask"].numpy()
         keep = item["valid"].numpy() & (mask != MASK_NODATA)
         if not keep.any():
@@ -65,7 +70,6 @@ def sample_pixels(
             features = prior_features(model.prior, inputs)[0].numpy()  # [F, H, W]
         idx = np.flatnonzero(keep)
         idx = rng.choice(idx, size=min(pixels_per_chip, idx.size), replace=False)
-        kind = str(item.get("label_kind", DEFAULT_LABEL_KIND))
         xs, ys = out.setdefault(kind, ([], []))
         xs.append(features.reshape(features.shape[0], -1)[:, idx].T)
         ys.append(mask.reshape(-1)[idx])
@@ -97,22 +101,16 @@ def fit_pixel_prior(
         raise ValueError("this model has no pixel prior (model.pixel_prior is off)")
     if isinstance(model.prior, ContextPrior):
         mlp_kinds = [k for k in model.outputs if context_kinds is None or k in context_kinds]
-        if context_dataset is not None and len(model.outputs) == 1 and mlp_kinds:
-            dataset, context_dataset = context_dataset, None  # one MLP output answers every chip
-        # with whole chips for the MLP outputs, the crops are read only for the logistic ones
-        crop_kinds = None
-        if context_dataset is not None and hasattr(dataset, "refs"):
+        if context_dataset is not None and len(model.outputs) == 1:  # one output answers every chip:
+            dataset = context_dataset if mlp_kinds else dataset  # whole chips for an MLP, else crops
+            context_dataset = None
+        n, per_chip = CONTEXT_MAX_CHIPS, CONTEXT_PIXELS_PER_CHIP
+        if context_dataset is None:
+            samples = sample_pixels(model, dataset, n, per_chip, seed)
+        else:  # the MLP outputs from the whole chips, the logistic ones from the crops
             crop_kinds = [k for k in model.outputs if k not in mlp_kinds]
-        samples = (
-            sample_pixels(model, dataset, CONTEXT_MAX_CHIPS, CONTEXT_PIXELS_PER_CHIP, seed, crop_kinds)
-            if crop_kinds != []
-            else {}
-        )
-        if context_dataset is not None:
-            whole = sample_pixels(
-                model, context_dataset, CONTEXT_MAX_CHIPS, CONTEXT_PIXELS_PER_CHIP, seed, mlp_kinds
-            )
-            samples.update({k: v for k, v in whole.items() if k in mlp_kinds})
+            samples = sample_pixels(model, dataset, n, per_chip, seed, crop_kinds) if crop_kinds else {}
+            samples |= sample_pixels(model, context_dataset, n, per_chip, seed, mlp_kinds)
     else:
         samples = sample_pixels(model, dataset, seed=seed)
     if len(model.outputs) == 1 and samples:
