@@ -747,6 +747,42 @@ def _db_scale_table(result: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def _db_chips_table(result: dict[str, Any] | None) -> list[str]:
+    """`benchmarks/db_chips.py`: the dB group chip by chip, and pooled with each chip left out."""
+    if not result:
+        return []
+    lines = [
+        "",
+        "### The dB group chip by chip",
+        "",
+        "The recipe run trained with the dB group held out (the main table's run), its four chips "
+        "scored one by one at the run's threshold "
+        f"({result['threshold']:.2f}) beside the main table's per-chip Otsu and a map that calls "
+        "every valid pixel water (its precision is the chip's labelled water fraction). The group's "
+        "F1 pools the pixels of all four, so the last columns give the pooled F1 with that chip left "
+        f"out. Command: `{result['command']}`. F1 / precision / recall in %:",
+        "",
+        "| Chip | Event | Labelled water | Run F1 / P / R | Otsu per chip F1 / P / R | Everything water F1 "
+        "| Pooled without it: run / Otsu |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for c in result["chips"]:
+        out = result["without"][c["chip_id"]]
+        cells = [
+            c["chip_id"],
+            c["event"],
+            f"{_pct(c['water_fraction'])} %",
+            " / ".join(_pct(c["run"][k]) for k in ("f1", "precision", "recall")),
+            " / ".join(_pct(c["otsu_chip"][k]) for k in ("f1", "precision", "recall")),
+            _pct(c["all_water"]["f1"]),
+            f"{_pct(out['run'])} / {_pct(out['otsu_chip'])}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    pooled = result["pooled"]
+    lines += ["", f"All four pooled: run {_pct(pooled['run'])}, Otsu per chip {_pct(pooled['otsu_chip'])}."]
+    return lines
+
+
 def _prior_features_table(result: dict[str, Any] | None) -> list[str]:
     """`benchmarks/prior_features.py`: the flood prior's MLP alone on OMBRIA, one feature set per row."""
     if not result:
@@ -995,6 +1031,7 @@ def explorations_markdown(path: Path) -> list[str]:
             source=f"benchmarks/results/{EXPLORATIONS}, key val_optimal_threshold",
         )
     lines += _db_scale_table(data.get("db_scale"))
+    lines += _db_chips_table(data.get("db_chips"))
     lines += _logit_sources_table(data.get("logit_sources"))
     oracle = data.get("operating_point", [])
     if oracle:

@@ -174,6 +174,36 @@ def test_db_scale_rescores_a_run_held_out_on_the_db_group(
     assert "### The scale of dB data" in "\n".join(bench.explorations_markdown(out))
 
 
+def test_db_chips_scores_the_db_group_chip_by_chip(
+    bench: ModuleType, db_group_run: Path, real_data: Path, tmp_path: Path
+) -> None:
+    """benchmarks/db_chips.py: the held-out run, per-chip Otsu and all-water on each dB chip; the
+    counts rebuilt from each chip's scores pool back to the run's and Otsu's group F1."""
+    from floodlora.training.engine import evaluate_run
+
+    db_chips = load_benchmark("db_chips")
+    out = tmp_path / "explorations.json"
+    out.write_text(json.dumps({"note": "kept", "runs": []}))
+    result = db_chips.main([str(db_group_run), "--json", str(out), "--data", str(real_data)])
+    saved = json.loads(out.read_text())
+    assert saved["note"] == "kept" and saved["db_chips"]["chips"] == result["chips"]
+    assert len(result["chips"]) == 4
+    assert {c["event"].split("-")[0] for c in result["chips"]} == {"c2s", "sen1floods11"}
+    for c in result["chips"]:
+        assert 0.0 < c["water_fraction"] < 1.0
+        assert c["all_water"]["recall"] == pytest.approx(1.0)
+        assert c["all_water"]["precision"] == pytest.approx(c["water_fraction"])
+        counts = c["run"]["counts"]
+        assert sum(counts.values()) == pytest.approx(c["n_pixels"]) and min(counts.values()) > -1e-6
+    report = evaluate_run(db_group_run, split="ood", roots=[str(real_data)])
+    assert result["pooled"]["run"] == pytest.approx(report["f1"], abs=1e-6)
+    assert set(result["without"]) == {c["chip_id"] for c in result["chips"]}
+    assert all(0.0 <= v <= 1.0 for row in result["without"].values() for v in row.values())
+    text = "\n".join(bench.explorations_markdown(out))
+    assert "### The dB group chip by chip" in text
+    assert f"All four pooled: run {100 * report['f1']:.1f}" in text
+
+
 def test_logit_sources_measures_each_part_of_a_held_out_run(
     bench: ModuleType, db_group_run: Path, real_data: Path, tmp_path: Path
 ) -> None:

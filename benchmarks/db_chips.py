@@ -1,0 +1,107 @@
+"""One run held out on the dB group, scored chip by chip beside Otsu and "everything is water".
+
+Why: the dB group (C2S-MS + Sen1Floods11) is four 512-px chips scored as one pool of pixels, so one
+chip can decide whether a model beats a threshold there. This table shows which chip does it and
+what its label looks like (the labelled water fraction; "everything is water" is the F1 of
+flagging every valid pixel), and the pooled F1 with each chip left out. Nothing is retrained.
+Results go to ``quality-explorations.json`` (key ``db_chips``) and the exploration tables of
+``docs/quality.md``.
+
+    python benchmarks/quality.py --worker c2s-s1f11 recipe --out-dir RUN
+    python benchmarks/db_chips.py RUN
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import REPO, set_json_key
+
+#: The classical rules scored chip by chip: the per-chip Otsu row of the main table, and a map that
+#: calls every valid pixel water (its precision is the chip's labelled water fraction).
+RULES = {"otsu_chip": {"mode": "chip"}, "all_water": {"threshold": float("inf")}}
+SCORES = ("f1", "precision", "recall", "accuracy")
+
+
+def _counts(m: dict[str, Any], water: float) -> dict[str, float]:
+    """tp / fp / fn / tn of one chip from its scores, pixel count and labelled water fraction."""
+    n = m["n_pixels"]
+    positives = water * n
+    tp = m["recall"] * positives
+    tn = m["accuracy"] * n - tp
+    return {"tp": tp, "fn": positives - tp, "fp": n - positives - tn, "tn": tn}
+
+
+def _f1(counts: list[dict[str, float]]) -> float:
+    tp, fp, fn = (sum(c[k] for c in counts) for k in ("tp", "fp", "fn"))
+    return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn > 0 else 0.0
+
+
+def score_chips(run: Path, split: str = "ood", roots: list[Path] | None = None) -> dict[str, Any]:
+    """Per chip of `run`'s `split`: the run at its threshold, per-chip Otsu and all-water; then the
+    pooled F1 of each with every chip left out in turn."""
+    from floodlora.analysis.baselines import run_baseline
+    from floodlora.data.sources import discover
+    from floodlora.runs import load_run
+    from floodlora.training.engine import evaluate_run
+
+    report = evaluate_run(run, split=split, roots=[str(r) for r in roots] if roots else None)
+    model = report["per_chip"]
+    data_roots = [str(r) for r in roots] if roots else load_run(run).config.data.roots
+    refs = [r for r in discover(data_roots) if r.key in model]
+    if len(refs) != len(model):
+        raise SystemExit(f"{run}: found {len(refs)} of the {len(model)} chips it scored")
+    rules = {name: run_baseline("otsu", refs, **kw)["per_chip"] for name, kw in RULES.items()}
+    chips = []
+    for key, m in model.items():
+        water = rules["all_water"][key]["precision"]
+        row = {
+            "key": key,
+            "chip_id": m["chip_id"],
+            "event": m["event"],
+            "n_pixels": m["n_pixels"],
+            "water_fraction": water,
+            "run": {k: m[k] for k in SCORES},
+        }
+        for name, per in rules.items():
+            row[name] = {k: per[key][k] for k in SCORES}
+        for name in ("run", *RULES):
+            row[name]["counts"] = _counts({**row[name], "n_pixels": m["n_pixels"]}, water)
+        chips.append(row)
+    pooled = {name: _f1([c[name]["counts"] for c in chips]) for name in ("run", *RULES)}
+    without = {
+        c["chip_id"]: {name: _f1([o[name]["counts"] for o in chips if o is not c]) for name in pooled}
+        for c in chips
+    }
+    return {"threshold": report["threshold"], "pooled": pooled, "without": without, "chips": chips}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("run", type=Path, help="a run trained without the calibrated group it is scored on")
+    p.add_argument("--split", default="ood", help="the split to score (default ood: the held-out group)")
+    p.add_argument("--data", type=Path, action="append", default=[], help="chip roots (default: the run's)")
+    p.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "quality-explorations.json")
+    args = p.parse_args(argv)
+    warnings.filterwarnings("ignore", message=".*8-bit rescaled sources only.*")
+    result = {
+        "command": "python benchmarks/db_chips.py RUN  (RUN: python benchmarks/quality.py --worker "
+        "c2s-s1f11 recipe --out-dir RUN, the benchmark budget)",
+        "run": str(args.run),
+        **score_chips(args.run, args.split, args.data),
+    }
+    set_json_key(args.json, "db_chips", result)
+    for c in result["chips"]:
+        run, otsu = (100 * c[name]["f1"] for name in ("run", "otsu_chip"))
+        print(f"{c['chip_id']:40s} run F1 {run:5.1f}  Otsu {otsu:5.1f}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
