@@ -8,7 +8,10 @@ alike after normalisation. This measures it without any model: per event and ban
 water and of land pixels in the post-event image, and their difference in units of the event's
 upper spread (p84 - p50 of all pixels, which water does not widen: it sits below the median). A
 value of -7 means water far below land; 0 or above means water no darker than land (frozen,
-wind-roughened or vegetated water, or labels drawn from other imagery). Results go to
+wind-roughened or vegetated water, or labels drawn from other imagery). Beside it, the ceiling of
+any global threshold on the event: the one threshold per band (VV, VH, their mean) that maximises
+F1 on every labelled chip of the event, fitted on those very labels. A model or target above that
+ceiling needs more than a threshold's brightness rule. Results go to
 ``benchmarks/results/contrast.json``; the section of ``docs/quality.md`` between the markers is
 generated from it.
 """
@@ -80,6 +83,22 @@ def event_contrast(refs: list[Any]) -> dict[str, Any]:
     }
 
 
+def threshold_ceiling(refs: list[Any]) -> dict[str, Any]:
+    """Per band (``vv``, ``vh``, ``both``: their mean) the best F1 of one threshold over every
+    labelled chip of the event, fitted on those labels (the rule of the benchmark's fitted row)."""
+    from floodlora.analysis.baselines import fit_threshold, read_samples, run_baseline
+
+    samples = read_samples(refs)
+    present = set(samples[0].views["post"]) if samples else set()
+    bands = [b for b in ("vv", "vh") if b in present] + (["both"] if {"vv", "vh"} <= present else [])
+    out: dict[str, Any] = {}
+    for band in bands:
+        t = fit_threshold(samples, "otsu", band)
+        r = run_baseline("otsu", samples, band=band, threshold=t, per_chip=False)
+        out[band] = {"threshold": t, **{k: r[k] for k in ("f1", "precision", "recall")}}
+    return out
+
+
 def measure(real: Path) -> dict[str, Any]:
     from floodlora.data.sources import discover
 
@@ -88,7 +107,10 @@ def measure(real: Path) -> dict[str, Any]:
         if ref.labelled:
             by_event[ref.event].append(ref)
     t0 = time.perf_counter()
-    events = [event_contrast(refs) for _, refs in sorted(by_event.items())]
+    events = [
+        {**event_contrast(refs), "threshold_ceiling": threshold_ceiling(refs)}
+        for _, refs in sorted(by_event.items())
+    ]
     return {
         "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "command": "python benchmarks/contrast.py",
@@ -112,11 +134,14 @@ def markdown(result: dict[str, Any]) -> str:
         f"Command: `{result['command']}` ({result['created']}). Post-event view, at most "
         f"{result['max_chips']} chips per event. Per band: land median, water median (in the "
         "source's own units: dB or 8-bit), and the separation (water - land) / (p84 - p50 of all "
-        "pixels). Negative: water darker than land.",
+        "pixels). Negative: water darker than land. Then the ceiling of a global threshold: per band, "
+        "the F1 in % of the one threshold that is best on every labelled chip of the event (fitted "
+        "on those labels; VV+VH is the mean of the two bands in the source's units).",
         "",
         "| Event | Units | Labels | Water fraction "
-        "| VV land / water / separation | VH land / water / separation |",
-        "|---|---|---|---|---|---|",
+        "| VV land / water / separation | VH land / water / separation "
+        "| Best one threshold F1: VV / VH / VV+VH |",
+        "|---|---|---|---|---|---|---|",
     ]
     for ev in result["events"]:
         cells = [ev["event"], ev["units"], ev["label_kind"], _num(ev["water_fraction"], ".2f")]
@@ -127,6 +152,10 @@ def markdown(result: dict[str, Any]) -> str:
                 if b is None
                 else f"{_num(b['land_median'])} / {_num(b['water_median'])} / **{_num(b['separation'])}**"
             )
+        ceiling = ev.get("threshold_ceiling", {})
+        cells.append(
+            " / ".join(_num(100 * ceiling[b]["f1"]) if b in ceiling else "–" for b in ("vv", "vh", "both"))
+        )
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Raw numbers: `benchmarks/results/contrast.json`.", "", SECTION_END]
     return "\n".join(lines)

@@ -28,7 +28,31 @@ def test_contrast_on_real_chips(real_data: Path, tmp_path: Path) -> None:
     assert set(events["ombria-FRANCE"]["bands"]) == {"vv"}  # OMBRIA is VV only
     assert events["c2s-jja"]["units"] == "db" and events["c2s-jja"]["bands"]["vh"]["land_median"] < 0
     text = doc.read_text()
+    assert set(northal["threshold_ceiling"]) == {"vv", "vh", "both"}
     assert "kept text" in text and bench.SECTION_BEGIN in text and "etci2021-northal" in text
+    assert "Best one threshold F1" in text
     again = tmp_path / "again.md"
     bench.main(["--from-json", "--json", str(out), "--markdown", str(again)])
     assert text.split(bench.SECTION_BEGIN)[1] == again.read_text().split(bench.SECTION_BEGIN)[1]
+
+
+def test_threshold_ceiling_is_the_best_single_threshold(real_data: Path, tmp_path: Path) -> None:
+    """The ceiling per band is the fitted threshold's F1 on the same chips; no other threshold of
+    a coarse sweep beats it, and OMBRIA (VV only) has no VH or VV+VH ceiling."""
+    from floodlora.analysis.baselines import read_samples, run_baseline
+    from floodlora.data.sources import discover
+
+    bench = load_benchmark("contrast")
+    mini = load_benchmark("quality").mini_tree(real_data, tmp_path / "real", per_folder=3)
+    refs = [r for r in discover(mini) if r.labelled]
+    northal = [r for r in refs if r.event == "etci2021-northal"]
+    ceiling = bench.threshold_ceiling(northal)
+    assert set(ceiling) == {"vv", "vh", "both"}
+    samples = read_samples(northal)
+    for band, best in ceiling.items():
+        assert 0.0 < best["f1"] <= 1.0
+        for t in range(0, 256, 16):
+            other = run_baseline("otsu", samples, band=band, threshold=float(t), per_chip=False)
+            assert other["f1"] <= best["f1"] + 1e-9
+    france = [r for r in refs if r.event == "ombria-FRANCE"]
+    assert set(bench.threshold_ceiling(france)) == {"vv"}
