@@ -200,9 +200,12 @@ def test_generalist_config_trains_every_source_within_45_minutes() -> None:
     # the recipe's decoder, as benchmarks/adapt.py measured it (docs/quality.md)
     assert (cfg.model.decoder, cfg.model.pixel_dropout) == (small.model.decoder, small.model.pixel_dropout)
     assert (cfg.model.decoder, cfg.model.pixel_dropout) == ("hires-bn", 0.5)
-    # a context prior for flood, logistic for water, as benchmarks/generalist.py and adapt.py measured it
-    assert cfg.model.prior_features == "context" and small.model.prior_features.startswith("context")
+    # every later step of the recipe, as benchmarks/generalist.py and adapt.py measured it: the context
+    # prior with tile quantiles for flood fitted on whole chips, logistic for water, the 1-point rule
+    assert cfg.model.prior_features == small.model.prior_features == "context-quantiles"
     assert cfg.model.prior_context_kinds == small.model.prior_context_kinds == ["flood"]
+    assert cfg.model.prior_fit == small.model.prior_fit == "whole-context"
+    assert cfg.train.threshold_tolerance == small.train.threshold_tolerance == 0.01
     # the committed measurement of this very config (benchmarks/generalist.py) fits in 45 minutes
     measured = json.loads((BENCHMARKS / "results" / "generalist.json").read_text())
     run, t = measured["run"], cfg.train
