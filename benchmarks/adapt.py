@@ -77,7 +77,10 @@ TINY_ADAPT: dict[str, Any] = {
 }
 TINY_KS: tuple[int, ...] = (1, 2)
 METHODS = {
-    "calibrate-start": "operating point set on the k chips, nothing trained (`adapt`'s default for a run)",
+    "calibrate-start": "operating point set on the k chips, moved only as far as they demand, nothing "
+    "trained (`adapt`'s default for a run)",
+    "calibrate-best": "operating point at the best F1 on the k chips, nothing trained "
+    "(`adapt --calibrate-tolerance 0`)",
     "adapt-start": "fine-tune the starting model (`adapt --method fine-tune`)",
     "adapt-encoder": f"fine-tune the bare `{ENCODER}` encoder (`adapt`'s default for an encoder)",
     "fitted": "threshold fitted on the k chips",
@@ -85,6 +88,7 @@ METHODS = {
 #: AdaptOptions each method sets on top of the benchmark's adaptation budget.
 METHOD_OPTIONS: dict[str, dict[str, Any]] = {
     "calibrate-start": {"method": "calibrate"},
+    "calibrate-best": {"method": "calibrate", "calibrate_tolerance": 0.0},
     "adapt-start": {"method": "fine-tune"},
     "adapt-encoder": {"method": "fine-tune"},
 }
@@ -330,7 +334,7 @@ def run_group(
         data = subset_tree(real, chips, work / group.name / f"{selection}-{k}" / "chips")
         base = {"k": k, "selection": selection, "chips": [r.chip_id for r in chips]}
         rows.append({**base, "method": "fitted", **fitted_row(chips, eval_refs)})
-        froms: list[tuple[str, str | Path]] = [("calibrate-start", start_dir), ("adapt-start", start_dir)]
+        froms: list[tuple[str, str | Path]] = [(m, start_dir) for m in FROM_START]
         if selection == "random":
             froms.append(("adapt-encoder", encoder))
         for method, from_ in froms:
@@ -351,7 +355,7 @@ def _options(adapt_options: dict[str, Any], method: str) -> dict[str, Any]:
 
 
 #: Methods that start from the group's starting run: the ones `--add-methods` can add later.
-FROM_START = ("calibrate-start", "adapt-start")
+FROM_START = ("calibrate-start", "calibrate-best", "adapt-start")
 
 
 def add_rows(
@@ -411,8 +415,13 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
         entry: dict[str, Any] = {"zero_shot": zero}
         if fit:
             entry["fitted"] = fit["score"]["f1"]
-        cal = _row(g, "calibrate-start", k)
-        for name, r in (("calibrate-start", cal), ("adapt-start", start), ("adapt-encoder", enc)):
+        cal, best = _row(g, "calibrate-start", k), _row(g, "calibrate-best", k)
+        for name, r in (
+            ("calibrate-start", cal),
+            ("calibrate-best", best),
+            ("adapt-start", start),
+            ("adapt-encoder", enc),
+        ):
             if r and fit:
                 f1 = r["score"]["f1"]
                 entry[name] = f1
@@ -521,7 +530,7 @@ def markdown(result: dict[str, Any]) -> str:
     lines += ["### Targets (issue 12)", ""]
     k = t["k"]
     for name, e in t["groups"].items():
-        for method in ("calibrate-start", "adapt-start", "adapt-encoder"):
+        for method in ("calibrate-start", "calibrate-best", "adapt-start", "adapt-encoder"):
             if f"{method}_met" in e:
                 lines.append(
                     f"* {name}, k = {k}, {_label(method, result)}: F1 {_pct(e[method])} against "
@@ -555,6 +564,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     for ax, g in zip(axes[0], groups, strict=False):
         for method, style in (
             ("calibrate-start", "d-."),
+            ("calibrate-best", "x:"),
             ("adapt-start", "o-"),
             ("adapt-encoder", "s-"),
             ("fitted", "^--"),

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from floodlora.cli import app
 from floodlora.data.sources._common import ChipRef
+from floodlora.errors import ConfigError
 from floodlora.models.clay import checkpoint_sha256
 from floodlora.training.adapt import AdaptOptions, adapt, choose_holdout
 from inference_helpers import db_scene, make_run, write_scene
@@ -226,9 +227,10 @@ def test_a_trained_from_is_calibrated_by_default_and_nothing_trains(off_run: Pat
     data = _chips(tmp_path / "chips", 5, seed=3)
     out = tmp_path / "calibrated"
     argv = ["adapt", str(from_run), "--data", str(data), "--out", str(out)]  # method auto
-    res = CliRunner().invoke(app, [*argv, "--no-progress"])
+    # tolerance 0: the best threshold on the chips, however little better than FROM's own
+    res = CliRunner().invoke(app, [*argv, "--calibrate-tolerance", "0", "--no-progress"])
     assert res.exit_code == 0, res.output
-    assert "operating point set on all 5 labelled chips" in res.output
+    assert "operating point set on all 5 labelled chips" in res.output and "tolerance 0)" in res.output
     s = json.loads((out / "adapt.json").read_text())
     assert s["method"] == "calibrate" and s["epochs"] == 0 and len(s["chips"]["calibrated_on"]) == 5
     (cal,) = s["output_calibration"].values()
@@ -263,10 +265,30 @@ def test_a_merged_export_is_calibrated_into_a_standalone_run(off_run: Path, tmp_
 
     merged = tmp_path / "merged"
     export_run(off_run, merged, merge=True)
-    result = adapt(merged, _chips(tmp_path / "chips", 4, seed=5), tmp_path / "run")
+    chips = _chips(tmp_path / "chips", 4, seed=5)
+    result = adapt(merged, chips, tmp_path / "run", options=AdaptOptions(calibrate_tolerance=0.0))
     assert result.summary["method"] == "calibrate" and result.summary["from"]["kind"] == "merged"
     loaded = load_run(tmp_path / "run")
     assert loaded.base["strategy"] == "full" and loaded.presets["folder"].mean["vh"] == -18.25
     before = load_run(merged).model.state_dict()
     changed = [k for k, v in loaded.model.state_dict().items() if not v.equal(before[k])]
     assert len(changed) == 1 and changed[0].startswith("head.")  # the final bias, nothing else
+
+
+def test_calibration_moves_only_as_far_as_the_chips_demand(off_run: Path, tmp_path: Path) -> None:
+    """With a tolerance the calibrated threshold is the one nearest FROM's own among those within it
+    of the best F1 on the chips; tolerance 0 is the best. Both are scored on the same chips."""
+    from floodlora.runs import load_run
+
+    chips = _chips(tmp_path / "chips", 4, seed=5)
+    best = adapt(off_run, chips, tmp_path / "best", options=AdaptOptions(calibrate_tolerance=0.0)).summary
+    near = adapt(off_run, chips, tmp_path / "near", options=AdaptOptions(calibrate_tolerance=0.05)).summary
+    assert near["budget"] == {"method": "calibrate", "calibrate_tolerance": 0.05}
+    anchor = load_run(off_run).threshold or 0.5
+    (t_best,) = (c["threshold"] for c in best["output_calibration"].values())
+    (t_near,) = (c["threshold"] for c in near["output_calibration"].values())
+    assert abs(t_near - anchor) <= abs(t_best - anchor)
+    assert near["f1"] >= best["f1"] - 0.05 - 1e-9 and best["f1"] >= near["f1"] - 1e-9
+    assert near["f1_best"] == pytest.approx(best["f1_best"], abs=0.02)  # one curve, two rules
+    with pytest.raises(ConfigError, match="calibrate tolerance must be in"):
+        AdaptOptions(calibrate_tolerance=1.5)

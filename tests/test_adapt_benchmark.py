@@ -53,9 +53,9 @@ def test_tiny_benchmark_end_to_end(bench: ModuleType, real_data: Path, tmp_path:
     assert g["n_eval"] == g["n_usable"] - len(chosen | pool) and g["n_eval"] > 0
     assert 0.0 <= g["zero_shot"]["f1"] <= 1.0 and g["zero_shot"]["n_chips"] == g["n_eval"]
     rows = {(r["k"], r["selection"], r["method"]): r for r in g["rows"]}
-    methods = ("fitted", "calibrate-start", "adapt-start", "adapt-encoder")
+    methods = ("fitted", "calibrate-start", "calibrate-best", "adapt-start", "adapt-encoder")
     expected = {(k, "random", m) for k in bench.TINY_KS for m in methods}
-    expected |= {(bench.TINY_KS[0], "uncertain", m) for m in methods[:3]}
+    expected |= {(bench.TINY_KS[0], "uncertain", m) for m in methods[:4]}
     assert set(rows) == expected
     for key, r in rows.items():
         assert "error" not in r, (key, r)
@@ -63,7 +63,7 @@ def test_tiny_benchmark_end_to_end(bench: ModuleType, real_data: Path, tmp_path:
         assert 0.0 <= r["score"]["f1"] <= 1.0 and 0.0 <= r["score"]["iou"] <= r["score"]["f1"] + 1e-9
         assert r["score"]["n_chips"] == g["n_eval"]  # every method scores the same chips
         if key[2] != "fitted":
-            assert r["wall_seconds"] > 0 and r["epochs"] == (0 if key[2] == "calibrate-start" else 1)
+            assert r["wall_seconds"] > 0 and r["epochs"] == (0 if key[2].startswith("calibrate") else 1)
     # nested random draws, and the uncertainty-chosen chips are not the random ones
     k1, k2 = bench.TINY_KS
     assert set(rows[(k1, "random", "fitted")]["chips"]) <= set(rows[(k2, "random", "fitted")]["chips"])
@@ -74,7 +74,7 @@ def test_tiny_benchmark_end_to_end(bench: ModuleType, real_data: Path, tmp_path:
     assert summary["max_adapt_seconds"] == pytest.approx(
         max(r["wall_seconds"] for r in g["rows"] if r["method"] != "fitted")
     )
-    assert "adapt-start_met" in summary["groups"]["ombria-france"]
+    assert {"adapt-start_met", "calibrate-best_met"} <= set(summary["groups"]["ombria-france"])
     assert (tmp_path / "adapt.png").stat().st_size > 1000
     text = doc.read_text()
     assert "kept text" in text and bench.SECTION_BEGIN in text and bench.SECTION_END in text

@@ -274,12 +274,19 @@ def adapt(
             "set each output's threshold on every chip (seconds) | fine-tune: LoRA + decoder (minutes)."
         ),
     ] = "auto",
+    calibrate_tolerance: Annotated[
+        float,
+        typer.Option(
+            help="calibrate: the threshold nearest FROM's own within this F1 of the best on the chips "
+            "(0: the best)."
+        ),
+    ] = 0.01,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Adapt a model to a few labelled chips of a new flood (seconds to minutes on a CPU).
 
-    A trained FROM is calibrated by default: each output's operating point moves to its best
-    threshold on the labelled chips, which matched or beat fine-tuning in the few-shot benchmark. A bare
+    A trained FROM is calibrated by default: each output's operating point moves toward its best
+    threshold on the labelled chips, only as far as they demand (--calibrate-tolerance). A bare
     encoder (or --method fine-tune) fine-tunes LoRA + decoder on them.
     """
     from floodlora.training.adapt import AdaptOptions, format_summary
@@ -287,7 +294,7 @@ def adapt(
 
     opts = AdaptOptions(
         steps_per_epoch=steps, crop_size=crop_size, max_epochs=max_epochs, lr=lr, max_minutes=max_minutes,
-        seed=seed, lora_rank=rank, method=method,
+        seed=seed, lora_rank=rank, method=method, calibrate_tolerance=calibrate_tolerance,
     )  # fmt: skip
     result = run_adapt(
         from_, data, out, format=format, options=opts, checkpoint=checkpoint, progress=progress

@@ -155,6 +155,20 @@ def operating_threshold(hist: Tensor, tolerance: float = 0.0) -> tuple[float, fl
     return float(thresholds[k]), float(f1[k])
 
 
+def nearest_operating_threshold(hist: Tensor, anchor: float, tolerance: float = 0.0) -> tuple[float, float]:
+    """The grid threshold nearest `anchor` whose F1 is within `tolerance` of the best, and that F1.
+
+    Why: a few labelled chips of a new event give a flat F1 curve near its top. A model whose
+    operating point was set on many chips should move only as far as the few chips demand, not to
+    the noisy top of their curve. ``tolerance`` 0 is the best F1 (ties: nearest `anchor`).
+    """
+    thresholds, f1 = f1_curve(hist)
+    best = float(f1.max())
+    candidates = torch.nonzero(f1 >= best - max(tolerance, 0.0) - 1e-12).flatten()
+    k = int(candidates[(thresholds[candidates] - anchor).abs().argmin()])
+    return float(thresholds[k]), float(f1[k])
+
+
 def otsu_from_histogram(counts: np.ndarray, edges: np.ndarray) -> float:
     """Otsu (1979): the cut maximising between-class variance; returns t with class 0 = values < t."""
     counts = np.asarray(counts, dtype=np.float64)

@@ -19,15 +19,17 @@ loops, checkpoints and the run directory, and changes only what few labels need:
 * **How long.** Epochs of `steps_per_epoch` batches of random crops drawn with replacement
   (flooded chips favoured), at most `max_epochs`, and a wall-clock cap (`max_minutes`).
 * **Or only the operating point** (``method="calibrate"``): no weight but each output's final
-  bias changes. Its F1-optimal threshold on *every* labelled chip is moved to 0.5, in seconds. On
-  events held out of the quality benchmark the model often ranks pixels well while the threshold
-  learned on other events does not fit (docs/quality.md); one number per output is all a few chips
-  need to set, so none is held back.
+  bias changes. Its threshold on *every* labelled chip is moved to 0.5, in seconds: of the
+  thresholds within `calibrate_tolerance` F1 of the best on the chips, the one nearest FROM's own
+  (0: the best). A few chips give a flat F1 curve near its top, so the model's operating point
+  moves only as far as they demand. On events held out of the quality benchmark the model often
+  ranks pixels well while the threshold learned on other events does not fit (docs/quality.md);
+  one number per output is all a few chips need to set, so none is held back.
 * **Which of the two** (``method="auto"``, the default): a trained FROM is calibrated, a bare
   encoder (no decoder to calibrate) is fine-tuned. The few-shot benchmark (benchmarks/adapt.py)
   chose it as the safe default: from the generalist, calibration never fell more than a fraction
-  of a point below a threshold fitted on the same chips, in seconds, while fine-tuning was far
-  better on one held-out flood and several points worse on another (docs/quality.md).
+  of a point below the untouched model, in seconds, while fine-tuning was better on one held-out
+  flood and several points worse on two others (docs/quality.md).
 
 `RUN/adapt.json` records where it started (kind, path, sha256 of FROM's weights file or
 checkpoint, FROM's base checkpoint), which chips trained and which were held back, the budget and
@@ -76,6 +78,8 @@ class AdaptOptions:
     recipe: str = DEFAULT_RECIPE  # config a bare encoder starts from (model + data settings)
     lora_rank: int | None = None  # bare encoder only; None: the recipe's rank
     method: str = "auto"  # auto | calibrate (no training: thresholds set on the chips) | fine-tune
+    #: calibrate: the threshold nearest FROM's own among those within this F1 of the best (0: the best)
+    calibrate_tolerance: float = 0.01
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -86,6 +90,8 @@ class AdaptOptions:
             raise ConfigError(f"adapt: holdout fraction must be in (0, 1), got {self.holdout_fraction}")
         if self.max_minutes <= 0 or self.lr <= 0:
             raise ConfigError("adapt: max minutes and lr must be > 0")
+        if not 0.0 <= self.calibrate_tolerance < 1.0:
+            raise ConfigError(f"adapt: calibrate tolerance must be in [0, 1), got {self.calibrate_tolerance}")
 
 
 @dataclass
@@ -365,7 +371,7 @@ def adapt(
     datamodule = FewShotDataModule(cfg.data, opts, base_normalization=base_norm, presets=presets or None)
     datamodule.setup("fit")
     if opts.method == "calibrate":
-        return _calibrate_only(origin, cfg, out, datamodule, t0, progress)
+        return _calibrate_only(origin, cfg, out, datamodule, t0, progress, opts.calibrate_tolerance)
     model = _prepare_model(origin, cfg)
     merged = origin.loaded is not None and origin.loaded.base["strategy"] == "full"
     result = train_run(cfg, out, progress=progress, model=model, datamodule=datamodule)
@@ -411,9 +417,16 @@ def resolve_method(method: str, origin: Origin) -> str:
 
 
 def _calibrate_only(
-    origin: Origin, cfg: RunConfig, out: Path, datamodule: FewShotDataModule, t0: float, progress: bool
+    origin: Origin,
+    cfg: RunConfig,
+    out: Path,
+    datamodule: FewShotDataModule,
+    t0: float,
+    progress: bool,
+    tolerance: float = 0.0,
 ) -> AdaptResult:
-    """FROM with each output's F1-optimal threshold on every labelled chip moved to 0.5."""
+    """FROM with each output's threshold on every labelled chip moved to 0.5: the one nearest
+    FROM's own threshold within `tolerance` F1 of the best (0: the F1-optimal one)."""
     from floodlora.metrics import best_f1_threshold
     from floodlora.runs import save_run
     from floodlora.training.engine import (
@@ -436,11 +449,12 @@ def _calibrate_only(
     chips = _test(trainer, task, datamodule.val_dataloader())
     from_threshold = origin.loaded.threshold if origin.loaded.threshold is not None else 0.5
     before = chips.report(from_threshold, per_chip=False)["f1"]
-    calibration = calibrate_outputs_on(model, chips, single=True)
+    calibration = calibrate_outputs_on(model, chips, single=True, tolerance=tolerance, anchor=from_threshold)
     if not calibration:
         raise DataError(f"{', '.join(cfg.data.roots)}: no flood pixels to set a threshold with")
     chips = calibrated_chips(chips, calibration, single=True)
-    threshold, _ = best_f1_threshold(chips.total())
+    threshold = 0.5  # each output's chosen operating point now sits at 0.5
+    best_threshold, best_f1 = best_f1_threshold(chips.total())
     cfg = copy.deepcopy(cfg)
     cfg.model.strategy = model.strategy
     save_run(out, cfg, model, datamodule.presets)
@@ -459,12 +473,14 @@ def _calibrate_only(
         "early_stopping_on": None,
         "threshold": threshold,
         "f1_before": before,
-        "f1": metrics["calibrated_chips"]["at_best_threshold"]["f1"],
+        "f1": metrics["calibrated_chips"]["f1"],
+        "f1_best": best_f1,
+        "best_threshold_on_chips": best_threshold,
         "output_calibration": calibration,
         "epochs": 0,
         "early_stopped": False,
         "trainable_params": 0,
-        "budget": {"method": "calibrate"},
+        "budget": {"method": "calibrate", "calibrate_tolerance": tolerance},
         "normalization": sorted(datamodule.presets),
         "wall_seconds": time.perf_counter() - t0,
     }
@@ -493,8 +509,10 @@ def format_summary(summary: dict[str, Any]) -> str:
         return "\n".join(
             [
                 f"calibrated from {src['kind']} {src['path']} (sha256 {src['sha256'][:16]})",
-                f"operating point set on all {n} labelled chips (best thresholds: {moved}; now 0.5)",
-                f"F1 on those chips {100 * summary['f1_before']:.1f} -> {100 * summary['f1']:.1f}, "
+                f"operating point set on all {n} labelled chips (chosen thresholds: {moved}; now 0.5; "
+                f"tolerance {summary['budget'].get('calibrate_tolerance', 0.0):g})",
+                f"F1 on those chips {100 * summary['f1_before']:.1f} -> {100 * summary['f1']:.1f} "
+                f"(best one threshold {100 * summary.get('f1_best', summary['f1']):.1f}), "
                 f"wall {summary['wall_seconds']:.0f} s",
             ]
         )
