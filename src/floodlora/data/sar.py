@@ -272,7 +272,9 @@ def calibrated_run_preset(
         return calibrated[0]
     warnings.warn(
         f"the run was trained on 8-bit rescaled sources only ({', '.join(sorted(run_presets))}); "
-        f"normalising these {units} {what} with the encoder's {base} preset: expect a domain shift",
+        f"normalising these {units} {what} with the encoder's {base} preset: expect a domain shift "
+        "(such runs under-flag water in calibrated scenes, docs/quality.md); a few labelled chips of "
+        "the scene set its operating point: floodlora adapt RUN --data CHIPS --out NEW_RUN",
         stacklevel=3,
     )
     return get_preset("auto", units, None, base)
