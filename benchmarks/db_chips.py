@@ -4,7 +4,9 @@ Why: the dB group (C2S-MS + Sen1Floods11) is four 512-px chips scored as one poo
 chip can decide whether a model beats a threshold there. This table shows which chip does it and
 what its label looks like (the labelled water fraction; "everything is water" is the F1 of
 flagging every valid pixel), and the pooled F1 with each chip left out. Nothing is retrained.
-Results go to ``quality-explorations.json`` (key ``db_chips``) and the exploration tables of
+Then what one labelled chip does: the run calibrated on each chip alone (`floodlora adapt`, its
+default for a trained run) and scored on the other chips, against the run as it was. Results go
+to ``quality-explorations.json`` (key ``db_chips``) and the exploration tables of
 ``docs/quality.md``.
 
     python benchmarks/quality.py --worker c2s-s1f11 recipe --out-dir RUN
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -79,7 +82,38 @@ def score_chips(run: Path, split: str = "ood", roots: list[Path] | None = None) 
         c["chip_id"]: {name: _f1([o[name]["counts"] for o in chips if o is not c]) for name in pooled}
         for c in chips
     }
-    return {"threshold": report["threshold"], "pooled": pooled, "without": without, "chips": chips}
+    calibrated = calibrate_on_each(run, refs, data_roots[0])
+    return {
+        "threshold": report["threshold"],
+        "pooled": pooled,
+        "without": without,
+        "calibrated_on_one": calibrated,
+        "chips": chips,
+    }
+
+
+def calibrate_on_each(run: Path, refs: list[Any], root: str) -> dict[str, Any]:
+    """Per chip: `run` calibrated on that chip alone (`adapt`'s default for a trained run), and the
+    other chips pooled, scored by the run before and after."""
+    from adapt import score_run, subset_tree
+    from floodlora.training.adapt import adapt
+
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="db-chips-") as tmp:
+        work = Path(tmp)
+        for i, ref in enumerate(refs):
+            others = subset_tree(Path(root), [r for r in refs if r is not ref], work / f"others-{i}")
+            labelled = subset_tree(Path(root), [ref], work / f"chip-{i}")
+            result = adapt(run, labelled, work / f"calibrated-{i}")
+            ((kind, cal),) = result.summary["output_calibration"].items()
+            out[ref.chip_id] = {
+                "output": kind,
+                "threshold": cal["threshold"],
+                "others_before": score_run(run, others)["f1"],
+                "others_after": score_run(work / f"calibrated-{i}", others)["f1"],
+                "wall_seconds": result.summary["wall_seconds"],
+            }
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -780,6 +780,22 @@ def _db_chips_table(result: dict[str, Any] | None) -> list[str]:
         lines.append("| " + " | ".join(cells) + " |")
     pooled = result["pooled"]
     lines += ["", f"All four pooled: run {_pct(pooled['run'])}, Otsu per chip {_pct(pooled['otsu_chip'])}."]
+    calibrated = result.get("calibrated_on_one")
+    if calibrated:
+        lines += [
+            "",
+            "One labelled chip: the same run calibrated on that chip alone (`floodlora adapt RUN --data "
+            "CHIP`, its default for a trained run: the output's operating point moves, nothing trains), "
+            "then the other three chips pooled, before → after, beside per-chip Otsu on the same three. "
+            "F1 in %:",
+            "",
+            "| Calibrated on | Threshold it set | Other chips: run before → after | Otsu per chip on them |",
+            "|---|---|---|---|",
+        ]
+        for chip_id, c in calibrated.items():
+            otsu = result["without"][chip_id]["otsu_chip"]
+            moved = f"{_pct(c['others_before'])} → {_pct(c['others_after'])}"
+            lines.append(f"| {chip_id} | {c['threshold']:.2f} | {moved} | {_pct(otsu)} |")
     return lines
 
 

@@ -199,9 +199,16 @@ def test_db_chips_scores_the_db_group_chip_by_chip(
     assert result["pooled"]["run"] == pytest.approx(report["f1"], abs=1e-6)
     assert set(result["without"]) == {c["chip_id"] for c in result["chips"]}
     assert all(0.0 <= v <= 1.0 for row in result["without"].values() for v in row.values())
+    # one labelled chip through `adapt`: 'before' is the pooled F1 of the other three, as above
+    calibrated = result["calibrated_on_one"]
+    assert set(calibrated) == set(result["without"])
+    for chip_id, c in calibrated.items():
+        assert c["others_before"] == pytest.approx(result["without"][chip_id]["run"], abs=1e-6)
+        assert 0.0 <= c["others_after"] <= 1.0 and 0.0 <= c["threshold"] <= 1.0 and c["output"] == "water"
     text = "\n".join(bench.explorations_markdown(out))
     assert "### The dB group chip by chip" in text
     assert f"All four pooled: run {100 * report['f1']:.1f}" in text
+    assert "| Calibrated on | Threshold it set |" in text
 
 
 def test_logit_sources_measures_each_part_of_a_held_out_run(
