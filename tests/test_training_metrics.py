@@ -11,7 +11,6 @@ from floodlora.metrics import (
     FloodConfusion,
     best_f1_threshold,
     counts_at,
-    nearest_operating_threshold,
     operating_threshold,
     otsu_threshold,
     probability_histogram,
@@ -80,12 +79,13 @@ def test_best_threshold_and_zero_division() -> None:
     assert operating_threshold(hist, 0.05) == pytest.approx((0.3, 10 / 12))
     dry = probability_histogram(PROBS, np.zeros_like(TARGET), VALID)  # no flood: F1 0 everywhere
     assert operating_threshold(dry, 0.01) == best_f1_threshold(dry)
-    # the nearest rule: of the thresholds within the tolerance of the best, the one nearest the anchor
-    assert nearest_operating_threshold(hist, 0.5, 0.0) == best_f1_threshold(hist)
-    assert nearest_operating_threshold(hist, 0.9, 0.0) == pytest.approx((0.3, 10 / 12))
-    assert nearest_operating_threshold(hist, 0.5, 0.11) == pytest.approx((0.4, 8 / 11))
-    assert nearest_operating_threshold(hist, 0.5, 0.25) == pytest.approx((0.5, 6 / 10))
-    assert nearest_operating_threshold(hist, 0.35, 0.25)[0] == pytest.approx(0.35)
+    # with an anchor: of the thresholds within the tolerance of the best, the one nearest the anchor
+    assert operating_threshold(hist, 0.0, anchor=0.5) == best_f1_threshold(hist)
+    assert operating_threshold(hist, 0.0, anchor=0.9) == pytest.approx((0.3, 10 / 12))
+    assert operating_threshold(hist, 0.11, anchor=0.5) == pytest.approx((0.4, 8 / 11))
+    assert operating_threshold(hist, 0.25, anchor=0.5) == pytest.approx((0.5, 6 / 10))
+    assert operating_threshold(hist, 0.25, anchor=0.35)[0] == pytest.approx(0.35)
+    assert operating_threshold(dry, 0.01, anchor=0.5) == best_f1_threshold(dry)
     # a dry chip predicted dry: F1 / IoU / Dice 1 (the one convention, shared with analysis.panels)
     assert scores_from_counts(0, 0, 0, 5) == {
         "accuracy": 1.0, "precision": 0.0, "recall": 0.0, "f1": 1.0, "iou": 1.0, "dice": 1.0,

@@ -122,17 +122,22 @@ def f1_curve(hist: Tensor) -> tuple[Tensor, Tensor]:
     return torch.arange(nbins + 1, dtype=torch.float64) / nbins, f1
 
 
-def operating_index(f1: Tensor, tolerance: float = 0.0) -> int:
-    """Grid index an operating-point rule picks on an F1 curve (threshold = index / (len - 1)): the
-    best F1 (ties: closest to 0.5) with tolerance 0 or a curve without flood, else the highest
-    index whose F1 is within `tolerance` of the best (see :func:`operating_threshold`)."""
+def operating_index(f1: Tensor, tolerance: float = 0.0, anchor: float | None = None) -> int:
+    """Grid index an operating-point rule picks on an F1 curve (threshold = index / (len - 1)).
+
+    Among the thresholds whose F1 is within `tolerance` of the best: the one nearest `anchor` when
+    given, else the highest (see :func:`operating_threshold`). Tolerance 0 or a curve without
+    flood: the best F1, ties nearest `anchor` (default 0.5).
+    """
     f1 = torch.as_tensor(f1, dtype=torch.float64)
     thresholds = torch.arange(len(f1), dtype=torch.float64) / (len(f1) - 1)
     best = float(f1.max())
-    if tolerance <= 0 or best <= 0:
-        candidates = torch.nonzero(f1 >= best - 1e-12).flatten()
-        return int(candidates[(thresholds[candidates] - 0.5).abs().argmin()])
-    return int(torch.nonzero(f1 >= best - tolerance - 1e-12).flatten().max())
+    tol = max(tolerance, 0.0) if best > 0 else 0.0
+    candidates = torch.nonzero(f1 >= best - tol - 1e-12).flatten()
+    if anchor is None and tol > 0:
+        return int(candidates.max())
+    target = 0.5 if anchor is None else anchor
+    return int(candidates[(thresholds[candidates] - target).abs().argmin()])
 
 
 def best_f1_threshold(hist: Tensor) -> tuple[float, float]:
@@ -142,30 +147,22 @@ def best_f1_threshold(hist: Tensor) -> tuple[float, float]:
     return float(thresholds[k]), float(f1[k])
 
 
-def operating_threshold(hist: Tensor, tolerance: float = 0.0) -> tuple[float, float]:
-    """The highest grid threshold whose F1 is within `tolerance` of the best, and that F1.
+def operating_threshold(
+    hist: Tensor, tolerance: float = 0.0, anchor: float | None = None
+) -> tuple[float, float]:
+    """The highest grid threshold whose F1 is within `tolerance` of the best (with `anchor`: the
+    one nearest it), and that F1.
 
     Why: a validation split seldom tells apart the thresholds on its plateau of near-equal F1, while
     a flood the model never saw usually holds far less flood than chips curated around floods. Of the
     thresholds val cannot separate, the one with the fewest false alarms carries best to new events.
-    ``tolerance`` 0 (or a val split without flood) is :func:`best_f1_threshold`.
+    With `anchor` (``adapt``'s calibration: the model's own threshold), a few labelled chips of a new
+    event, whose F1 curve is flat near its top, move a model's operating point only as far as they
+    demand. ``tolerance`` 0 (or a split without flood) is :func:`best_f1_threshold`, ties nearest
+    `anchor`.
     """
     thresholds, f1 = f1_curve(hist)
-    k = operating_index(f1, tolerance)
-    return float(thresholds[k]), float(f1[k])
-
-
-def nearest_operating_threshold(hist: Tensor, anchor: float, tolerance: float = 0.0) -> tuple[float, float]:
-    """The grid threshold nearest `anchor` whose F1 is within `tolerance` of the best, and that F1.
-
-    Why: a few labelled chips of a new event give a flat F1 curve near its top. A model whose
-    operating point was set on many chips should move only as far as the few chips demand, not to
-    the noisy top of their curve. ``tolerance`` 0 is the best F1 (ties: nearest `anchor`).
-    """
-    thresholds, f1 = f1_curve(hist)
-    best = float(f1.max())
-    candidates = torch.nonzero(f1 >= best - max(tolerance, 0.0) - 1e-12).flatten()
-    k = int(candidates[(thresholds[candidates] - anchor).abs().argmin()])
+    k = operating_index(f1, tolerance, anchor)
     return float(thresholds[k]), float(f1[k])
 
 

@@ -29,7 +29,7 @@ import torch
 from floodlora.config import DataConfig, RunConfig, TrainConfig
 from floodlora.errors import ConfigError, FloodLoraError
 from floodlora.io import atomic_write_json
-from floodlora.metrics import nearest_operating_threshold, operating_threshold
+from floodlora.metrics import operating_threshold
 from floodlora.training.accounting import OutOfMemoryError, ResourceAccounting, is_out_of_memory
 from floodlora.training.feature_cache import (
     check_feature_cache_config,
@@ -224,7 +224,7 @@ def calibrate_outputs_on(
     """Per output (label kind) with flood pixels among `chips`: its operating threshold on them
     (F1-optimal, or with `tolerance` the highest within it of the best:
     :func:`~floodlora.metrics.operating_threshold`; with `anchor`, the one nearest it within
-    `tolerance` of the best: :func:`~floodlora.metrics.nearest_operating_threshold`), moved to 0.5
+    `tolerance` of the best), moved to 0.5
     (:meth:`FloodSegmentor.calibrate_outputs`). Returns each moved output's threshold and logit
     offset.
 
@@ -239,10 +239,7 @@ def calibrate_outputs_on(
     for kind in kinds:
         hist = chips.total(kind)
         if int(hist[1].sum()) > 0:  # the kind has flood pixels among the chips
-            if anchor is None:
-                thresholds[kind or model.outputs[0]], _ = operating_threshold(hist, tolerance)
-            else:
-                thresholds[kind or model.outputs[0]], _ = nearest_operating_threshold(hist, anchor, tolerance)
+            thresholds[kind or model.outputs[0]], _ = operating_threshold(hist, tolerance, anchor)
     offsets = model.calibrate_outputs(thresholds)
     return {k: {"threshold": thresholds[k], "logit_offset": round(offsets[k], 4)} for k in thresholds}
 
