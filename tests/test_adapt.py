@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from floodlora.cli import app
@@ -38,18 +39,23 @@ def from_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def off_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A run whose operating point is far off: +4 on its final logit bias, so its best threshold on
-    any chips lies well above 0.5 whatever the random decoder (calibration must move it)."""
+    """A run whose operating point is far off: -4 on its final logit bias, so at 0.5 it flags
+    nothing (F1 0 on chips with flood) and a lower threshold is strictly better whatever the random
+    decoder (calibration must move it). (+4 flagged everything at 0.5: some decoders then rank no
+    better than that, the F1 curve is flat and 0.5 already tops it.) Seeded, so that it does not
+    depend on what earlier tests drew."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    run = make_run(tmp_path_factory.mktemp("off") / "run", crop=32)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        run = make_run(tmp_path_factory.mktemp("off") / "run", crop=32)
     (run / "normalization.json").write_text(json.dumps(FROM_NORM))
     weights = run / "weights.safetensors"
     with safe_open(str(weights), "pt") as f:
         meta = f.metadata()
         tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no iterator)
-    tensors["head.net.2.bias"] = tensors["head.net.2.bias"] + 4.0
+    tensors["head.net.2.bias"] = tensors["head.net.2.bias"] - 4.0
     save_file(tensors, str(weights), metadata=meta)
     return run
 
@@ -234,7 +240,7 @@ def test_a_trained_from_is_calibrated_by_default_and_nothing_trains(off_run: Pat
     s = json.loads((out / "adapt.json").read_text())
     assert s["method"] == "calibrate" and s["epochs"] == 0 and len(s["chips"]["calibrated_on"]) == 5
     (cal,) = s["output_calibration"].values()
-    assert 0.5 < cal["threshold"] <= 1.0  # the +4 bias put the best threshold far above 0.5
+    assert 0.0 <= cal["threshold"] < 0.5  # the -4 bias put the best threshold far below 0.5
     # the best threshold found on the chips is now 0.5: F1 there is at least what FROM reached
     assert s["f1"] >= s["f1_before"] - 1e-9
     metrics = json.loads((out / "metrics.json").read_text())
