@@ -148,3 +148,28 @@ def parse_overrides(items: list[str], base: dict[str, Any] | None = None) -> dic
             raise SystemExit(f"{item!r}: expected KEY=VALUE")
         out[key] = yaml.safe_load(value)
     return out
+
+
+#: How the scripts that study one held-out run (db_scale.py, db_chips.py) say where RUN came from.
+DB_GROUP_RUN = (
+    "(RUN: python benchmarks/quality.py --worker c2s-s1f11 recipe --out-dir RUN, the benchmark budget)"
+)
+
+
+def held_out_run_args(doc: str, argv: list[str] | None) -> Any:
+    """The command line of a script that studies one held-out run: RUN, --split, --data, --json.
+
+    The run's calibrated chips were never in its training, which is the point: the 8-bit-only
+    warning is expected there and silenced.
+    """
+    import argparse
+    import warnings
+
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("run", type=Path, help="a run trained without the calibrated group it is scored on")
+    p.add_argument("--split", default="ood", help="the split to score (default ood: the held-out group)")
+    p.add_argument("--data", type=Path, action="append", default=[], help="chip roots (default: the run's)")
+    p.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "quality-explorations.json")
+    args = p.parse_args(argv)
+    warnings.filterwarnings("ignore", message=".*8-bit rescaled sources only.*")
+    return args

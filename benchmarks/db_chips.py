@@ -15,35 +15,27 @@ to ``quality-explorations.json`` (key ``db_chips``) and the exploration tables o
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import REPO, set_json_key
+from _common import DB_GROUP_RUN, held_out_run_args, set_json_key
 
 #: The classical rules scored chip by chip: the per-chip Otsu row of the main table, and a map that
 #: calls every valid pixel water (its precision is the chip's labelled water fraction).
 RULES = {"otsu_chip": {"mode": "chip"}, "all_water": {"threshold": float("inf")}}
-SCORES = ("f1", "precision", "recall", "accuracy")
+SCORES = ("f1", "precision", "recall", "accuracy", "counts")
+COUNTS = ("tp", "fp", "fn", "tn")
 
 
-def _counts(m: dict[str, Any], water: float) -> dict[str, float]:
-    """tp / fp / fn / tn of one chip from its scores, pixel count and labelled water fraction."""
-    n = m["n_pixels"]
-    positives = water * n
-    tp = m["recall"] * positives
-    tn = m["accuracy"] * n - tp
-    return {"tp": tp, "fn": positives - tp, "fp": n - positives - tn, "tn": tn}
+def _pooled_f1(chips: list[dict[str, Any]], name: str) -> float:
+    """F1 of `name`'s counts summed over `chips` (the group's F1 pools pixels, not chip scores)."""
+    from floodlora.metrics import scores_from_counts
 
-
-def _f1(counts: list[dict[str, float]]) -> float:
-    tp, fp, fn = (sum(c[k] for c in counts) for k in ("tp", "fp", "fn"))
-    return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn > 0 else 0.0
+    return scores_from_counts(**{k: sum(c[name]["counts"][k] for c in chips) for k in COUNTS})["f1"]
 
 
 def score_chips(run: Path, split: str = "ood", roots: list[Path] | None = None) -> dict[str, Any]:
@@ -74,15 +66,13 @@ def score_chips(run: Path, split: str = "ood", roots: list[Path] | None = None) 
         }
         for name, per in rules.items():
             row[name] = {k: per[key][k] for k in SCORES}
-        for name in ("run", *RULES):
-            row[name]["counts"] = _counts({**row[name], "n_pixels": m["n_pixels"]}, water)
         chips.append(row)
-    pooled = {name: _f1([c[name]["counts"] for c in chips]) for name in ("run", *RULES)}
+    pooled = {name: _pooled_f1(chips, name) for name in ("run", *RULES)}
     without = {
-        c["chip_id"]: {name: _f1([o[name]["counts"] for o in chips if o is not c]) for name in pooled}
+        c["chip_id"]: {name: _pooled_f1([o for o in chips if o is not c], name) for name in pooled}
         for c in chips
     }
-    calibrated = calibrate_on_each(run, refs, data_roots[0])
+    calibrated = calibrate_on_each(run, refs, data_roots[0], {k: v["run"] for k, v in without.items()})
     return {
         "threshold": report["threshold"],
         "pooled": pooled,
@@ -92,9 +82,10 @@ def score_chips(run: Path, split: str = "ood", roots: list[Path] | None = None) 
     }
 
 
-def calibrate_on_each(run: Path, refs: list[Any], root: str) -> dict[str, Any]:
+def calibrate_on_each(run: Path, refs: list[Any], root: str, before: dict[str, float]) -> dict[str, Any]:
     """Per chip: `run` calibrated on that chip alone (`adapt`'s default for a trained run), and the
-    other chips pooled, scored by the run before and after."""
+    other chips pooled, scored after; `before` (chip id -> the run's pooled F1 without that chip)
+    is the same pool as the run scored it already."""
     from adapt import score_run, subset_tree
     from floodlora.training.adapt import adapt
 
@@ -109,7 +100,7 @@ def calibrate_on_each(run: Path, refs: list[Any], root: str) -> dict[str, Any]:
             out[ref.chip_id] = {
                 "output": kind,
                 "threshold": cal["threshold"],
-                "others_before": score_run(run, others)["f1"],
+                "others_before": before[ref.chip_id],
                 "others_after": score_run(work / f"calibrated-{i}", others)["f1"],
                 "wall_seconds": result.summary["wall_seconds"],
             }
@@ -117,16 +108,9 @@ def calibrate_on_each(run: Path, refs: list[Any], root: str) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("run", type=Path, help="a run trained without the calibrated group it is scored on")
-    p.add_argument("--split", default="ood", help="the split to score (default ood: the held-out group)")
-    p.add_argument("--data", type=Path, action="append", default=[], help="chip roots (default: the run's)")
-    p.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "quality-explorations.json")
-    args = p.parse_args(argv)
-    warnings.filterwarnings("ignore", message=".*8-bit rescaled sources only.*")
+    args = held_out_run_args(__doc__, argv)
     result = {
-        "command": "python benchmarks/db_chips.py RUN  (RUN: python benchmarks/quality.py --worker "
-        "c2s-s1f11 recipe --out-dir RUN, the benchmark budget)",
+        "command": f"python benchmarks/db_chips.py RUN  {DB_GROUP_RUN}",
         "run": str(args.run),
         **score_chips(args.run, args.split, args.data),
     }

@@ -12,7 +12,6 @@ exploration tables of ``docs/quality.md``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
@@ -23,7 +22,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import REPO, set_json_key
+from _common import DB_GROUP_RUN, held_out_run_args, set_json_key
 
 #: (label, spread VV/VH in dB): None keeps the named preset's own; others keep floodlora-mini's centre.
 CANDIDATES: list[tuple[str, tuple[float, float] | None]] = [
@@ -82,18 +81,9 @@ def rescore(run: Path, split: str = "ood", roots: list[Path] | None = None) -> l
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("run", type=Path, help="a run trained without the calibrated group it is scored on")
-    p.add_argument("--split", default="ood", help="the split to score (default ood: the held-out group)")
-    p.add_argument("--data", type=Path, action="append", default=[], help="chip roots (default: the run's)")
-    p.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "quality-explorations.json")
-    args = p.parse_args(argv)
-    import warnings
-
-    warnings.filterwarnings("ignore", message=".*8-bit rescaled sources only.*")
+    args = held_out_run_args(__doc__, argv)
     result = {
-        "command": "python benchmarks/db_scale.py RUN  (RUN: python benchmarks/quality.py --worker "
-        "c2s-s1f11 recipe --out-dir RUN, the benchmark budget)",
+        "command": f"python benchmarks/db_scale.py RUN  {DB_GROUP_RUN}",
         "run": str(args.run),
         "rows": rescore(args.run, args.split, args.data),
     }

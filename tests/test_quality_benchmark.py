@@ -177,8 +177,9 @@ def test_db_scale_rescores_a_run_held_out_on_the_db_group(
 def test_db_chips_scores_the_db_group_chip_by_chip(
     bench: ModuleType, db_group_run: Path, real_data: Path, tmp_path: Path
 ) -> None:
-    """benchmarks/db_chips.py: the held-out run, per-chip Otsu and all-water on each dB chip; the
-    counts rebuilt from each chip's scores pool back to the run's and Otsu's group F1."""
+    """benchmarks/db_chips.py: the held-out run, per-chip Otsu and all-water on each dB chip; each
+    chip's counts pool back to the run's group F1, and without a chip to the run's F1 on the rest."""
+    from floodlora.data.sources import discover
     from floodlora.training.engine import evaluate_run
 
     db_chips = load_benchmark("db_chips")
@@ -202,6 +203,13 @@ def test_db_chips_scores_the_db_group_chip_by_chip(
     # one labelled chip through `adapt`: 'before' is the pooled F1 of the other three, as above
     calibrated = result["calibrated_on_one"]
     assert set(calibrated) == set(result["without"])
+    # the pooled-without-a-chip F1 is the run's own score on the other chips, evaluated afresh
+    adapt_bench = load_benchmark("adapt")
+    first = result["chips"][0]
+    refs = [r for r in discover([str(real_data)]) if r.key in {c["key"] for c in result["chips"][1:]}]
+    others = adapt_bench.subset_tree(real_data, refs, tmp_path / "others")
+    direct = adapt_bench.score_run(db_group_run, others)["f1"]
+    assert result["without"][first["chip_id"]]["run"] == pytest.approx(direct, abs=1e-6)
     for chip_id, c in calibrated.items():
         assert c["others_before"] == pytest.approx(result["without"][chip_id]["run"], abs=1e-6)
         assert 0.0 <= c["others_after"] <= 1.0 and 0.0 <= c["threshold"] <= 1.0 and c["output"] == "water"

@@ -320,6 +320,7 @@ class ChipConfusion:
                     "event": rec.event,
                     **scores_at(rec.hist, threshold),
                     "n_pixels": int(rec.hist.sum()),
+                    "counts": counts_at(rec.hist, threshold),  # so chips can be pooled again
                 }
                 for key, rec in sorted(self.chips.items())
             }
