@@ -86,16 +86,16 @@ def event_contrast(refs: list[Any]) -> dict[str, Any]:
 def threshold_ceiling(refs: list[Any]) -> dict[str, Any]:
     """Per band (``vv``, ``vh``, ``both``: their mean) the best F1 of one threshold over every
     labelled chip of the event, fitted on those labels (the rule of the benchmark's fitted row)."""
-    from floodlora.analysis.baselines import fit_threshold, read_samples, run_baseline
+    from floodlora.analysis.baselines import read_samples, run_baseline
 
     samples = read_samples(refs)
     present = set(samples[0].views["post"]) if samples else set()
     bands = [b for b in ("vv", "vh") if b in present] + (["both"] if {"vv", "vh"} <= present else [])
     out: dict[str, Any] = {}
     for band in bands:
-        t = fit_threshold(samples, "otsu", band)
-        r = run_baseline("otsu", samples, band=band, threshold=t, per_chip=False)
-        out[band] = {"threshold": t, **{k: r[k] for k in ("f1", "precision", "recall")}}
+        r = run_baseline("otsu", samples, band=band, mode="fitted", train=samples, per_chip=False)
+        scores = {k: r[k] for k in ("f1", "precision", "recall")}
+        out[band] = {"threshold": r["baseline"]["threshold_value"], **scores}
     return out
 
 
