@@ -156,8 +156,15 @@ DB_GROUP_RUN = (
 )
 
 
-def held_out_run_args(doc: str, argv: list[str] | None) -> Any:
-    """The command line of a script that studies one held-out run: RUN, --split, --data, --json.
+#: Where the runs of db_chips.py --each come from: one dB event held out, the other dB chips training.
+DB_EVENT_RUNS = (
+    "python benchmarks/quality.py --groups db-jja,db-pxs,db-qxb,db-spain --rows recipe --workdir EACH"
+)
+
+
+def held_out_run_args(doc: str, argv: list[str] | None, each: bool = False) -> Any:
+    """The command line of a script that studies one held-out run: RUN, --split, --data, --json
+    (and, with `each`, --each: a workdir of runs that each hold out one dB event).
 
     The run's calibrated chips were never in its training, which is the point: the 8-bit-only
     warning is expected there and silenced.
@@ -170,6 +177,8 @@ def held_out_run_args(doc: str, argv: list[str] | None) -> Any:
     p.add_argument("--split", default="ood", help="the split to score (default ood: the held-out group)")
     p.add_argument("--data", type=Path, action="append", default=[], help="chip roots (default: the run's)")
     p.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "quality-explorations.json")
+    if each:
+        p.add_argument("--each", type=Path, help=f"runs that each hold out one dB event: {DB_EVENT_RUNS}")
     args = p.parse_args(argv)
     warnings.filterwarnings("ignore", message=".*8-bit rescaled sources only.*")
     return args

@@ -51,6 +51,7 @@ from quality import (
     _score,
     machine,
     mini_tree,
+    select_groups,
 )
 
 SECTION_BEGIN = "<!-- benchmarks/adapt.py: begin -->"
@@ -441,7 +442,7 @@ def markdown(result: dict[str, Any]) -> str:
     run_names = {g["name"] for g in result["groups"]}
     tiny = " — tiny mode, not a measurement" if result["tiny"] else ""
     cap = "" if result["max_eval"] is None else f", at most {result['max_eval']} evenly spaced"
-    not_run = [g.label + f" (`{g.name}`)" for g in GROUPS if g.name not in run_names]
+    not_run = [g.label + f" (`{g.name}`)" for g in GROUPS if g.default and g.name not in run_names]
     words = result["command"].split()
     asked = words[words.index("--groups") + 1].split(",") if "--groups" in words[:-1] else []
     stopped = [f"`{n}`" for n in asked if n not in run_names]
@@ -673,7 +674,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     start_budget = parse_overrides(args.start_set, TINY_START if args.tiny else START_BUDGET)
     adapt_budget = parse_overrides(args.adapt_set, TINY_ADAPT if args.tiny else ADAPT_BUDGET)
     encoder = args.encoder or ("random:test-micro" if args.tiny else ENCODER)
-    groups = [g for g in GROUPS if not args.groups or g.name in args.groups.split(",")]
+    groups = select_groups(args.groups)
     from floodlora.config import load_config
     from floodlora.training.adapt import AdaptOptions
 

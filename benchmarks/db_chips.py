@@ -5,12 +5,14 @@ chip can decide whether a model beats a threshold there. This table shows which 
 what its label looks like (the labelled water fraction; "everything is water" is the F1 of
 flagging every valid pixel), and the pooled F1 with each chip left out. Nothing is retrained.
 Then what one labelled chip does: the run calibrated on each chip alone (`floodlora adapt`, its
-default for a trained run) and scored on the other chips, against the run as it was. Results go
-to ``quality-explorations.json`` (key ``db_chips``) and the exploration tables of
-``docs/quality.md``.
+default for a trained run) and scored on the other chips, against the run as it was. With
+``--each``, every chip is also scored by a run that held out only its own event, so that the other
+three dB chips trained it: what chips in the same units change. Results go to
+``quality-explorations.json`` (key ``db_chips``) and the exploration tables of ``docs/quality.md``.
 
     python benchmarks/quality.py --worker c2s-s1f11 recipe --out-dir RUN
-    python benchmarks/db_chips.py RUN
+    python benchmarks/quality.py --groups db-jja,db-pxs,db-qxb,db-spain --rows recipe --workdir EACH
+    python benchmarks/db_chips.py RUN [--each EACH]
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import DB_GROUP_RUN, held_out_run_args, set_json_key
+from _common import DB_EVENT_RUNS, DB_GROUP_RUN, held_out_run_args, set_json_key
 
 #: The classical rules scored chip by chip: the per-chip Otsu row of the main table, and a map that
 #: calls every valid pixel water (its precision is the chip's labelled water fraction).
@@ -82,6 +84,26 @@ def score_chips(run: Path, split: str = "ood", roots: list[Path] | None = None) 
     }
 
 
+def score_each(each: Path, chips: list[dict[str, Any]], roots: list[Path] | None) -> dict[str, Any]:
+    """Each chip scored by the run of `each` that held out its event alone (the other dB chips in its
+    training), added to the chip's row as ``each``; returns the pooled F1 of those scores and which
+    run scored which chip. A chip that no run held out stops the script."""
+    from floodlora.training.engine import evaluate_run
+
+    by_key = {c["key"]: c for c in chips}
+    runs: dict[str, str] = {}
+    for run in sorted(each.glob("*/recipe")):
+        report = evaluate_run(run, split="ood", roots=[str(r) for r in roots] if roots else None)
+        for key, m in report["per_chip"].items():
+            if key in by_key:
+                by_key[key]["each"] = {k: m[k] for k in SCORES} | {"threshold": report["threshold"]}
+                runs[by_key[key]["chip_id"]] = str(run)
+    missing = [c["chip_id"] for c in chips if "each" not in c]
+    if missing:
+        raise SystemExit(f"{each}: no run held out {', '.join(missing)} ({DB_EVENT_RUNS})")
+    return {"pooled": _pooled_f1(chips, "each"), "runs": runs}
+
+
 def calibrate_on_each(run: Path, refs: list[Any], root: str, before: dict[str, float]) -> dict[str, Any]:
     """Per chip: `run` calibrated on that chip alone (`adapt`'s default for a trained run), and the
     other chips pooled, scored after; `before` (chip id -> the run's pooled F1 without that chip)
@@ -108,16 +130,20 @@ def calibrate_on_each(run: Path, refs: list[Any], root: str, before: dict[str, f
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = held_out_run_args(__doc__, argv)
+    args = held_out_run_args(__doc__, argv, each=True)
+    each = f" --each EACH  (EACH: {DB_EVENT_RUNS})" if args.each else ""
     result = {
-        "command": f"python benchmarks/db_chips.py RUN  {DB_GROUP_RUN}",
+        "command": f"python benchmarks/db_chips.py RUN{each}  {DB_GROUP_RUN}",
         "run": str(args.run),
         **score_chips(args.run, args.split, args.data),
     }
+    if args.each:
+        result["each"] = score_each(args.each, result["chips"], args.data)
     set_json_key(args.json, "db_chips", result)
     for c in result["chips"]:
         run, otsu = (100 * c[name]["f1"] for name in ("run", "otsu_chip"))
-        print(f"{c['chip_id']:40s} run F1 {run:5.1f}  Otsu {otsu:5.1f}")
+        line = f"{c['chip_id']:40s} run F1 {run:5.1f}  Otsu {otsu:5.1f}"
+        print(line + (f"  own event held out {100 * c['each']['f1']:5.1f}" if "each" in c else ""))
     return result
 
 

@@ -219,6 +219,44 @@ def test_db_chips_scores_the_db_group_chip_by_chip(
     assert "| Calibrated on | Threshold it set |" in text
 
 
+def test_db_chips_each_scores_every_chip_with_the_run_that_held_it_out(
+    bench: ModuleType, db_group_run: Path, real_data: Path, tmp_path: Path
+) -> None:
+    """--each: every chip is scored by the run that held out its event. With the group run standing
+    in for the four one-event runs (it held out all four), each chip's score is the run's own; a
+    workdir that holds out none of them stops with the chips it misses."""
+    db_chips = load_benchmark("db_chips")
+    each = tmp_path / "each"
+    (each / "db-all").mkdir(parents=True)
+    (each / "db-all" / "recipe").symlink_to(db_group_run)
+    out = tmp_path / "explorations.json"
+    out.write_text(json.dumps({"note": "kept", "runs": []}))
+    args = [str(db_group_run), "--json", str(out), "--data", str(real_data), "--each"]
+    result = db_chips.main([*args, str(each)])
+    assert "--each EACH" in result["command"]
+    assert "--groups db-jja,db-pxs,db-qxb,db-spain" in result["command"]
+    for c in result["chips"]:
+        assert c["each"]["f1"] == pytest.approx(c["run"]["f1"], abs=1e-9)
+        assert c["each"]["counts"] == pytest.approx(c["run"]["counts"])
+    assert result["each"]["pooled"] == pytest.approx(result["pooled"]["run"], abs=1e-9)
+    assert set(result["each"]["runs"]) == {c["chip_id"] for c in result["chips"]}
+    text = "\n".join(bench.explorations_markdown(out))
+    assert "The other dB chips in training" in text
+    assert text.count("| Spain_7370579 |") == 3  # the chips, one-chip calibration and --each tables
+    (tmp_path / "none").mkdir()
+    with pytest.raises(SystemExit, match=r"no run held out .*Spain_7370579"):
+        db_chips.main([*args, str(tmp_path / "none")])
+
+
+def test_extra_groups_run_only_when_named(bench: ModuleType) -> None:
+    """The one-dB-event groups are not in the main table unless --groups names them."""
+    default = [g.name for g in bench.select_groups(None)]
+    assert default == ["ombria-test", "ombria-france", "etci-nebraska", "etci-northal", "c2s-s1f11"]
+    assert [g.events for g in bench.select_groups("db-spain,db-jja")] == [("c2s-jja",), ("sen1floods11-*",)]
+    with pytest.raises(SystemExit, match=r"unknown group.*db-nowhere.*choose from .*db-qxb"):
+        bench.select_groups("db-nowhere")
+
+
 def test_logit_sources_measures_each_part_of_a_held_out_run(
     bench: ModuleType, db_group_run: Path, real_data: Path, tmp_path: Path
 ) -> None:
