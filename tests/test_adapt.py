@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -66,7 +67,8 @@ def test_adapt_five_chips_gives_a_run_that_predict_uses(from_run: Path, tmp_path
 
     data = _chips(tmp_path / "chips", 5)
     out = tmp_path / "adapted"
-    result = adapt(from_run, data, out, options=FAST)
+    # without the operating point set afterwards (next test): the threshold fine-tuning leaves
+    result = adapt(from_run, data, out, options=replace(FAST, calibrate_after=False))
     assert result.run_dir == out
     s = json.loads((out / "adapt.json").read_text())
     assert s == result.summary
@@ -99,6 +101,36 @@ def test_adapt_five_chips_gives_a_run_that_predict_uses(from_run: Path, tmp_path
     res = CliRunner().invoke(app, ["evaluate", str(out), "--split", "all"])
     assert res.exit_code == 0, res.output
     assert "0.50 (default)" in res.output
+
+
+def test_fine_tuning_then_sets_the_operating_point_on_every_chip(off_run: Path, tmp_path: Path) -> None:
+    """After fine-tuning (`calibrate_after`, the default) each output's threshold on all labelled
+    chips, trained and held back, moves to 0.5: the one nearest fine-tuning's threshold within the
+    tolerance of the best F1 there. `evaluate` on those chips then scores what adapt reported."""
+    from floodlora.training.engine import evaluate_run
+
+    data = _chips(tmp_path / "chips", 10, seed=3)
+    out = tmp_path / "run"
+    res = CliRunner().invoke(
+        app,
+        ["adapt", str(off_run), "--data", str(data), "--out", str(out), "--crop-size", "32",
+         "--max-epochs", "1", "--steps", "1", "--method", "fine-tune", "--no-progress"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "8 trained, 2 held back" in res.output
+    assert "then operating point set on all 10 labelled chips" in res.output
+    s = json.loads((out / "adapt.json").read_text())
+    after = s["calibrated_after"]
+    assert after["from_threshold"] == pytest.approx(s["fine_tune_threshold"]) and after["tolerance"] == 0.01
+    assert after["f1_best"] >= after["f1_before"] - 1e-9 and after["f1"] >= after["f1_best"] - 0.01 - 1e-9
+    (cal,) = after["output_calibration"].values()
+    assert 0.0 <= cal["threshold"] < 0.5  # one step cannot undo the -4 bias: the chips want a lower one
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["threshold_source"] == "calibrated on every labelled chip" and s["threshold"] == 0.5
+    assert metrics["val"]["n_chips"] == 2  # the held-back chips' report is kept
+    assert metrics["calibrated_chips"]["n_chips"] == 10
+    report = evaluate_run(out, roots=[str(data)], split="all")
+    assert report["threshold"] == 0.5 and report["f1"] == pytest.approx(after["f1"], abs=0.02)
 
 
 def test_adapt_holds_back_chips_from_a_merged_export(from_run: Path, tmp_path: Path) -> None:

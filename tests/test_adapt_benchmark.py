@@ -53,9 +53,10 @@ def test_tiny_benchmark_end_to_end(bench: ModuleType, real_data: Path, tmp_path:
     assert g["n_eval"] == g["n_usable"] - len(chosen | pool) and g["n_eval"] > 0
     assert 0.0 <= g["zero_shot"]["f1"] <= 1.0 and g["zero_shot"]["n_chips"] == g["n_eval"]
     rows = {(r["k"], r["selection"], r["method"]): r for r in g["rows"]}
-    methods = ("fitted", "calibrate-start", "calibrate-best", "adapt-start", "adapt-encoder")
+    from_start = ("calibrate-start", "calibrate-best", "adapt-start", "adapt-start-held")
+    methods = ("fitted", *from_start, "adapt-encoder", "adapt-encoder-held")
     expected = {(k, "random", m) for k in bench.TINY_KS for m in methods}
-    expected |= {(bench.TINY_KS[0], "uncertain", m) for m in methods[:4]}
+    expected |= {(bench.TINY_KS[0], "uncertain", m) for m in ("fitted", *from_start)}
     assert set(rows) == expected
     for key, r in rows.items():
         assert "error" not in r, (key, r)
@@ -74,7 +75,13 @@ def test_tiny_benchmark_end_to_end(bench: ModuleType, real_data: Path, tmp_path:
     assert summary["max_adapt_seconds"] == pytest.approx(
         max(r["wall_seconds"] for r in g["rows"] if r["method"] != "fitted")
     )
-    assert {"adapt-start_met", "calibrate-best_met"} <= set(summary["groups"]["ombria-france"])
+    assert {"adapt-start_met", "adapt-start-held_met", "calibrate-best_met", "adapt-encoder-held_met"} <= set(
+        summary["groups"]["ombria-france"]
+    )
+    # fine-tuning then calibrating, and fine-tuning alone: same chips, same draws; only the former
+    # moved its operating point after training
+    k1 = bench.TINY_KS[0]
+    assert rows[(k1, "random", "adapt-start")]["chips"] == rows[(k1, "random", "adapt-start-held")]["chips"]
     assert (tmp_path / "adapt.png").stat().st_size > 1000
     text = doc.read_text()
     assert "kept text" in text and bench.SECTION_BEGIN in text and bench.SECTION_END in text
@@ -90,18 +97,20 @@ def test_tiny_benchmark_end_to_end(bench: ModuleType, real_data: Path, tmp_path:
     assert text.split(bench.SECTION_BEGIN)[1] == again.read_text().split(bench.SECTION_BEGIN)[1]
     assert result["summary"] == summary
 
-    # --add-methods: rows a result lacks, on the chips and starting run the first run kept
+    # --add-methods: rows a result lacks, on the chips and starting run the first run kept (and the
+    # bare encoder, on the random chips only)
+    removed = ("calibrate-start", "adapt-encoder-held")
     calibrated = {key: r for key, r in rows.items() if key[2] == "calibrate-start"}
-    g["rows"] = [r for r in g["rows"] if r["method"] != "calibrate-start"]
+    g["rows"] = [r for r in g["rows"] if r["method"] not in removed]
     out.write_text(json.dumps(saved))
-    args = ["--add-methods", "calibrate-start", "--json", str(out), "--markdown", str(again)]
+    args = ["--add-methods", ",".join(removed), "--json", str(out), "--markdown", str(again)]
     bench.main([*args, "--workdir", str(tmp_path / "work")])
     added = json.loads(out.read_text())
     again_rows = {(r["k"], r["selection"], r["method"]): r for r in added["groups"][0]["rows"]}
     assert set(again_rows) == expected
     for key, r in calibrated.items():
         assert again_rows[key]["score"]["f1"] == pytest.approx(r["score"]["f1"])
-    assert added["added"][0]["methods"] == ["calibrate-start"]
-    assert "Rows of `calibrate-start` added on the same chips" in again.read_text()
+    assert added["added"][0]["methods"] == list(removed)
+    assert "Rows of `calibrate-start`, `adapt-encoder-held` added on the same chips" in again.read_text()
     with pytest.raises(SystemExit, match="cannot add"):
-        bench.main(["--add-methods", "adapt-encoder", "--json", str(out), "--workdir", str(tmp_path)])
+        bench.main(["--add-methods", "fitted", "--json", str(out), "--workdir", str(tmp_path)])

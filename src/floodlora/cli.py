@@ -281,13 +281,20 @@ def adapt(
             "(0: the best)."
         ),
     ] = 0.01,
+    calibrate_after: Annotated[
+        bool,
+        typer.Option(
+            help="fine-tune: then set each output's operating point on every labelled chip (as calibrate)."
+        ),
+    ] = True,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Adapt a model to a few labelled chips of a new flood (seconds to minutes on a CPU).
 
     A trained FROM is calibrated by default: each output's operating point moves toward its best
     threshold on the labelled chips, only as far as they demand (--calibrate-tolerance). A bare
-    encoder (or --method fine-tune) fine-tunes LoRA + decoder on them.
+    encoder (or --method fine-tune) fine-tunes LoRA + decoder on them, then sets the operating
+    point the same way on every chip (--no-calibrate-after keeps the held-back chips' threshold).
     """
     from floodlora.training.adapt import AdaptOptions, format_summary
     from floodlora.training.adapt import adapt as run_adapt
@@ -295,6 +302,7 @@ def adapt(
     opts = AdaptOptions(
         steps_per_epoch=steps, crop_size=crop_size, max_epochs=max_epochs, lr=lr, max_minutes=max_minutes,
         seed=seed, lora_rank=rank, method=method, calibrate_tolerance=calibrate_tolerance,
+        calibrate_after=calibrate_after,
     )  # fmt: skip
     result = run_adapt(
         from_, data, out, format=format, options=opts, checkpoint=checkpoint, progress=progress
