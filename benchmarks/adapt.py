@@ -56,6 +56,9 @@ from quality import (
 
 SECTION_BEGIN = "<!-- benchmarks/adapt.py: begin -->"
 SECTION_END = "<!-- benchmarks/adapt.py: end -->"
+#: `--as-check`: a second draw of chips, one compact table at one k (docs/quality.md, seed 1)
+CHECK_BEGIN = "<!-- benchmarks/adapt.py check: begin -->"
+CHECK_END = "<!-- benchmarks/adapt.py check: end -->"
 START_CONFIG = "generalist"
 ENCODER = "embedded"
 KS: tuple[int, ...] = (5, 10, 20)
@@ -471,7 +474,8 @@ def markdown(result: dict[str, Any]) -> str:
             f" Rows of {', '.join(f'`{m}`' for m in a['methods'])} added on the same chips and starting runs "
             f"by `{a['command']}` ({a['wall_seconds'] / 60:.0f} min)."
             for a in result.get("added", [])
-        ),
+        )
+        + "".join(f" {note}" for note in result.get("notes", [])),
         "",
         "Held-out groups run: "
         + ", ".join(f"{g['label']} (`{g['name']}`)" for g in result["groups"])
@@ -490,8 +494,8 @@ def markdown(result: dict[str, Any]) -> str:
         "chips.",
         "",
         "![F1 against k](" + os.path.relpath(REPO / result["png"], REPO / "docs") + ")"
-        if not Path(result["png"]).is_absolute()
-        else f"PNG: `{result['png']}`",
+        if result.get("png") and not Path(result["png"]).is_absolute()
+        else f"PNG: `{result.get('png') or 'none'}`",
         "",
     ]
     for g in result["groups"]:
@@ -568,6 +572,38 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def check_markdown(result: dict[str, Any]) -> str:
+    """Another draw of chips, in one table: per group, zero-shot and every method at the summary's k,
+    all scored on the same held-out chips of the group."""
+    k = result["summary"]["k"]
+    methods = ["fitted", *(m for m in TARGET_METHODS if any(_row(g, m, k) for g in result["groups"]))]
+    m = result["machine"]
+    lines = [
+        CHECK_BEGIN,
+        "",
+        f"Command: `{result['command']}` ({result['created']}, {m['cpus']} CPUs, "
+        f"{result['wall_seconds'] / 60:.0f} min in all)"
+        + "".join(
+            f"; then `{a['command']}` ({a['wall_seconds'] / 60:.0f} min)" for a in result.get("added", [])
+        )
+        + f". {' '.join(result.get('notes', []))} F1 in % at k = {k}, every method on the same held-out "
+        "chips of the group:",
+        "",
+        "| Held out | Zero-shot | " + " | ".join(_label(x, result) for x in methods) + " |",
+        "|---|---|" + "---|" * len(methods),
+    ]
+    for g in result["groups"]:
+        cells = [f"{g['label']} ({g['n_eval']} chips)", _pct(g["zero_shot"]["f1"])]
+        for method in methods:
+            r = _row(g, method, k)
+            cells.append(_pct(r["score"]["f1"]) if r else "–")
+        lines.append("| " + " | ".join(cells) + " |")
+    t = result["summary"]
+    walls = f"slowest adaptation {t['max_adapt_seconds']:.0f} s" if t["max_adapt_seconds"] is not None else ""
+    lines += ["", f"Raw numbers: `{result['json']}`{'; ' + walls if walls else ''}.", "", CHECK_END]
+    return "\n".join(lines)
+
+
 def plot(result: dict[str, Any], path: Path) -> None:
     """F1 against k per held-out group: both adaptations, the fitted threshold, zero-shot."""
     import matplotlib
@@ -576,7 +612,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     groups = result["groups"]
-    fig, axes = plt.subplots(1, max(1, len(groups)), figsize=(5 * max(1, len(groups)), 4), squeeze=False)
+    fig, axes = plt.subplots(1, max(1, len(groups)), figsize=(5 * max(1, len(groups)), 5), squeeze=False)
     for ax, g in zip(axes[0], groups, strict=False):
         for method, style in (
             ("calibrate-start", "d-."),
@@ -605,8 +641,9 @@ def plot(result: dict[str, Any], path: Path) -> None:
     for ax in axes[0]:
         for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
             handles.setdefault(lab, h)
-    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=3, fontsize=8)
-    fig.tight_layout(rect=(0, 0.14, 1, 1))
+    # two columns: the labels name the command behind each line, too long for three side by side
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=2, fontsize=8)
+    fig.tight_layout(rect=(0, 0.26, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".tmp.png")
     fig.savefig(tmp, dpi=110)
@@ -619,11 +656,20 @@ def plot(result: dict[str, Any], path: Path) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def write_outputs(result: dict[str, Any], json_path: Path, png: Path, doc: Path) -> None:
+def write_outputs(
+    result: dict[str, Any], json_path: Path, png: Path, doc: Path, as_check: bool = False
+) -> None:
+    """The JSON, then the doc section: the main one with its PNG, or (`as_check`) the one-table
+    section of another draw of chips."""
     from floodlora.io import atomic_write_json, replace_marked_section
 
     result["summary"] = summarise(result)
     atomic_write_json(json_path, result)
+    if as_check:
+        replace_marked_section(
+            doc, CHECK_BEGIN, CHECK_END, check_markdown(result), title="# Quality on real data\n"
+        )
+        return
     plot(result, png)
     replace_marked_section(
         doc, SECTION_BEGIN, SECTION_END, markdown(result), title="# Quality on real data\n"
@@ -648,6 +694,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--markdown", default=None, help="doc to update (default docs/quality.md)")
     p.add_argument("--workdir", default=None, help="keep the runs here (default: a temporary folder)")
     p.add_argument("--from-json", action="store_true", help="only regenerate the doc and PNG from the JSON")
+    p.add_argument(
+        "--as-check", action="store_true", help="write the doc's one-table section of another draw of chips"
+    )
     p.add_argument(
         "--add-methods",
         default=None,
@@ -677,7 +726,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             result.setdefault("added", []).append(
                 {"command": command, "methods": methods, "wall_seconds": time.perf_counter() - t0}
             )
-        write_outputs(result, json_path, png, doc)
+        write_outputs(result, json_path, png, doc, args.as_check)
         return result
     real = Path(args.real)
     if not real.is_dir():

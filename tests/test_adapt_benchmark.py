@@ -114,3 +114,14 @@ def test_tiny_benchmark_end_to_end(bench: ModuleType, real_data: Path, tmp_path:
     assert "Rows of `calibrate-start`, `adapt-encoder-held` added on the same chips" in again.read_text()
     with pytest.raises(SystemExit, match="cannot add"):
         bench.main(["--add-methods", "fitted", "--json", str(out), "--workdir", str(tmp_path)])
+    # --as-check: the same JSON as one table at the summary's k, in its own section of the doc
+    check = tmp_path / "check.md"
+    bench.main(["--from-json", "--as-check", "--json", str(out), "--markdown", str(check)])
+    text = check.read_text()
+    assert bench.CHECK_BEGIN in text and bench.CHECK_END in text and bench.SECTION_BEGIN not in text
+    k = added["summary"]["k"]
+    (row,) = [line for line in text.splitlines() if line.startswith("| OMBRIA FRANCE 2021 (")]
+    enc = next(r for r in added["groups"][0]["rows"] if r["method"] == "adapt-encoder-held" and r["k"] == k)
+    cells = row.strip("|").split("|")
+    assert len(cells) == 2 + 1 + len(bench.TARGET_METHODS)  # group, zero-shot, fitted, each method
+    assert cells[-1].strip() == f"{100 * enc['score']['f1']:.1f}"
