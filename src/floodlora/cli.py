@@ -277,8 +277,8 @@ def adapt(
     calibrate_tolerance: Annotated[
         float,
         typer.Option(
-            help="calibrate: the threshold nearest FROM's own within this F1 of the best on the chips "
-            "(0: the best)."
+            help="calibrate (and the step after fine-tuning): the threshold nearest the model's own "
+            "within this F1 of the best on the chips (0: the best)."
         ),
     ] = 0.01,
     calibrate_after: Annotated[
