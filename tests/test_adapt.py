@@ -133,6 +133,39 @@ def test_fine_tuning_then_sets_the_operating_point_on_every_chip(off_run: Path, 
     assert report["threshold"] == 0.5 and report["f1"] == pytest.approx(after["f1"], abs=0.02)
 
 
+def _flood_only(root: Path) -> Path:
+    """The chips with every dry pixel unlabelled (255): what `labels` writes without --dry or --aoi."""
+    import rasterio
+
+    for mask in root.glob("chips/*/mask.tif"):
+        with rasterio.open(mask, "r+") as ds:
+            labels = ds.read(1)
+            labels[labels == 0] = 255
+            ds.write(labels, 1)
+    return root
+
+
+def test_chips_without_dry_pixels_set_no_operating_point(
+    off_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """With no dry pixel labelled, no false alarm can be counted and every threshold down to 0
+    would look best: calibration refuses (one line), fine-tuning keeps its own threshold."""
+    from floodlora import cli
+
+    data = _flood_only(_chips(tmp_path / "chips", 5, seed=3))
+    argv = ["floodlora", "adapt", str(off_run), "--data", str(data), "--out", str(tmp_path / "c")]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as exc:
+        cli.main()
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and len(err.splitlines()) == 1
+    assert "hold no dry pixel (mask 0)" in err and "--dry or --aoi" in err
+    with pytest.warns(UserWarning, match="operating point not set after fine-tuning"):
+        result = adapt(off_run, data, tmp_path / "ft", options=FAST)
+    assert result.summary["calibrated_after"] is None
+    assert result.summary["threshold"] == result.summary["fine_tune_threshold"] == 0.5
+
+
 def test_adapt_holds_back_chips_from_a_merged_export(from_run: Path, tmp_path: Path) -> None:
     from floodlora.inference.export import export_run
     from floodlora.runs import load_run

@@ -493,7 +493,12 @@ def _set_operating_point(
     before = chips.report(anchor, per_chip=False)["f1"]
     calibration = calibrate_outputs_on(model, chips, single=True, tolerance=tolerance, anchor=anchor)
     if not calibration:
-        raise DataError(f"{', '.join(cfg.data.roots)}: no flood pixels to set a threshold with")
+        hist = chips.total()
+        missing = "flood pixel (mask 1)" if int(hist[1].sum()) == 0 else "dry pixel (mask 0)"
+        raise DataError(
+            f"{', '.join(cfg.data.roots)}: the labelled chips hold no {missing}, and an operating point "
+            "needs both (label dry areas too: floodlora labels --dry or --aoi)"
+        )
     chips = calibrated_chips(chips, calibration, single=True)
     best_threshold, best_f1 = best_f1_threshold(chips.total())
     metrics = {
@@ -520,9 +525,12 @@ def _save_calibrated(out: Path, cfg: RunConfig, model: Any, presets: dict[str, A
     save_run(out, cfg, model, presets)
 
 
-def _calibrate_after(out: Path, opts: AdaptOptions, base_norm: str, progress: bool) -> dict[str, Any]:
+def _calibrate_after(out: Path, opts: AdaptOptions, base_norm: str, progress: bool) -> dict[str, Any] | None:
     """The fine-tuned run `out` with each output's operating point set on every labelled chip
-    (trained and held back), anchored at the threshold fine-tuning chose; weights saved again."""
+    (trained and held back), anchored at the threshold fine-tuning chose; weights saved again.
+    None (with a warning) where the chips label no dry pixel: nothing to set it with."""
+    import warnings
+
     from floodlora.runs import load_run
 
     loaded = load_run(out)
@@ -531,9 +539,13 @@ def _calibrate_after(out: Path, opts: AdaptOptions, base_norm: str, progress: bo
         loaded.config.data, calibrate, base_normalization=base_norm, presets=loaded.presets or None
     )
     datamodule.setup("fit")
-    point = _set_operating_point(
-        loaded.model, loaded.config, datamodule, loaded.threshold, opts.calibrate_tolerance, progress
-    )
+    try:
+        point = _set_operating_point(
+            loaded.model, loaded.config, datamodule, loaded.threshold, opts.calibrate_tolerance, progress
+        )
+    except DataError as err:  # flood-only labels: keep the threshold fine-tuning chose
+        warnings.warn(f"operating point not set after fine-tuning: {err}", stacklevel=2)
+        return None
     _save_calibrated(out, loaded.config, loaded.model, datamodule.presets)
     summary = {"from_threshold": loaded.threshold, "tolerance": opts.calibrate_tolerance, **point["summary"]}
     return {"metrics": point["metrics"], "summary": summary}

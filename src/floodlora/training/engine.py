@@ -221,7 +221,7 @@ def _test(trainer: Any, task: Any, loader: Any) -> Any:
 def calibrate_outputs_on(
     model: Any, chips: Any, single: bool = False, tolerance: float = 0.0, anchor: float | None = None
 ) -> dict[str, dict[str, float]]:
-    """Per output (label kind) with flood pixels among `chips`: its operating threshold on them
+    """Per output (label kind) with flood and dry pixels among `chips`: its operating threshold on them
     (F1-optimal, or with `tolerance` the highest within it of the best:
     :func:`~floodlora.metrics.operating_threshold`; with `anchor`, the one nearest it within
     `tolerance` of the best), moved to 0.5
@@ -230,7 +230,8 @@ def calibrate_outputs_on(
 
     Training calls it on val chips for models with several outputs (one run threshold cannot fit
     every kind); ``adapt --method calibrate`` with `single` also for a one-output model, whose one
-    channel answers every chip.
+    channel answers every chip. An output whose chips label no dry pixel is left where it is: with
+    no false alarm to count, every threshold down to 0 would look as good.
     """
     if len(model.outputs) < 2 and not single:
         return {}
@@ -238,7 +239,7 @@ def calibrate_outputs_on(
     thresholds = {}
     for kind in kinds:
         hist = chips.total(kind)
-        if int(hist[1].sum()) > 0:  # the kind has flood pixels among the chips
+        if int(hist[1].sum()) > 0 and int(hist[0].sum()) > 0:  # flood and dry pixels among the chips
             thresholds[kind or model.outputs[0]], _ = operating_threshold(hist, tolerance, anchor)
     offsets = model.calibrate_outputs(thresholds)
     return {k: {"threshold": thresholds[k], "logit_offset": round(offsets[k], 4)} for k in thresholds}
