@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -184,30 +185,27 @@ def rescore(result: dict[str, Any], work: Path, real: Path) -> dict[str, Any]:
     return result
 
 
-def select_groups(names: str | None) -> list[Group]:
-    """The held-out groups named in `names` (comma-separated), or the main table's default groups."""
+def _select(names: str | None, items: Sequence[Any], option: str, what: str) -> list[Any]:
+    """The `items` named in `names` (comma-separated), or those with ``default`` set; an unknown
+    name stops the script with the known ones."""
     if not names:
-        return [g for g in GROUPS if g.default]
+        return [i for i in items if i.default]
     wanted = names.split(",")
-    unknown = sorted(set(wanted) - {g.name for g in GROUPS})
+    unknown = sorted(set(wanted) - {i.name for i in items})
     if unknown:
-        known = ", ".join(g.name for g in GROUPS)
-        raise SystemExit(f"--groups: unknown group(s) {', '.join(unknown)}; choose from {known}")
-    return [g for g in GROUPS if g.name in wanted]
+        known = ", ".join(i.name for i in items)
+        raise SystemExit(f"{option}: unknown {what} {', '.join(unknown)}; choose from {known}")
+    return [i for i in items if i.name in wanted]
+
+
+def select_groups(names: str | None) -> list[Group]:
+    """The held-out groups named in `names`, or the main table's default groups."""
+    return _select(names, GROUPS, "--groups", "group(s)")
 
 
 def select_rows(names: str | None) -> list[ModelRow]:
-    """The model rows named in `names` (comma-separated), or the main table's default rows."""
-    if not names:
-        return [r for r in MODEL_ROWS if r.default]
-    wanted = names.split(",")
-    unknown = sorted(set(wanted) - {r.name for r in MODEL_ROWS})
-    if unknown:
-        raise SystemExit(
-            f"--rows: unknown model row(s) {', '.join(unknown)}; choose from "
-            + ", ".join(r.name for r in MODEL_ROWS)
-        )
-    return [r for r in MODEL_ROWS if r.name in wanted]
+    """The model rows named in `names`, or the main table's default rows."""
+    return _select(names, MODEL_ROWS, "--rows", "model row(s)")
 
 
 def _peak_rss_gb() -> float:
