@@ -443,7 +443,7 @@ def _calibrate_only(
     FROM's own threshold within `tolerance` F1 of the best (0: the F1-optimal one)."""
     from_threshold = origin.loaded.threshold if origin.loaded.threshold is not None else 0.5
     point = _set_operating_point(origin.loaded.model, cfg, datamodule, from_threshold, tolerance, progress)
-    _save_calibrated(out, cfg, origin.loaded.model, datamodule.presets)
+    _save_model_run(out, cfg, origin.loaded.model, datamodule.presets)
     metrics = point["metrics"]
     threshold = metrics["best_threshold"]
     atomic_write_json(out / "metrics.json", metrics)
@@ -517,7 +517,8 @@ def _set_operating_point(
     return {"metrics": metrics, "summary": summary}
 
 
-def _save_calibrated(out: Path, cfg: RunConfig, model: Any, presets: dict[str, Any]) -> None:
+def _save_model_run(out: Path, cfg: RunConfig, model: Any, presets: dict[str, Any]) -> None:
+    """Store `model` as the run `out`, under the strategy it has now (its weights decide)."""
     from floodlora.runs import save_run
 
     cfg = copy.deepcopy(cfg)
@@ -546,7 +547,7 @@ def _calibrate_after(out: Path, opts: AdaptOptions, base_norm: str, progress: bo
     except DataError as err:  # flood-only labels: keep the threshold fine-tuning chose
         warnings.warn(f"operating point not set after fine-tuning: {err}", stacklevel=2)
         return None
-    _save_calibrated(out, loaded.config, loaded.model, datamodule.presets)
+    _save_model_run(out, loaded.config, loaded.model, datamodule.presets)
     summary = {"from_threshold": loaded.threshold, "tolerance": opts.calibrate_tolerance, **point["summary"]}
     return {"metrics": point["metrics"], "summary": summary}
 
@@ -554,12 +555,9 @@ def _calibrate_after(out: Path, opts: AdaptOptions, base_norm: str, progress: bo
 def _save_merged(out: Path, cfg: RunConfig, model: Any, presets: dict[str, Any]) -> None:
     """A merged FROM stays standalone: fold the new adapters in and store every weight."""
     from floodlora.models.strategies import strategy_of
-    from floodlora.runs import save_run
 
     strategy_of(model).standalone(model)
-    cfg = copy.deepcopy(cfg)
-    cfg.model.strategy = model.strategy
-    save_run(out, cfg, model, presets)
+    _save_model_run(out, cfg, model, presets)
 
 
 def format_summary(summary: dict[str, Any]) -> str:
