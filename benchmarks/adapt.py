@@ -392,9 +392,9 @@ def add_rows(
             for method in methods:
                 if _row(g, method, k, selection) is not None:
                     continue
-                from_ = encoder if method in FROM_ENCODER else start_dir
                 if method in FROM_ENCODER and selection != "random":
                     continue  # the bare encoder is adapted on random chips only, as in a first run
+                from_ = encoder if method in FROM_ENCODER else start_dir
                 if not data.is_dir() or not eval_root.is_dir():
                     raise SystemExit(f"{data}: the first run's chips are gone; pass its --workdir")
                 out = work / g["name"] / f"{selection}-{k}" / method
@@ -417,9 +417,8 @@ def _row(group: dict[str, Any], method: str, k: int, selection: str = "random") 
     return None
 
 
-#: The methods judged against the issue's targets, in the order the doc lists them.
-TARGET_METHODS = ("calibrate-start", "calibrate-best", "adapt-start", "adapt-start-held", "adapt-encoder",
-                  "adapt-encoder-held")  # fmt: skip
+#: The methods judged against the issue's targets (every adapting method), in the order the doc lists them.
+TARGET_METHODS = (*FROM_START, *FROM_ENCODER)
 
 
 def summarise(result: dict[str, Any]) -> dict[str, Any]:
