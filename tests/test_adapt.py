@@ -16,7 +16,7 @@ from floodlora.cli import app
 from floodlora.data.sources._common import ChipRef
 from floodlora.errors import ConfigError
 from floodlora.models.clay import checkpoint_sha256
-from floodlora.training.adapt import AdaptOptions, adapt, choose_holdout
+from floodlora.training.adapt import AdaptOptions, adapt, choose_holdout, format_summary, whole_chip_crop
 from inference_helpers import db_scene, make_run, write_scene
 
 FAST = AdaptOptions(steps_per_epoch=2, batch_size=2, crop_size=32, max_epochs=2, method="fine-tune")
@@ -217,6 +217,29 @@ def test_new_8bit_source_gets_statistics_of_the_adaptation_chips(tmp_path: Path)
     assert presets["ombria"] is fixed["ombria"]  # FROM's own sources keep FROM's numbers
     assert presets["folder"].units == "scaled-uint8" and -30 < presets["folder"].mean["vv"] < 0
     assert _presets_for([str(data)], None, {}, "auto", "clay-v1.5") == {}  # bare encoder: auto, later
+
+
+def test_fine_tuning_trains_on_whole_chips_by_default(from_run: Path, tmp_path: Path) -> None:
+    """Without a crop or batch size, samples are whole chips, batched to the recipes' pixels per step."""
+    from floodlora.config import load_config
+    from floodlora.training.adapt import STEP_PIXELS
+
+    opts = replace(FAST, crop_size=None, batch_size=None, max_epochs=1, steps_per_epoch=1)
+    result = adapt(from_run, _chips(tmp_path / "chips", 3), tmp_path / "run", options=opts)
+    assert result.summary["samples"] == {"crop_size": 64, "batch_size": STEP_PIXELS // 64**2}
+    cfg = load_config(tmp_path / "run" / "config.yaml")
+    assert (cfg.data.crop_size, cfg.data.batch_size) == (64, 32)  # the run records what trained
+    assert "batches of 32 x 64 px" in format_summary(result.summary)
+
+
+@pytest.mark.parametrize(("side", "crop"), [(64, 64), (256, 256), (512, 256), (100, 96), (5, 8)])
+def test_whole_chip_crop(side: int, crop: int) -> None:
+    assert whole_chip_crop(side) == crop
+
+
+def test_adapt_options_refuse_a_crop_that_is_not_a_multiple_of_8() -> None:
+    with pytest.raises(ConfigError, match="crop size must be a positive multiple of 8, got 30"):
+        AdaptOptions(crop_size=30)
 
 
 def test_choose_holdout_spreads_flood() -> None:

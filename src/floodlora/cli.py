@@ -262,8 +262,13 @@ def adapt(
     checkpoint: Annotated[str | None, typer.Option(help="Where FROM's base checkpoint now lives.")] = None,
     max_minutes: Annotated[float, typer.Option(help="Wall-clock cap on fine-tuning.")] = 3.5,
     max_epochs: Annotated[int, typer.Option(help="At most this many epochs.")] = 20,
-    steps: Annotated[int, typer.Option(help="Batches per epoch (random crops, with replacement).")] = 4,
-    crop_size: Annotated[int | None, typer.Option(help="Crop size (default: FROM's).")] = None,
+    steps: Annotated[int, typer.Option(help="Batches per epoch (chips drawn with replacement).")] = 4,
+    crop_size: Annotated[
+        int | None, typer.Option(help="Training crop in px (default: whole chips, up to 256).")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Samples per batch (default: 8 x 128 px worth, 2 of 256 px).")
+    ] = None,
     lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-3,
     rank: Annotated[int | None, typer.Option(help="LoRA rank when FROM is a bare encoder.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the held-back choice and the crops.")] = 0,
@@ -300,9 +305,9 @@ def adapt(
     from floodlora.training.adapt import adapt as run_adapt
 
     opts = AdaptOptions(
-        steps_per_epoch=steps, crop_size=crop_size, max_epochs=max_epochs, lr=lr, max_minutes=max_minutes,
-        seed=seed, lora_rank=rank, method=method, calibrate_tolerance=calibrate_tolerance,
-        calibrate_after=calibrate_after,
+        steps_per_epoch=steps, crop_size=crop_size, batch_size=batch_size, max_epochs=max_epochs, lr=lr,
+        max_minutes=max_minutes, seed=seed, lora_rank=rank, method=method,
+        calibrate_tolerance=calibrate_tolerance, calibrate_after=calibrate_after,
     )  # fmt: skip
     result = run_adapt(
         from_, data, out, format=format, options=opts, checkpoint=checkpoint, progress=progress

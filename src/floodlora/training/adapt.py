@@ -16,8 +16,14 @@ loops, checkpoints and the run directory, and changes only what few labels need:
   threshold come from them. With fewer, every chip trains and early stopping follows the loss on
   the training chips themselves (whole chips, no augmentation); the threshold stays at 0.5, since
   no held-back label could choose another.
-* **How long.** Epochs of `steps_per_epoch` batches of random crops drawn with replacement
-  (flooded chips favoured), at most `max_epochs`, and a wall-clock cap (`max_minutes`).
+* **How long.** Epochs of `steps_per_epoch` batches drawn with replacement (flooded chips
+  favoured), at most `max_epochs`, and a wall-clock cap (`max_minutes`).
+* **Whole chips, not crops.** By default each training sample is a whole chip (up to 256 px, as
+  `labels` cuts them), in batches that hold as many pixels as FROM's 8 crops of 128 px. Evaluation
+  and prediction read whole tiles, and the context prior's tile statistics (Otsu level, median,
+  quantiles) differ between a 128-px crop and its chip: fine-tuned on crops, the network learns to
+  correct a prior that behaves otherwise at prediction time. The few-shot benchmark measures it
+  against crops of 128 px at the same compute (docs/quality.md, "Whole chips").
 * **Then its operating point** (`calibrate_after`, on by default). The fine-tuned model's threshold
   comes from two or three held-back chips (or stays 0.5 with none), and on the few-shot benchmark
   fine-tuned models under-flagged (precision far above recall); setting each output's operating
@@ -59,6 +65,8 @@ from floodlora.io import atomic_write_json
 
 ADAPT_FILE = "adapt.json"
 DEFAULT_RECIPE = "cpu-small"  # the recipe a bare encoder starts from (LoRA r8, hires decoder, lr 1e-3)
+WHOLE_CHIP_MAX = 256  # default training sample: whole chips up to this side (larger ones are cropped)
+STEP_PIXELS = 8 * 128 * 128  # default pixels per batch: the CPU recipes' 8 crops of 128 px
 
 
 #: How `adapt` uses the labels: ``auto`` calibrates a trained FROM and fine-tunes a bare encoder.
@@ -69,9 +77,9 @@ METHODS = ("auto", "calibrate", "fine-tune")
 class AdaptOptions:
     """The few-label budget. The defaults finish in minutes on a 2-core CPU for ~10 chips of 256 px."""
 
-    steps_per_epoch: int = 4  # batches per epoch (crops drawn with replacement)
-    batch_size: int = 8
-    crop_size: int | None = None  # None: FROM's training crop size (128 for the CPU recipes)
+    steps_per_epoch: int = 4  # batches per epoch (chips drawn with replacement)
+    batch_size: int | None = None  # None: as many samples as hold STEP_PIXELS (2 of 256 px)
+    crop_size: int | None = None  # None: whole chips, their smallest side up to WHOLE_CHIP_MAX
     max_epochs: int = 20
     patience: int = 4  # epochs without improvement of the monitored loss
     lr: float = 1e-3
@@ -91,8 +99,10 @@ class AdaptOptions:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ConfigError(f"adapt: unknown method {self.method!r}; choose from {', '.join(METHODS)}")
-        if self.steps_per_epoch < 1 or self.batch_size < 1 or self.max_epochs < 1:
+        if self.steps_per_epoch < 1 or (self.batch_size or 1) < 1 or self.max_epochs < 1:
             raise ConfigError("adapt: steps per epoch, batch size and max epochs must be >= 1")
+        if self.crop_size is not None and (self.crop_size <= 0 or self.crop_size % 8):
+            raise ConfigError(f"adapt: crop size must be a positive multiple of 8, got {self.crop_size}")
         if not 0.0 < self.holdout_fraction < 1.0:
             raise ConfigError(f"adapt: holdout fraction must be in (0, 1), got {self.holdout_fraction}")
         if self.max_minutes <= 0 or self.lr <= 0:
@@ -209,6 +219,11 @@ def choose_holdout(
     return [refs[i] for i in sorted(picked)]
 
 
+def whole_chip_crop(smallest_side: int) -> int:
+    """The default training crop: the chips' smallest side cut to a multiple of 8, at most 256 px."""
+    return max(8, min(WHOLE_CHIP_MAX, smallest_side) // 8 * 8)
+
+
 class FewShotDataModule(FloodDataModule):
     """Every labelled chip is the budget: a held-back part (or none), and epochs of a fixed size."""
 
@@ -223,10 +238,11 @@ class FewShotDataModule(FloodDataModule):
         labelled = [r for r in refs if r.labelled]
         if not labelled:
             raise DataError(f"{', '.join(self.config.roots)}: no labelled chips to adapt on")
-        flood = []
+        flood, sides = [], {}
         for ref in labelled:
             mask = read_sample(ref).mask
             flood.append(mask is not None and bool((mask == 1).any()))
+            sides[(ref.format, ref.chip_id)] = min(mask.shape) if mask is not None else WHOLE_CHIP_MAX
         if not any(flood):
             raise DataError(
                 f"{', '.join(self.config.roots)}: none of the {len(labelled)} labelled chips holds flood "
@@ -240,8 +256,17 @@ class FewShotDataModule(FloodDataModule):
         )
         held = {(r.format, r.chip_id) for r in self.holdout}
         train = [r for r in labelled if (r.format, r.chip_id) not in held]
+        self._size_samples(min(sides[(r.format, r.chip_id)] for r in train))
         # Too few to hold any back: the loss on the training chips (whole, unaugmented) stops it.
         return {"train": train, "val": list(self.holdout) or list(train), "test": [], "ood": []}
+
+    def _size_samples(self, smallest_side: int) -> None:
+        """Set the training crop and batch the options leave open (None): whole chips, equal pixels."""
+        opts, cfg = self.options, self.config
+        if opts.crop_size is None:
+            cfg.crop_size = whole_chip_crop(smallest_side)
+        if opts.batch_size is None:
+            cfg.batch_size = max(1, round(STEP_PIXELS / cfg.crop_size**2))
 
     def train_batch_sampler(self) -> GroupedBatchSampler | None:
         """`steps_per_epoch` batches per epoch, drawn with replacement, flooded chips favoured."""
@@ -309,7 +334,7 @@ def adapt_config(origin: Origin, roots: list[str], format: str | None, opts: Ada
     d, t = cfg.data, cfg.train
     d.roots, d.format = [str(r) for r in roots], format
     d.holdout_events, d.limit_train, d.stats_from_data = [], None, False
-    d.batch_size = opts.batch_size
+    d.batch_size = opts.batch_size or d.batch_size  # None: set from the chips (FewShotDataModule)
     d.crop_size = opts.crop_size or d.crop_size
     d.flood_sampling, d.cache_chips, d.augment = opts.flood_sampling, True, True
     d.max_nodata_fraction = 0.999  # responders' chips are mostly unlabelled (255): keep any labelled one
@@ -407,6 +432,7 @@ def adapt(
         "fine_tune_threshold": fine_tune_threshold,
         "f1": (metrics["val"]["at_best_threshold"]["f1"] if held_back else metrics["train_chips"]["f1"]),
         "calibrated_after": after["summary"] if after is not None else None,
+        "samples": {"crop_size": cfg.data.crop_size, "batch_size": cfg.data.batch_size},
         "epochs": result.accounting.get("epochs"),
         "early_stopped": result.accounting.get("early_stopped"),
         "trainable_params": result.accounting.get("trainable_params"),
@@ -582,6 +608,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines = [
         f"adapted from {src['kind']} {src['path']} (sha256 {src['sha256'][:16]})",
         f"chips: {len(chips['train'])} trained, {held} held back; early stopping on {scored}",
+        f"batches of {summary['samples']['batch_size']} x {summary['samples']['crop_size']} px",
         f"F1 {100 * summary['f1']:.1f} on {scored} at threshold {summary['fine_tune_threshold']:.2f}",
         f"{summary['epochs']} epochs{' (early stop)' if summary['early_stopped'] else ''}, "
         f"{summary['trainable_params']:,} trainable params, wall {summary['wall_seconds']:.0f} s",
