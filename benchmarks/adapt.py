@@ -4,6 +4,8 @@
     python benchmarks/adapt.py --groups etci-northal --start-set train.max_epochs=3
     python benchmarks/adapt.py --tiny                       # seconds: the test suite's mode
     python benchmarks/adapt.py --from-json                  # regenerate the doc section and PNG only
+    python benchmarks/adapt.py --redo-methods adapt-start,adapt-start-held,adapt-encoder,adapt-encoder-held \
+        --workdir KEPT                                      # measure the fine-tuning rows again, same chips
 
 For each held-out event group (the groups of ``benchmarks/quality.py``):
 
@@ -370,6 +372,10 @@ def _options(adapt_options: dict[str, Any], method: str) -> dict[str, Any]:
 #: every method `--add-methods` can add later.
 FROM_START = ("calibrate-start", "calibrate-best", "adapt-start", "adapt-start-held")
 FROM_ENCODER = ("adapt-encoder", "adapt-encoder-held")
+#: The methods that train (their rows depend on the adaptation budget).
+TRAINING_METHODS = tuple(
+    m for m in (*FROM_START, *FROM_ENCODER) if METHOD_OPTIONS[m]["method"] == "fine-tune"
+)
 
 
 def add_rows(
@@ -470,7 +476,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"Command: `{result['command']}` ({result['created']}, {m['cpus']} CPUs, torch {m['torch']}, "
         f"{result['wall_seconds'] / 60:.0f} min in all){tiny}."
         + "".join(
-            f" Rows of {', '.join(f'`{m}`' for m in a['methods'])} added on the same chips and starting runs "
+            f" Rows of {', '.join(f'`{m}`' for m in a['methods'])} "
+            f"{'measured again' if a.get('redone') else 'added'} on the same chips and starting runs "
             f"by `{a['command']}` ({a['wall_seconds'] / 60:.0f} min)."
             for a in result.get("added", [])
         )
@@ -675,6 +682,43 @@ def write_outputs(
     )
 
 
+def budget_text(adapt_budget: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """The adaptation options a budget gives, and the doc's words for them."""
+    from floodlora.training.adapt import AdaptOptions
+
+    opts = asdict(AdaptOptions(**adapt_budget))
+    named = ", ".join(f"{k}={v}" for k, v in adapt_budget.items()) or "`AdaptOptions` defaults"
+    batch = opts["batch_size"] or "as many chips as hold 8 crops of 128 px"
+    crop = f"crops of {opts['crop_size']} px" if opts["crop_size"] else "whole chips up to 256 px"
+    return opts, (
+        f"{named} (at most {opts['max_epochs']} epochs x {opts['steps_per_epoch']} batches of {batch}, "
+        f"{crop}, lr {opts['lr']:g}, patience {opts['patience']}, cap {opts['max_minutes']} min)"
+    )
+
+
+def redo_rows(
+    result: dict[str, Any], methods: Sequence[str], adapt_budget: dict[str, Any], work: Path
+) -> None:
+    """Measure `methods` again with the current code and `adapt_budget`, on the same chips.
+
+    A budget other than the result's becomes the result's, so every method that trains must be
+    among those redone: a table never mixes two fine-tuning budgets.
+    """
+    if adapt_budget != result["adapt_budget"]:
+        present = {r["method"] for g in result["groups"] for r in g["rows"]}
+        stale = sorted(m for m in TRAINING_METHODS if m in present and m not in methods)
+        if stale:
+            raise SystemExit(
+                "--redo-methods with another budget must redo every fine-tuning method; "
+                f"add {','.join(stale)}"
+            )
+        opts, text = budget_text(adapt_budget)
+        result.update(adapt_budget=adapt_budget, adapt_options=opts, adapt_text=text)
+    for g in result["groups"]:
+        g["rows"] = [r for r in g["rows"] if r["method"] not in methods]
+    add_rows(result, methods, adapt_budget, work)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--real", default=str(REAL), help="the real chips (default ../shared/data/real)")
@@ -701,29 +745,40 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         default=None,
         help="comma-separated methods to add to the JSON's groups, on the chips kept in --workdir",
     )
+    p.add_argument(
+        "--redo-methods",
+        default=None,
+        help="comma-separated methods to measure again (current code, this command's --adapt-set budget), "
+        "on the chips kept in --workdir",
+    )
     args = p.parse_args(argv)
     json_path = Path(args.json) if args.json else REPO / "benchmarks" / "results" / "adapt.json"
     png = Path(args.png) if args.png else (
         json_path.with_suffix(".png") if args.json else REPO / "docs" / "images" / "adapt-f1-vs-k.png"
     )  # fmt: skip
     doc = Path(args.markdown) if args.markdown else REPO / "docs" / "quality.md"
-    if args.from_json or args.add_methods:
+    if args.from_json or args.add_methods or args.redo_methods:
         result = json.loads(json_path.read_text())
-        if args.add_methods:
+        listed = args.redo_methods or args.add_methods
+        if listed:
+            flag = "--redo-methods" if args.redo_methods else "--add-methods"
             if not args.workdir:
-                raise SystemExit(
-                    "--add-methods needs the first run's --workdir (its chips and starting runs)"
-                )
-            methods = [m for m in args.add_methods.split(",") if m]
+                raise SystemExit(f"{flag} needs the first run's --workdir (its chips and starting runs)")
+            methods = [m for m in listed.split(",") if m]
             unknown = [m for m in methods if m not in (*FROM_START, *FROM_ENCODER)]
             if unknown:
                 choices = ", ".join((*FROM_START, *FROM_ENCODER))
-                raise SystemExit(f"--add-methods: cannot add {unknown}; choose from {choices}")
+                raise SystemExit(f"{flag}: cannot add {unknown}; choose from {choices}")
             t0 = time.perf_counter()
-            add_rows(result, methods, result["adapt_budget"], Path(args.workdir))
+            if args.redo_methods:
+                budget = parse_overrides(args.adapt_set, TINY_ADAPT if result["tiny"] else ADAPT_BUDGET)
+                redo_rows(result, methods, budget, Path(args.workdir))
+            else:
+                add_rows(result, methods, result["adapt_budget"], Path(args.workdir))
             command = " ".join(["python benchmarks/adapt.py", *(argv if argv is not None else sys.argv[1:])])
             result.setdefault("added", []).append(
                 {"command": command, "methods": methods, "wall_seconds": time.perf_counter() - t0}
+                | ({"redone": True} if args.redo_methods else {})
             )
         write_outputs(result, json_path, png, doc, args.as_check)
         return result
@@ -741,7 +796,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     encoder = args.encoder or ("random:test-micro" if args.tiny else ENCODER)
     groups = select_groups(args.groups)
     from floodlora.config import load_config
-    from floodlora.training.adapt import AdaptOptions
 
     sc = load_config(START_CONFIG, start_budget)
     start_text = (
@@ -751,17 +805,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"{sc.data.batch_size} crops of {sc.data.crop_size} px, encoder `{sc.model.checkpoint}`), "
         "the group held out"
     )
-    opts = asdict(AdaptOptions(**adapt_budget))
-    adapt_text = (
-        (
-            "`AdaptOptions` defaults"
-            if not adapt_budget
-            else f"{', '.join(f'{k}={v}' for k, v in adapt_budget.items())}"
-        )
-        + f" (at most {opts['max_epochs']} epochs x {opts['steps_per_epoch']} batches of "
-        f"{opts['batch_size']}, "
-        f"lr {opts['lr']:g}, patience {opts['patience']}, cap {opts['max_minutes']} min)"
-    )
+    opts, adapt_text = budget_text(adapt_budget)
     result: dict[str, Any] = {
         "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "command": " ".join(["python benchmarks/adapt.py", *(argv if argv is not None else sys.argv[1:])]),

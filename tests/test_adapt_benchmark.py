@@ -125,3 +125,17 @@ def test_tiny_benchmark_end_to_end(bench: ModuleType, real_data: Path, tmp_path:
     cells = row.strip("|").split("|")
     assert len(cells) == 2 + 1 + len(bench.TARGET_METHODS)  # group, zero-shot, fitted, each method
     assert cells[-1].strip() == f"{100 * enc['score']['f1']:.1f}"
+    # --redo-methods: measured again in place; another budget must redo every method that trains
+    work = ["--json", str(out), "--markdown", str(again), "--workdir", str(tmp_path / "work")]
+    with pytest.raises(SystemExit, match="must redo every fine-tuning method; add adapt-encoder"):
+        bench.main(["--redo-methods", "adapt-start,adapt-start-held", "--adapt-set", "max_epochs=2", *work])
+    assert json.loads(out.read_text()) == added  # refused before anything changed
+    training = ",".join(bench.TRAINING_METHODS)
+    bench.main(["--redo-methods", training, "--adapt-set", "max_epochs=2", *work])
+    redone = json.loads(out.read_text())
+    assert redone["adapt_budget"]["max_epochs"] == 2 and redone["adapt_options"]["max_epochs"] == 2
+    assert "max_epochs=2" in redone["adapt_text"] and redone["added"][-1]["redone"] is True
+    redone_rows = {(r["k"], r["selection"], r["method"]): r for r in redone["groups"][0]["rows"]}
+    assert set(redone_rows) == expected  # each row once: the old ones were replaced
+    assert all(redone_rows[key]["epochs"] <= 2 for key in redone_rows if key[2] in bench.TRAINING_METHODS)
+    assert "measured again on the same chips" in again.read_text()
