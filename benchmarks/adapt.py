@@ -716,6 +716,8 @@ def redo_rows(
         result.update(adapt_budget=adapt_budget, adapt_options=opts, adapt_text=text)
     for g in result["groups"]:
         g["rows"] = [r for r in g["rows"] if r["method"] not in methods]
+    # earlier additions whose every row is replaced no longer describe the table (git keeps them)
+    result["added"] = [a for a in result.get("added", []) if not set(a["methods"]) <= set(methods)]
     add_rows(result, methods, adapt_budget, work)
 
 

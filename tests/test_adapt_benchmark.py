@@ -135,6 +135,11 @@ def test_tiny_benchmark_end_to_end(bench: ModuleType, real_data: Path, tmp_path:
     redone = json.loads(out.read_text())
     assert redone["adapt_budget"]["max_epochs"] == 2 and redone["adapt_options"]["max_epochs"] == 2
     assert "max_epochs=2" in redone["adapt_text"] and redone["added"][-1]["redone"] is True
+    # the --add-methods entry above stays: its calibrate-start rows were not redone
+    assert [a["methods"] for a in redone["added"]] == [list(removed), list(bench.TRAINING_METHODS)]
+    bench.main(["--redo-methods", training, "--adapt-set", "max_epochs=2", *work])  # the same again
+    entries = json.loads(out.read_text())["added"]
+    assert len(entries) == 2 and entries[0]["methods"] == list(removed)  # the first redo is superseded
     redone_rows = {(r["k"], r["selection"], r["method"]): r for r in redone["groups"][0]["rows"]}
     assert set(redone_rows) == expected  # each row once: the old ones were replaced
     assert all(redone_rows[key]["epochs"] <= 2 for key in redone_rows if key[2] in bench.TRAINING_METHODS)
