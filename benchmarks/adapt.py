@@ -761,6 +761,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     doc = Path(args.markdown) if args.markdown else REPO / "docs" / "quality.md"
     if args.from_json or args.add_methods or args.redo_methods:
         result = json.loads(json_path.read_text())
+        if args.redo_methods and args.add_methods:
+            raise SystemExit("--add-methods and --redo-methods: pass one of them per command")
         listed = args.redo_methods or args.add_methods
         if listed:
             flag = "--redo-methods" if args.redo_methods else "--add-methods"

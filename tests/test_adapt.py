@@ -237,9 +237,11 @@ def test_whole_chip_crop(side: int, crop: int) -> None:
     assert whole_chip_crop(side) == crop
 
 
-def test_adapt_options_refuse_a_crop_that_is_not_a_multiple_of_8() -> None:
+def test_adapt_options_refuse_a_crop_that_is_not_a_multiple_of_8_and_an_empty_batch() -> None:
     with pytest.raises(ConfigError, match="crop size must be a positive multiple of 8, got 30"):
         AdaptOptions(crop_size=30)
+    with pytest.raises(ConfigError, match="batch size and max epochs must be >= 1"):
+        AdaptOptions(batch_size=0)  # 0 is not "unset": it must not fall back to the default
 
 
 def test_choose_holdout_spreads_flood() -> None:

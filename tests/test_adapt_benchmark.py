@@ -131,6 +131,8 @@ def test_tiny_benchmark_end_to_end(bench: ModuleType, real_data: Path, tmp_path:
         bench.main(["--redo-methods", "adapt-start,adapt-start-held", "--adapt-set", "max_epochs=2", *work])
     assert json.loads(out.read_text()) == added  # refused before anything changed
     training = ",".join(bench.TRAINING_METHODS)
+    with pytest.raises(SystemExit, match="pass one of them per command"):
+        bench.main(["--redo-methods", training, "--add-methods", "calibrate-best", *work])
     bench.main(["--redo-methods", training, "--adapt-set", "max_epochs=2", *work])
     redone = json.loads(out.read_text())
     assert redone["adapt_budget"]["max_epochs"] == 2 and redone["adapt_options"]["max_epochs"] == 2

@@ -242,6 +242,12 @@ class GroupedBatchSampler(Sampler[list[int]]):
         return len(self._batches())
 
 
+def check_crop_size(size: int, name: str = "data.crop_size") -> None:
+    """Crops must tile into whole encoder patches: one rule for every setting that picks a crop."""
+    if size <= 0 or size % PATCH:
+        raise ConfigError(f"{name} must be a positive multiple of {PATCH}, got {size}")
+
+
 def _crop_window(h: int, w: int, size: int, rng: np.random.Generator | None) -> tuple[int, int]:
     """Top-left corner of a `size` crop: random when `rng` is given (training), else centred."""
     if rng is None:
@@ -287,8 +293,8 @@ class FloodDataset(Dataset):
         cache_chips: bool = False,
         no_change_pairs: float = 0.0,
     ) -> None:
-        if crop_size is not None and (crop_size <= 0 or crop_size % 8):
-            raise ConfigError(f"data.crop_size must be a positive multiple of 8, got {crop_size}")
+        if crop_size is not None:
+            check_crop_size(crop_size)
         unknown = [v for v in views if v not in VIEWS]
         if unknown:
             raise ConfigError(
@@ -498,8 +504,7 @@ class FloodDataModule(L.LightningDataModule):
         if self._datasets:
             return
         cfg = self.config
-        if cfg.crop_size <= 0 or cfg.crop_size % 8:
-            raise ConfigError(f"data.crop_size must be a positive multiple of 8, got {cfg.crop_size}")
+        check_crop_size(cfg.crop_size)
         refs = discover(cfg.roots, cfg.format)
         splits = self.assign_splits(refs)
         if not any(splits[s] for s in ("train", "val", "test", "ood")):

@@ -59,7 +59,13 @@ from pathlib import Path
 from typing import Any
 
 from floodlora.config import RunConfig
-from floodlora.data.datamodule import FloodDataModule, GroupedBatchSampler, _unit_hash, sampling_weights
+from floodlora.data.datamodule import (
+    FloodDataModule,
+    GroupedBatchSampler,
+    _unit_hash,
+    check_crop_size,
+    sampling_weights,
+)
 from floodlora.data.sources import ChipRef
 from floodlora.errors import CheckpointError, ConfigError, DataError
 from floodlora.io import atomic_write_json
@@ -100,10 +106,14 @@ class AdaptOptions:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ConfigError(f"adapt: unknown method {self.method!r}; choose from {', '.join(METHODS)}")
-        if self.steps_per_epoch < 1 or (self.batch_size or 1) < 1 or self.max_epochs < 1:
+        if (
+            self.steps_per_epoch < 1
+            or self.max_epochs < 1
+            or (self.batch_size is not None and self.batch_size < 1)
+        ):
             raise ConfigError("adapt: steps per epoch, batch size and max epochs must be >= 1")
-        if self.crop_size is not None and (self.crop_size <= 0 or self.crop_size % 8):
-            raise ConfigError(f"adapt: crop size must be a positive multiple of 8, got {self.crop_size}")
+        if self.crop_size is not None:
+            check_crop_size(self.crop_size, "adapt: crop size")
         if not 0.0 < self.holdout_fraction < 1.0:
             raise ConfigError(f"adapt: holdout fraction must be in (0, 1), got {self.holdout_fraction}")
         if self.max_minutes <= 0 or self.lr <= 0:
