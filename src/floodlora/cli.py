@@ -272,6 +272,13 @@ def adapt(
     lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-3,
     rank: Annotated[int | None, typer.Option(help="LoRA rank when FROM is a bare encoder.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the held-back choice and the crops.")] = 0,
+    hold_back: Annotated[
+        bool,
+        typer.Option(
+            help="fine-tune: with 8 chips or more hold a quarter back for early stopping and the "
+            "threshold (default: every chip trains, early stopping on their own loss)."
+        ),
+    ] = False,
     method: Annotated[
         str,
         typer.Option(
@@ -280,12 +287,12 @@ def adapt(
         ),
     ] = "auto",
     calibrate_tolerance: Annotated[
-        float,
+        float | None,
         typer.Option(
-            help="calibrate (and the step after fine-tuning): the threshold nearest the model's own "
-            "within this F1 of the best on the chips (0: the best)."
+            help="operating point: the threshold nearest the model's own within this F1 of the best on "
+            "the chips (0: the best). Default: 0.01 to calibrate, 0 after fine-tuning."
         ),
-    ] = 0.01,
+    ] = None,
     calibrate_after: Annotated[
         bool,
         typer.Option(
@@ -298,15 +305,15 @@ def adapt(
 
     A trained FROM is calibrated by default: each output's operating point moves toward its best
     threshold on the labelled chips, only as far as they demand (--calibrate-tolerance). A bare
-    encoder (or --method fine-tune) fine-tunes LoRA + decoder on them, then sets the operating
-    point the same way on every chip (--no-calibrate-after keeps the held-back chips' threshold).
+    encoder (or --method fine-tune) fine-tunes LoRA + decoder on every chip, then sets the operating
+    point at the best F1 on them (--no-calibrate-after keeps the threshold fine-tuning chose).
     """
     from floodlora.training.adapt import AdaptOptions, format_summary
     from floodlora.training.adapt import adapt as run_adapt
 
     opts = AdaptOptions(
         steps_per_epoch=steps, crop_size=crop_size, batch_size=batch_size, max_epochs=max_epochs, lr=lr,
-        max_minutes=max_minutes, seed=seed, lora_rank=rank, method=method,
+        max_minutes=max_minutes, seed=seed, lora_rank=rank, method=method, hold_back=hold_back,
         calibrate_tolerance=calibrate_tolerance, calibrate_after=calibrate_after,
     )  # fmt: skip
     result = run_adapt(

@@ -11,37 +11,35 @@ loops, checkpoints and the run directory, and changes only what few labels need:
   a checkpoint file). A trained FROM keeps its normalisation presets (every source format it covers
   is normalised with FROM's numbers) and its views, bands and decoder. A merged FROM gets fresh
   LoRA adapters on its merged encoder and is merged again at the end (the result is standalone).
-* **Which chips stop it.** With at least `min_holdout_chips` labelled chips, a quarter (at least
-  2, flooded chips spread over both parts) is held back: early stopping and the val-optimal
-  threshold come from them. With fewer, every chip trains and early stopping follows the loss on
-  the training chips themselves (whole chips, no augmentation); the threshold stays at 0.5, since
-  no held-back label could choose another.
+* **Which chips stop it.** By default every labelled chip trains and early stopping follows the
+  loss on the training chips themselves (whole chips, no augmentation): with ten chips a held-back
+  quarter is two or three chips, too few to stop on or to choose a threshold with, and on the
+  few-shot benchmark training on all of them scored higher (docs/quality.md). With ``hold_back``
+  and at least `min_holdout_chips` chips, a quarter (at least 2, flooded chips spread over both
+  parts) is held back: early stopping and the val-optimal threshold come from them.
 * **How long.** Epochs of `steps_per_epoch` batches drawn with replacement (flooded chips
   favoured), at most `max_epochs`, and a wall-clock cap (`max_minutes`).
 * **Whole chips, not crops.** By default each training sample is a whole chip (up to 256 px, as
   `labels` cuts them), in batches that hold as many pixels as FROM's 8 crops of 128 px. Evaluation
   and prediction read whole tiles, and the context prior's tile statistics (Otsu level, median,
   quantiles) differ between a 128-px crop and its chip: fine-tuned on crops, the network learns to
-  correct a prior that behaves otherwise at prediction time. On the few-shot benchmark, against
-  128-px crops, whole chips raised the bare encoder's F1 in 9 of 12 cases (+27.7 points summed) and
-  left the fine-tuned generalist about where it was (+2.6 over 15 cases; docs/quality.md).
-* **Then its operating point** (`calibrate_after`, on by default). The fine-tuned model's threshold
-  comes from two or three held-back chips (or stays 0.5 with none), and on the few-shot benchmark
-  fine-tuned models under-flagged at times (precision far above recall); setting each output's
-  operating point on *every* labelled chip afterwards, by the calibration rule below, raised F1 in
-  5 of 27 cases (by up to 10.7 points) and lowered it in one, by 0.4 (docs/quality.md).
+  correct a prior that behaves otherwise at prediction time (docs/quality.md measures both).
+* **Then its operating point** (`calibrate_after`, on by default). Fine-tuned models under-flagged
+  at times on the few-shot benchmark (precision far above recall), so each output's operating point
+  is then set on *every* labelled chip: by default at the best F1 on them (``tolerance_for``).
 * **Or only the operating point** (``method="calibrate"``): no weight but each output's final
   bias changes. Its threshold on *every* labelled chip is moved to 0.5, in seconds: of the
-  thresholds within `calibrate_tolerance` F1 of the best on the chips, the one nearest FROM's own
-  (0: the best). A few chips give a flat F1 curve near its top, so the model's operating point
-  moves only as far as they demand. On events held out of the quality benchmark the model often
-  ranks pixels well while the threshold learned on other events does not fit (docs/quality.md);
-  one number per output is all a few chips need to set, so none is held back.
+  thresholds within `calibrate_tolerance` F1 (by default CALIBRATE_TOLERANCE, one point) of the
+  best on the chips, the one nearest FROM's own (0: the best). A few chips give a flat F1 curve
+  near its top, so the model's operating point moves only as far as they demand. On events held
+  out of the quality benchmark the model often ranks pixels well while the threshold learned on
+  other events does not fit (docs/quality.md); one number per output is all a few chips need to
+  set, so none is held back.
 * **Which of the two** (``method="auto"``, the default): a trained FROM is calibrated, a bare
-  encoder (no decoder to calibrate) is fine-tuned. The few-shot benchmark (benchmarks/adapt.py)
-  chose it as the safe default: from the generalist, calibration never fell more than a fraction
-  of a point below the untouched model, in seconds, while fine-tuning was better on one held-out
-  flood and several points worse on two others (docs/quality.md).
+  encoder (no decoder to calibrate) is fine-tuned. Calibration is the safe default for a trained
+  model: in seconds, and on the few-shot benchmark never more than a fraction of a point below the
+  untouched model; fine-tuning it is a minute's try that helped on some held-out floods and not on
+  others (docs/quality.md).
 
 `RUN/adapt.json` records where it started (kind, path, sha256 of FROM's weights file or
 checkpoint, FROM's base checkpoint), which chips trained and which were held back, the budget and
@@ -74,6 +72,8 @@ ADAPT_FILE = "adapt.json"
 DEFAULT_RECIPE = "cpu-small"  # the recipe a bare encoder starts from (LoRA r8, hires decoder, lr 1e-3)
 WHOLE_CHIP_MAX = 256  # default training sample: whole chips up to this side (larger ones are cropped)
 STEP_PIXELS = 8 * 128 * 128  # default pixels per batch: the CPU recipes' 8 crops of 128 px
+CALIBRATE_TOLERANCE = 0.01  # calibration: move FROM's operating point only as far as the chips demand
+AFTER_TUNING_TOLERANCE = 0.0  # after fine-tuning: the best F1 on the chips (AdaptOptions.tolerance_for)
 
 
 #: How `adapt` uses the labels: ``auto`` calibrates a trained FROM and fine-tunes a bare encoder.
@@ -93,13 +93,19 @@ class AdaptOptions:
     max_minutes: float = 3.5  # wall-clock cap on fitting (setup and scoring come on top)
     holdout_fraction: float = 0.25
     min_holdout_chips: int = 8  # below this many labelled chips nothing is held back
+    #: True: with at least min_holdout_chips, a quarter is held back for early stopping and the
+    #: threshold. False (default): every chip trains, early stopping on their own loss; on the few-shot
+    #: benchmark two or three held-back chips stopped too early and set a poor threshold (docs/quality.md)
+    hold_back: bool = False
     flood_sampling: float = 0.7
     seed: int = 0
     recipe: str = DEFAULT_RECIPE  # config a bare encoder starts from (model + data settings)
     lora_rank: int | None = None  # bare encoder only; None: the recipe's rank
     method: str = "auto"  # auto | calibrate (no training: thresholds set on the chips) | fine-tune
-    #: calibrate: the threshold nearest FROM's own among those within this F1 of the best (0: the best)
-    calibrate_tolerance: float = 0.01
+    #: the operating-point rule: of the thresholds within this F1 of the best on the chips, the one
+    #: nearest the model's own (0: the best). None: CALIBRATE_TOLERANCE to calibrate, AFTER_TUNING_TOLERANCE
+    #: after fine-tuning (tolerance_for)
+    calibrate_tolerance: float | None = None
     #: fine-tune: then set each output's operating point on every labelled chip by the same rule
     calibrate_after: bool = True
 
@@ -118,8 +124,20 @@ class AdaptOptions:
             raise ConfigError(f"adapt: holdout fraction must be in (0, 1), got {self.holdout_fraction}")
         if self.max_minutes <= 0 or self.lr <= 0:
             raise ConfigError("adapt: max minutes and lr must be > 0")
-        if not 0.0 <= self.calibrate_tolerance < 1.0:
+        if self.calibrate_tolerance is not None and not 0.0 <= self.calibrate_tolerance < 1.0:
             raise ConfigError(f"adapt: calibrate tolerance must be in [0, 1), got {self.calibrate_tolerance}")
+
+    def tolerance_for(self, method: str) -> float:
+        """The operating-point tolerance of `method` (calibrate | fine-tune), unless one was given.
+
+        Calibration moves a threshold learned on other events, which carries over; a few chips give a
+        flat F1 curve near its top, so it moves only as far as they demand. After fine-tuning the
+        model has just learned these very chips and its own threshold (0.5, or two or three held-back
+        chips') says nothing about the event: their best F1 is the most informed point.
+        """
+        if self.calibrate_tolerance is not None:
+            return self.calibrate_tolerance
+        return CALIBRATE_TOLERANCE if method == "calibrate" else AFTER_TUNING_TOLERANCE
 
 
 @dataclass
@@ -262,9 +280,8 @@ class FewShotDataModule(FloodDataModule):
         opts = self.options
         if opts.method == "calibrate":  # every chip scores; nothing trains
             return {"train": [], "val": labelled, "test": [], "ood": []}
-        self.holdout = choose_holdout(
-            labelled, flood, opts.holdout_fraction, opts.min_holdout_chips, opts.seed
-        )
+        min_chips = opts.min_holdout_chips if opts.hold_back else len(labelled) + 1
+        self.holdout = choose_holdout(labelled, flood, opts.holdout_fraction, min_chips, opts.seed)
         held = {(r.format, r.chip_id) for r in self.holdout}
         train = [r for r in labelled if (r.format, r.chip_id) not in held]
         self._size_samples(min(sides[(r.format, r.chip_id)] for r in train))
@@ -414,7 +431,7 @@ def adapt(
     datamodule = FewShotDataModule(cfg.data, opts, base_normalization=base_norm, presets=presets or None)
     datamodule.setup("fit")
     if opts.method == "calibrate":
-        return _calibrate_only(origin, cfg, out, datamodule, t0, progress, opts.calibrate_tolerance)
+        return _calibrate_only(origin, cfg, out, datamodule, t0, progress, opts.tolerance_for("calibrate"))
     model = _prepare_model(origin, cfg)
     merged = origin.loaded is not None and origin.loaded.base["strategy"] == "full"
     result = train_run(cfg, out, progress=progress, model=model, datamodule=datamodule)
@@ -577,15 +594,16 @@ def _calibrate_after(out: Path, opts: AdaptOptions, base_norm: str, progress: bo
         loaded.config.data, calibrate, base_normalization=base_norm, presets=loaded.presets or None
     )
     datamodule.setup("fit")
+    tolerance = opts.tolerance_for("fine-tune")
     try:
         point = _set_operating_point(
-            loaded.model, loaded.config, datamodule, loaded.threshold, opts.calibrate_tolerance, progress
+            loaded.model, loaded.config, datamodule, loaded.threshold, tolerance, progress
         )
     except DataError as err:  # flood-only labels: keep the threshold fine-tuning chose
         warnings.warn(f"operating point not set after fine-tuning: {err}", stacklevel=2)
         return None
     _save_model_run(out, loaded.config, loaded.model, datamodule.presets)
-    summary = {"from_threshold": loaded.threshold, "tolerance": opts.calibrate_tolerance, **point["summary"]}
+    summary = {"from_threshold": loaded.threshold, "tolerance": tolerance, **point["summary"]}
     return {"metrics": point["metrics"], "summary": summary}
 
 
@@ -615,7 +633,7 @@ def format_summary(summary: dict[str, Any]) -> str:
             ]
         )
     held = len(chips["held_back"])
-    scored = f"the {held} held-back chips" if held else "the training chips (too few to hold any back)"
+    scored = f"the {held} held-back chips" if held else "the training chips (none held back)"
     lines = [
         f"adapted from {src['kind']} {src['path']} (sha256 {src['sha256'][:16]})",
         f"chips: {len(chips['train'])} trained, {held} held back; early stopping on {scored}",
