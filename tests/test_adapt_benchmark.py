@@ -53,8 +53,8 @@ def test_tiny_benchmark_end_to_end(bench: ModuleType, real_data: Path, tmp_path:
     assert g["n_eval"] == g["n_usable"] - len(chosen | pool) and g["n_eval"] > 0
     assert 0.0 <= g["zero_shot"]["f1"] <= 1.0 and g["zero_shot"]["n_chips"] == g["n_eval"]
     rows = {(r["k"], r["selection"], r["method"]): r for r in g["rows"]}
-    from_start = ("calibrate-start", "calibrate-best", "adapt-start", "adapt-start-held")
-    methods = ("fitted", *from_start, "adapt-encoder", "adapt-encoder-held")
+    from_start = ("calibrate-start", "calibrate-best", "adapt-start", "adapt-start-held", "adapt-start-all")
+    methods = ("fitted", *from_start, "adapt-encoder", "adapt-encoder-held", "adapt-encoder-all")
     expected = {(k, "random", m) for k in bench.TINY_KS for m in methods}
     expected |= {(bench.TINY_KS[0], "uncertain", m) for m in ("fitted", *from_start)}
     assert set(rows) == expected
@@ -88,7 +88,7 @@ def test_tiny_benchmark_end_to_end(bench: ModuleType, real_data: Path, tmp_path:
     assert "OMBRIA FRANCE 2021 held out" in text and "Not run: OMBRIA test" in text
     assert saved["command"] in text
     unc = next(line for line in text.splitlines() if line.startswith("Uncertainty-chosen against random"))
-    for name, method in (("calibrated", "calibrate-start"), ("fine-tuned", "adapt-start")):
+    for name, method in (("calibrated", "calibrate-start"), ("fine-tuned", "adapt-start-all")):
         u, r = rows[(k1, "uncertain", method)], rows[(k1, "random", method)]
         assert f"{name} F1 {100 * u['score']['f1']:.1f} against {100 * r['score']['f1']:.1f}" in unc
     # the doc is a function of the JSON alone
@@ -121,7 +121,8 @@ def test_tiny_benchmark_end_to_end(bench: ModuleType, real_data: Path, tmp_path:
     assert bench.CHECK_BEGIN in text and bench.CHECK_END in text and bench.SECTION_BEGIN not in text
     k = added["summary"]["k"]
     (row,) = [line for line in text.splitlines() if line.startswith("| OMBRIA FRANCE 2021 (")]
-    enc = next(r for r in added["groups"][0]["rows"] if r["method"] == "adapt-encoder-held" and r["k"] == k)
+    last = bench.TARGET_METHODS[-1]  # the table's last column
+    enc = next(r for r in added["groups"][0]["rows"] if r["method"] == last and r["k"] == k)
     cells = row.strip("|").split("|")
     assert len(cells) == 2 + 1 + len(bench.TARGET_METHODS)  # group, zero-shot, fitted, each method
     assert cells[-1].strip() == f"{100 * enc['score']['f1']:.1f}"
@@ -146,3 +147,26 @@ def test_tiny_benchmark_end_to_end(bench: ModuleType, real_data: Path, tmp_path:
     assert set(redone_rows) == expected  # each row once: the old ones were replaced
     assert all(redone_rows[key]["epochs"] <= 2 for key in redone_rows if key[2] in bench.TRAINING_METHODS)
     assert "measured again on the same chips" in again.read_text()
+    # --rebuild: the first run's workdir gone (a new machine), the seeded starting run is trained and
+    # the chips cut again into another one; its zero-shot and fitted rows must match the JSON's
+    latest = json.loads(out.read_text())
+    latest["groups"][0]["rows"] = [r for r in latest["groups"][0]["rows"] if r["method"] != "calibrate-best"]
+    out.write_text(json.dumps(latest))
+    new_work = tmp_path / "new-machine"
+    bench.main(["--add-methods", "calibrate-best", "--rebuild", "--real", str(real_data), "--json", str(out),
+                "--markdown", str(again), "--workdir", str(new_work)])  # fmt: skip
+    rebuilt = {
+        (r["k"], r["selection"], r["method"]): r for r in json.loads(out.read_text())["groups"][0]["rows"]
+    }
+    assert (
+        set(rebuilt) == expected and (new_work / "ombria-france" / "start" / "weights.safetensors").is_file()
+    )
+    for key, r in rebuilt.items():
+        if key[2] == "calibrate-best":
+            assert r["score"]["f1"] == pytest.approx(rows[key]["score"]["f1"])  # same start, same chips
+    zero = latest["groups"][0]["zero_shot"]["f1"]
+    latest["groups"][0]["zero_shot"]["f1"] = zero + 0.1  # a JSON the runs cannot reproduce is refused
+    out.write_text(json.dumps(latest))
+    refused = ["--add-methods", "calibrate-best", "--rebuild", "--real", str(real_data), "--json", str(out)]
+    with pytest.raises(SystemExit, match=r"zero-shot F1 .* against the JSON's"):
+        bench.main([*refused, "--workdir", str(tmp_path / "another")])
