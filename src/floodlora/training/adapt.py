@@ -92,7 +92,7 @@ class AdaptOptions:
     lr: float = 1e-3
     max_minutes: float = 3.5  # wall-clock cap on fitting (setup and scoring come on top)
     holdout_fraction: float = 0.25
-    min_holdout_chips: int = 8  # below this many labelled chips nothing is held back
+    min_holdout_chips: int = 8  # with hold_back: below this many labelled chips nothing is held back
     #: True: with at least min_holdout_chips, a quarter is held back for early stopping and the
     #: threshold. False (default): every chip trains, early stopping on their own loss; on the few-shot
     #: benchmark two or three held-back chips stopped too early and set a poor threshold (docs/quality.md)
@@ -106,7 +106,7 @@ class AdaptOptions:
     #: nearest the model's own (0: the best). None: CALIBRATE_TOLERANCE to calibrate, AFTER_TUNING_TOLERANCE
     #: after fine-tuning (tolerance_for)
     calibrate_tolerance: float | None = None
-    #: fine-tune: then set each output's operating point on every labelled chip by the same rule
+    #: fine-tune: then set each output's operating point on every labelled chip (tolerance_for("fine-tune"))
     calibrate_after: bool = True
 
     def __post_init__(self) -> None:
@@ -280,8 +280,11 @@ class FewShotDataModule(FloodDataModule):
         opts = self.options
         if opts.method == "calibrate":  # every chip scores; nothing trains
             return {"train": [], "val": labelled, "test": [], "ood": []}
-        min_chips = opts.min_holdout_chips if opts.hold_back else len(labelled) + 1
-        self.holdout = choose_holdout(labelled, flood, opts.holdout_fraction, min_chips, opts.seed)
+        self.holdout = (
+            choose_holdout(labelled, flood, opts.holdout_fraction, opts.min_holdout_chips, opts.seed)
+            if opts.hold_back
+            else []
+        )
         held = {(r.format, r.chip_id) for r in self.holdout}
         train = [r for r in labelled if (r.format, r.chip_id) not in held]
         self._size_samples(min(sides[(r.format, r.chip_id)] for r in train))
