@@ -466,7 +466,13 @@ def export(
 
 @app.command()
 def baseline(
-    method: Annotated[str, typer.Argument(help="otsu (post-event backscatter) or change (post - pre).")],
+    method: Annotated[
+        str,
+        typer.Argument(
+            help="otsu (post-event backscatter), change (post - pre), or split (split-based "
+            "thresholding of bimodal tiles, label-free; new water with a pre view)."
+        ),
+    ],
     data: Annotated[list[str] | None, typer.Option(help="Root(s) of labelled chips.")] = None,
     format: Annotated[str | None, typer.Option(help="Data format (default: auto-detect).")] = None,
     split: Annotated[str, typer.Option(help="train | val | test | ood | all (DataModule splits).")] = "test",
@@ -478,7 +484,8 @@ def baseline(
         str | None, typer.Option("--json", help="Write the metrics JSON here (same keys as evaluate).")
     ] = None,
 ) -> None:
-    """Score a classical baseline (Otsu, change detection) with the models' metrics, splits, nodata rules."""
+    """Score a classical baseline (Otsu, change detection, split-based thresholding) with the models'
+    metrics, splits and nodata rules."""
     from floodlora.analysis.baselines import baseline_command, format_result
 
     result = baseline_command(method, data, format, split, band, mode, holdout, run, json_out)

@@ -18,6 +18,9 @@ permanent water (dark in both) and is the classical rapid-mapping product.
 * Scoring. The same splits (:func:`floodlora.data.datamodule.assign_splits`), the same chip filter
   (``max_nodata_fraction``) and the same metrics (:class:`floodlora.metrics.ChipConfusion`)
   as ``floodlora evaluate``: nodata pixels (invalid imagery or label 255) are never scored.
+* **Split-based thresholding** (``split``, :mod:`floodlora.data.split_threshold`): the label-free
+  mapper of the operational services, one fit per event from the tiles whose histogram is bimodal,
+  new water where a pre-event view exists. It is also the teacher of ``adapt --method self``.
 """
 
 from __future__ import annotations
@@ -38,12 +41,14 @@ if TYPE_CHECKING:
     from floodlora.config import DataConfig
     from floodlora.data.sources import ChipRef
 
-METHODS: tuple[str, ...] = ("otsu", "change")
+METHODS: tuple[str, ...] = ("otsu", "change")  # thresholds of one image (see `mode`)
+ALL_METHODS: tuple[str, ...] = (*METHODS, "split")  # plus split-based thresholding (its own fit)
 BAND_CHOICES: tuple[str, ...] = ("vv", "vh", "both")
 MODES: tuple[str, ...] = ("chip", "event", "fitted")
 SPLITS: tuple[str, ...] = ("train", "val", "test", "ood", "all")
 
 __all__ = [
+    "ALL_METHODS",
     "BAND_CHOICES",
     "METHODS",
     "MODES",
@@ -56,6 +61,7 @@ __all__ = [
     "predict_baseline",
     "read_samples",
     "run_baseline",
+    "run_split_baseline",
     "select_refs",
     "subsample",
 ]
@@ -380,8 +386,53 @@ def run_baseline(
     return result
 
 
+def run_split_baseline(
+    refs_or_samples: Sequence[ChipRef | Sample],
+    options: Any = None,
+    max_nodata_fraction: float | None = 0.5,
+    per_chip: bool = True,
+    keep_predictions: bool = False,
+) -> dict[str, Any]:
+    """Score split-based thresholding (one fit per event, labels unused) like :func:`run_baseline`."""
+    from floodlora.data.split_threshold import split_by_event
+    from floodlora.metrics import ChipConfusion, ChipRecord, probability_histogram
+
+    samples = list(_iter_samples(refs_or_samples, max_nodata_fraction))
+    if not samples:
+        raise DataError("no labelled chips to score (all unlabelled or above max_nodata_fraction)")
+    by_event: dict[str, list[Sample]] = {}
+    for s in samples:
+        by_event.setdefault(s.meta.event, []).append(s)
+    conf = ChipConfusion()
+    predictions: dict[str, np.ndarray] = {}
+    fits: dict[str, Any] = {}
+    for (event, group), result in zip(by_event.items(), split_by_event(samples, options), strict=True):
+        fits[event] = result.describe()
+        for s, water in zip(group, result.water, strict=True):
+            pred = (water == MASK_FLOOD).astype(np.uint8)
+            valid = s.valid & (water != MASK_NODATA)
+            key = str(s.meta.extra.get("key", s.meta.chip_id))
+            conf.chips[key] = ChipRecord(
+                event, probability_histogram(pred, s.mask, valid, conf.nbins), s.meta.chip_id
+            )
+            if keep_predictions:
+                predictions[s.meta.chip_id] = pred
+    result = conf.report(threshold=0.5, per_chip=per_chip)
+    result["baseline"] = {
+        "method": "split", "band": "both", "mode": "event", "units": sorted({s.meta.units for s in samples}),
+        "threshold_value": {ev: {b: f["threshold"] for b, f in d["bands"].items()} for ev, d in fits.items()},
+        "value": "split-based thresholding of the bimodal tiles (new water with a pre view)",
+        "fits": fits,
+    }  # fmt: skip
+    if keep_predictions:
+        result["predictions"] = predictions
+    return result
+
+
 def baseline_name(method: str, band: str, mode: str) -> str:
     """A short table label, e.g. ``Otsu VV+VH (per chip)``."""
+    if method == "split":
+        return "Split-based thresholding (per event, label-free)"
     what = "Otsu" if method == "otsu" else "Change (post-pre)"
     b = {"both": "VV+VH", "vv": "VV", "vh": "VH"}[band]
     how = {"chip": "per-chip Otsu", "event": "per-event Otsu", "fitted": "threshold fitted on train"}[mode]
@@ -402,13 +453,20 @@ def baseline_for_data(
     per_chip: bool = True,
 ) -> dict[str, Any]:
     """``floodlora baseline``: pick the split like the DataModule, fit on train when asked, score."""
+    if method not in ALL_METHODS:
+        raise ConfigError(f"unknown baseline {method!r}; expected one of {', '.join(ALL_METHODS)}")
     roots = data if data is not None else []
     refs = select_refs(roots, format, split, config, holdout_events)
     train = None
     if mode == "fitted":
         train = select_refs(roots, format, "train", config, holdout_events)
     mnf = config.max_nodata_fraction if config is not None else 0.5
-    result = run_baseline(method, refs, band, mode, train=train, max_nodata_fraction=mnf, per_chip=per_chip)
+    if method == "split":
+        result = run_split_baseline(refs, max_nodata_fraction=mnf, per_chip=per_chip)
+    else:
+        result = run_baseline(
+            method, refs, band, mode, train=train, max_nodata_fraction=mnf, per_chip=per_chip
+        )
     result["split"] = split
     used = [str(r) for r in ([roots] if isinstance(roots, str | Path) else roots)]
     result["data"] = {

@@ -249,6 +249,80 @@ def make_labels(
     return result
 
 
+def write_scene_chips(
+    views: dict[str, str | Path],
+    out: str | Path,
+    *,
+    chip_size: int = 256,
+    units: str = "db",
+    event: str | None = None,
+    date: str | None = None,
+) -> Path:
+    """Cut co-registered scenes (view -> GeoTIFF) into unlabelled chips in the folder layout under `out`.
+
+    Chips mostly nodata (< 1 % valid) are skipped. Returns `out`, a dataset root for `discover`.
+    Why: self-adaptation learns from a scene the way it learns from chips, tile by tile.
+    """
+    import rasterio
+    from rasterio.transform import Affine
+    from rasterio.windows import Window
+
+    from floodlora.data.sample import VIEWS, Sample, SampleMeta
+    from floodlora.data.sources.folder import write_dataset_yaml, write_sample
+
+    out = Path(out)
+    if "post" not in views and not any(v.startswith("post") for v in views):
+        raise ConfigError("self-adaptation needs a post-event scene (--view post=POST.tif)")
+    opened: dict[str, Any] = {}
+    try:
+        for view, path in views.items():
+            if view not in VIEWS:
+                raise ConfigError(f"--view {view}: unknown view; expected one of {', '.join(VIEWS)}")
+            if not Path(path).is_file():
+                raise DataError(f"{path}: scene not found")
+            try:
+                opened[view] = rasterio.open(path)
+            except rasterio.errors.RasterioIOError as err:
+                raise DataError(f"{path}: not a readable raster ({str(err).splitlines()[0][:120]})") from None
+        first = next(iter(opened.values()))
+        for view, ds in opened.items():
+            if (ds.height, ds.width) != (first.height, first.width):
+                raise DataError(
+                    f"{views[view]}: {ds.width}x{ds.height} px, but {views[next(iter(views))]} is "
+                    f"{first.width}x{first.height} px; the views must share one grid"
+                )
+        names = {v: _scene_bands(ds, str(views[v]))[0] for v, ds in opened.items()}
+        bands = sorted(set.intersection(*(set(b) for b in names.values())), key=["vv", "vh"].index)
+        if not bands:
+            raise DataError(f"{', '.join(map(str, views.values()))}: the views share no vv/vh band")
+        event = event or Path(str(views.get("post", next(iter(views.values()))))).stem
+        n = 0
+        for r, c, h, w in chip_windows(first.height, first.width, chip_size):
+            win = Window(c, r, w, h)
+            arrays: dict[str, dict[str, np.ndarray]] = {}
+            for view, ds in opened.items():
+                data = ds.read([names[view][b] for b in bands], window=win, masked=True).astype(np.float32)
+                stack = np.where(np.ma.getmaskarray(data), np.nan, np.ma.getdata(data)).astype(np.float32)
+                arrays[view] = dict(zip(bands, stack, strict=True))
+            valid = np.all([np.isfinite(a) for b in arrays.values() for a in b.values()], axis=0)
+            if valid.mean() < 0.01:
+                continue
+            chip_id = f"{event}-r{r:05d}-c{c:05d}"
+            crs = first.crs.to_wkt() if first.crs else None
+            transform = tuple(first.transform @ Affine.translation(c, r))[:6] if first.crs else None
+            meta = SampleMeta(chip_id=chip_id, event=event, source="folder", units=units, crs=crs,
+                              transform=transform, date=date)  # fmt: skip
+            write_sample(Sample(views=arrays, mask=None, meta=meta), out / "chips" / chip_id, bands)
+            n += 1
+    finally:
+        for ds in opened.values():
+            ds.close()
+    if n == 0:
+        raise DataError(f"{', '.join(map(str, views.values()))}: no valid pixels (all nodata)")
+    write_dataset_yaml(out, units, list(views), bands, event)
+    return out
+
+
 def _scene_bands(ds: Any, path: str) -> tuple[dict[str, int], str | None]:
     """Band name -> 1-based index: VV/VH from the band descriptions, else band 1 VV, band 2 VH."""
     named: dict[str, int] = {}

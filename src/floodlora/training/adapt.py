@@ -253,17 +253,59 @@ def whole_chip_crop(smallest_side: int) -> int:
     return max(8, min(WHOLE_CHIP_MAX, smallest_side) // 8 * 8)
 
 
+@dataclass
+class PseudoLabels:
+    """Self-adaptation's labels: chip key -> a uint8 ``.npy`` file, and the kind they mark.
+
+    Every discovered chip takes its pseudo-labels in place of its own (labelled or not); chips with
+    none are left out. Early stopping and the operating point score at most `max_scored` chips, evenly
+    spread, since a scene cut into hundreds of chips would spend the budget on scoring.
+    """
+
+    files: dict[str, str]
+    kinds: dict[str, str]  # chip key -> flood | water
+    max_scored: int = 48
+
+    def apply(self, refs: list[ChipRef]) -> list[ChipRef]:
+        from floodlora.data.sources import PSEUDO_MASK
+
+        out = []
+        for ref in refs:
+            if ref.key in self.files:
+                ref.extra[PSEUDO_MASK] = self.files[ref.key]
+                ref.extra["labels"] = self.kinds[ref.key]
+                ref.labelled = True
+                out.append(ref)
+        return out
+
+    def scored(self, refs: list[ChipRef]) -> list[ChipRef]:
+        if len(refs) <= self.max_scored:
+            return list(refs)
+        step = len(refs) / self.max_scored
+        return [refs[int(i * step)] for i in range(self.max_scored)]
+
+
 class FewShotDataModule(FloodDataModule):
     """Every labelled chip is the budget: a held-back part (or none), and epochs of a fixed size."""
 
-    def __init__(self, config: Any, options: AdaptOptions, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        config: Any,
+        options: AdaptOptions,
+        pseudo: PseudoLabels | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """`pseudo`: self-adaptation's pseudo-labels, which replace every chip's own labels."""
         super().__init__(config, **kwargs)
         self.options = options
+        self.pseudo = pseudo
         self.holdout: list[ChipRef] = []
 
     def assign_splits(self, refs: list[ChipRef]) -> dict[str, list[ChipRef]]:
         from floodlora.data.sources import read_sample
 
+        if self.pseudo is not None:
+            refs[:] = self.pseudo.apply(refs)
         labelled = [r for r in refs if r.labelled]
         if not labelled:
             raise DataError(f"{', '.join(self.config.roots)}: no labelled chips to adapt on")
@@ -278,8 +320,9 @@ class FewShotDataModule(FloodDataModule):
                 "(mask value 1); label at least one flooded area"
             )
         opts = self.options
+        scored = self.pseudo.scored(labelled) if self.pseudo is not None else labelled
         if opts.method == "calibrate":  # every chip scores; nothing trains
-            return {"train": [], "val": labelled, "test": [], "ood": []}
+            return {"train": [], "val": scored, "test": [], "ood": []}
         self.holdout = (
             choose_holdout(labelled, flood, opts.holdout_fraction, opts.min_holdout_chips, opts.seed)
             if opts.hold_back
@@ -289,7 +332,8 @@ class FewShotDataModule(FloodDataModule):
         train = [r for r in labelled if (r.format, r.chip_id) not in held]
         self._size_samples(min(sides[(r.format, r.chip_id)] for r in train))
         # Too few to hold any back: the loss on the training chips (whole, unaugmented) stops it.
-        return {"train": train, "val": list(self.holdout) or list(train), "test": [], "ood": []}
+        val = list(self.holdout) or (self.pseudo.scored(train) if self.pseudo is not None else list(train))
+        return {"train": train, "val": val, "test": [], "ood": []}
 
     def _size_samples(self, smallest_side: int) -> None:
         """Set the training crop and batch the options leave open (None): whole chips, equal pixels."""
@@ -314,7 +358,12 @@ class FewShotDataModule(FloodDataModule):
 
 
 def _presets_for(
-    roots: list[str], format: str | None, fixed: dict[str, Any], normalization: str, base: str
+    roots: list[str],
+    format: str | None,
+    fixed: dict[str, Any],
+    normalization: str,
+    base: str,
+    pseudo: PseudoLabels | None = None,
 ) -> dict[str, Any]:
     """FROM's presets, plus statistics of the adaptation chips for 8-bit sources FROM never saw."""
     from floodlora.data.datamodule import resolve_presets
@@ -322,7 +371,7 @@ def _presets_for(
 
     if not fixed:
         return {}
-    refs = [r for r in discover(roots, format) if r.labelled]
+    refs = _usable(discover(roots, format), pseudo)
     new = [r for r in refs if r.format not in fixed and r.units == "scaled-uint8"]
     presets = dict(fixed)
     if new:
@@ -335,19 +384,30 @@ def _presets_for(
 # --------------------------------------------------------------------------------------------------
 
 
-def _data_views(roots: list[str], format: str | None) -> list[str]:
+def _usable(refs: list[ChipRef], pseudo: PseudoLabels | None) -> list[ChipRef]:
+    """The chips adaptation learns from: the labelled ones, or those that have pseudo-labels."""
+    return pseudo.apply(refs) if pseudo is not None else [r for r in refs if r.labelled]
+
+
+def _data_views(roots: list[str], format: str | None, pseudo: PseudoLabels | None = None) -> list[str]:
     """The views the labelled chips hold (a bare encoder is built for what the data has)."""
     from floodlora.data.sample import VIEWS
     from floodlora.data.sources import discover, read_sample
 
-    refs = [r for r in discover(roots, format) if r.labelled]
+    refs = _usable(discover(roots, format), pseudo)
     if not refs:
         raise DataError(f"{', '.join(roots)}: no labelled chips to adapt on")
     present = set(read_sample(refs[0]).views)
     return [v for v in VIEWS if v in present]
 
 
-def adapt_config(origin: Origin, roots: list[str], format: str | None, opts: AdaptOptions) -> RunConfig:
+def adapt_config(
+    origin: Origin,
+    roots: list[str],
+    format: str | None,
+    opts: AdaptOptions,
+    pseudo: PseudoLabels | None = None,
+) -> RunConfig:
     """The adapted run's config: FROM's model and data settings, the few-label training budget."""
     from floodlora.config import load_config
 
@@ -359,7 +419,7 @@ def adapt_config(origin: Origin, roots: list[str], format: str | None, opts: Ada
     else:
         cfg = load_config(opts.recipe)
         cfg.model.checkpoint = origin.path
-        cfg.data.views = _data_views(roots, format)
+        cfg.data.views = _data_views(roots, format, pseudo)
         if opts.lora_rank is not None:
             cfg.model.lora_rank = opts.lora_rank
     d, t = cfg.data, cfg.train
@@ -403,9 +463,10 @@ def adapt(
     options: AdaptOptions | None = None,
     checkpoint: str | None = None,
     progress: bool = False,
+    pseudo: PseudoLabels | None = None,
 ) -> AdaptResult:
     """Adapt FROM to the labelled chips under `data` (calibrate or fine-tune, `options.method`);
-    write the run `out`.
+    write the run `out`. With `pseudo` (self-adaptation) the chips' own labels are replaced by those.
 
     Returns the run directory and a summary (chips, held-back chips, epochs, wall time, val or
     training-chip F1, where it started); the same summary is `out/adapt.json`.
@@ -427,11 +488,13 @@ def adapt(
         raise ConfigError(f"{out}: already exists and is not empty; choose another --out")
     origin = resolve_origin(from_, checkpoint)
     opts = replace(opts, method=resolve_method(opts.method, origin))
-    cfg = adapt_config(origin, roots, format, opts)
+    cfg = adapt_config(origin, roots, format, opts, pseudo)
     base_norm = checkpoint_normalization(origin.base_checkpoint)
     fixed = dict(origin.loaded.presets) if origin.loaded is not None else {}
-    presets = _presets_for(roots, format, fixed, cfg.data.normalization, base_norm)
-    datamodule = FewShotDataModule(cfg.data, opts, base_normalization=base_norm, presets=presets or None)
+    presets = _presets_for(roots, format, fixed, cfg.data.normalization, base_norm, pseudo)
+    datamodule = FewShotDataModule(
+        cfg.data, opts, pseudo, base_normalization=base_norm, presets=presets or None
+    )
     datamodule.setup("fit")
     if opts.method == "calibrate":
         return _calibrate_only(origin, cfg, out, datamodule, t0, progress, opts.tolerance_for("calibrate"))
@@ -583,10 +646,18 @@ def _save_model_run(out: Path, cfg: RunConfig, model: Any, presets: dict[str, An
     save_run(out, cfg, model, presets)
 
 
-def _calibrate_after(out: Path, opts: AdaptOptions, base_norm: str, progress: bool) -> dict[str, Any] | None:
+def _calibrate_after(
+    out: Path,
+    opts: AdaptOptions,
+    base_norm: str,
+    progress: bool,
+    pseudo: PseudoLabels | None = None,
+    tolerance: float | None = None,
+) -> dict[str, Any] | None:
     """The fine-tuned run `out` with each output's operating point set on every labelled chip
-    (trained and held back), anchored at the threshold fine-tuning chose; weights saved again.
-    None (with a warning) where the chips label no dry pixel: nothing to set it with."""
+    (trained and held back; with `pseudo`, their pseudo-labels), anchored at the threshold
+    fine-tuning chose; weights saved again. None (with a warning) where the chips label no dry
+    pixel: nothing to set it with."""
     import warnings
 
     from floodlora.runs import load_run
@@ -594,10 +665,10 @@ def _calibrate_after(out: Path, opts: AdaptOptions, base_norm: str, progress: bo
     loaded = load_run(out)
     calibrate = replace(opts, method="calibrate")
     datamodule = FewShotDataModule(
-        loaded.config.data, calibrate, base_normalization=base_norm, presets=loaded.presets or None
+        loaded.config.data, calibrate, pseudo, base_normalization=base_norm, presets=loaded.presets or None
     )
     datamodule.setup("fit")
-    tolerance = opts.tolerance_for("fine-tune")
+    tolerance = opts.tolerance_for("fine-tune") if tolerance is None else tolerance
     try:
         point = _set_operating_point(
             loaded.model, loaded.config, datamodule, loaded.threshold, tolerance, progress

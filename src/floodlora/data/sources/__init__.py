@@ -16,7 +16,7 @@ from floodlora.errors import DataError
 
 FORMATS: tuple[str, ...] = ("folder", "ombria", "etci2021", "sen1floods11", "c2s")
 
-__all__ = ["FORMATS", "ChipRef", "detect_format", "discover", "get_reader", "read_sample"]
+__all__ = ["FORMATS", "PSEUDO_MASK", "ChipRef", "detect_format", "discover", "get_reader", "read_sample"]
 
 
 def get_reader(format: str) -> ModuleType:
@@ -95,6 +95,25 @@ def discover(roots: list[str | Path] | str | Path, format: str | None = None) ->
     return refs
 
 
+#: ``ChipRef.extra`` key of a pseudo-label file (a uint8 ``.npy``) that replaces the chip's own mask
+PSEUDO_MASK = "pseudo_mask"
+
+
 def read_sample(ref: ChipRef) -> Sample:
-    """Read one chip into a canonical :class:`~floodlora.data.sample.Sample`."""
-    return ref.reader.read(ref)
+    """Read one chip into a canonical :class:`~floodlora.data.sample.Sample`.
+
+    A chip that carries pseudo-labels (``ref.extra[PSEUDO_MASK]``, written by self-adaptation) gets
+    them as its mask in place of its own labels, if any, so that those cannot leak into training.
+    """
+    sample = ref.reader.read(ref)
+    pseudo = ref.extra.get(PSEUDO_MASK)
+    if pseudo is not None:
+        import numpy as np
+
+        mask = np.load(pseudo)
+        if mask.shape != sample.shape:
+            raise DataError(
+                f"{pseudo}: pseudo-labels are {mask.shape}, the chip {ref.chip_id} is {sample.shape}"
+            )
+        sample.mask = mask.astype(np.uint8, copy=False)
+    return sample
