@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import errno
 import sys
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, TextIO
 
 import typer
 
@@ -529,10 +529,32 @@ _USER_OS_ERRORS = {
 }  # fmt: skip
 
 
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    """Print a warning as one line, like an error: no source path, no line of code.
+
+    Deprecation warnings are addressed to developers (Python hides them outside tests): not shown.
+    """
+    if issubclass(category, DeprecationWarning | PendingDeprecationWarning):
+        return
+    text = " ".join(str(message).split())
+    print(f"warning: {text}", file=file if file is not None else sys.stderr, flush=True)
+
+
 def main() -> None:
-    """Console entry point: run the app and turn user errors into one clean line."""
+    """Console entry point: run the app and turn user errors and warnings into one clean line each."""
+    import warnings
+
     from floodlora.errors import FloodLoraError
 
+    shown = warnings.showwarning
+    warnings.showwarning = _show_warning
     try:
         app()
     except FloodLoraError as err:
@@ -547,6 +569,8 @@ def main() -> None:
     except KeyboardInterrupt:
         _console().print("[yellow]interrupted[/]")
         sys.exit(130)
+    finally:
+        warnings.showwarning = shown
 
 
 if __name__ == "__main__":

@@ -1,0 +1,179 @@
+"""The responder commands (fetch, map, labels, adapt, suggest) under careless and hostile input.
+
+Each fault is one line (exit code 2, no traceback), writes nothing outside --out, leaves no run folder
+that blocks a rerun and no scratch files in the system temp directory.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("pystac")
+pyogrio = pytest.importorskip("pyogrio")
+
+from tests.fetch_helpers import BBOX, DATE, make_catalog  # noqa: E402
+
+from floodlora import cli  # noqa: E402
+
+BBOX_TEXT = ",".join(map(str, BBOX))
+
+
+def _cli(
+    args: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, code: int = 2
+) -> list[str]:
+    """Run `floodlora ARGS` in process; assert the exit code and no traceback; return the printed lines."""
+    monkeypatch.setattr("sys.argv", ["floodlora", *args])
+    capsys.readouterr()
+    try:
+        cli.main()
+        exit_code = 0
+    except SystemExit as exc:
+        exit_code = exc.code or 0
+    out, err = capsys.readouterr()
+    assert exit_code == code, out + err
+    assert "Traceback" not in err and "warnings.warn" not in err
+    return [line for line in (out + err).splitlines() if line.strip()]
+
+
+def _one_error(args: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> str:
+    """Exit code 2 and exactly one line, an error."""
+    lines = _cli(args, capsys, monkeypatch)
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    return lines[0]
+
+
+@pytest.fixture(autouse=True)
+def system_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The system temp directory of the test: the command must leave it as it found it."""
+    where = tmp_path / "system-tmp"
+    where.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(where))
+    yield where
+    assert sorted(p.name for p in where.iterdir()) == []
+
+
+def _files(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+@pytest.fixture(scope="module")
+def catalog_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """COGs and a static STAC catalog (tests/fetch_helpers.py); each test copies the catalog's JSON."""
+    return make_catalog(tmp_path_factory.mktemp("stac")).parent
+
+
+@pytest.fixture()
+def catalog(catalog_root: Path, tmp_path: Path) -> Path:
+    """This test's own copy of the catalog JSON (the assets' hrefs are absolute: shared, read only)."""
+    shutil.copytree(catalog_root, tmp_path / "stac")
+    return tmp_path / "stac" / "catalog.json"
+
+
+def _item_file(catalog: Path, item_id: str) -> Path:
+    return catalog.parent / "sentinel-1-rtc" / item_id / f"{item_id}.json"
+
+
+def _break_item(catalog: Path, item_id: str, how: str) -> None:
+    path = _item_file(catalog, item_id)
+    if how == "no-datetime":
+        item = json.loads(path.read_text())
+        item["properties"]["datetime"] = None
+        path.write_text(json.dumps(item))
+    elif how == "malformed":
+        path.write_text(path.read_text()[:200])
+    else:  # the collection links to a file that is not there
+        path.unlink()
+
+
+def _fetch_args(catalog: Path, out: Path, *extra: str) -> list[str]:
+    return ["fetch", "--bbox", BBOX_TEXT, "--date", DATE.isoformat(), "--catalog", str(catalog),
+            "--out", str(out), "--no-progress", *extra]  # fmt: skip
+
+
+# ---- fetch ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["no-datetime", "malformed", "missing"])
+def test_fetch_unusable_items_that_were_needed_are_named(
+    how: str, catalog: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    for item_id in ("S1A_desc117_post_north", "S1A_desc117_post_south"):
+        _break_item(catalog, item_id, how)
+    out = tmp_path / "out"
+    line = _one_error(_fetch_args(catalog, out), capsys, monkeypatch)
+    reason = {"no-datetime": "no datetime", "malformed": "not valid JSON", "missing": "file not found"}[how]
+    assert "2 unusable STAC item(s) skipped" in line and f"S1A_desc117_post_north.json ({reason})" in line
+    assert not out.exists()
+
+
+def test_fetch_every_item_unusable(
+    catalog: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    for path in (catalog.parent / "sentinel-1-rtc").glob("*/*.json"):
+        path.write_text("{")
+    line = _one_error(_fetch_args(catalog, tmp_path / "out"), capsys, monkeypatch)
+    assert "no items of collection 'sentinel-1-rtc'" in line and "8 unusable STAC item(s) skipped" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_fetch_skips_an_unusable_item_with_a_warning(
+    catalog: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    _break_item(catalog, "S1A_desc117_pre_old", "no-datetime")
+    out = tmp_path / "out"
+    lines = _cli(_fetch_args(catalog, out), capsys, monkeypatch, code=0)
+    warned = [line for line in lines if line.startswith("warning: ")]
+    assert len(warned) == 1 and "S1A_desc117_pre_old.json (no datetime)" in warned[0], lines
+    assert (out / "pre.tif").is_file() and (out / "post.tif").is_file()
+    info = json.loads((out / "fetch.json").read_text())
+    assert info["catalog"] == str(catalog.resolve())  # absolute, whatever the user typed
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--date", "9999-12-31"], "leaves the calendar"),
+        (["--date", "0001-01-01"], "leaves the calendar"),
+        (["--pre-days", "1000000"], "leaves the calendar"),
+        (["--resolution", "0"], "--resolution must be a positive number of metres, got 0.0"),
+        (["--resolution", "-10"], "--resolution must be a positive number of metres, got -10.0"),
+        (["--resolution", "nan"], "--resolution must be a positive number of metres, got nan"),
+    ],
+)
+def test_fetch_bad_dates_and_resolution_before_any_search(
+    flags: list[str], expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    out = tmp_path / "out"
+    # the catalog is not there: an option error must come before the catalog is even opened
+    line = _one_error([*_fetch_args(tmp_path / "no-catalog", out), *flags], capsys, monkeypatch)
+    assert expected in line
+    assert not out.exists()
+
+
+def test_fetch_assets_without_georeferencing(
+    catalog: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    import rasterio
+
+    data = tmp_path / "nocrs"
+    data.mkdir()
+    for path in catalog.parent.glob("sentinel-1-rtc/*/*.json"):
+        item = json.loads(path.read_text())
+        for asset in item["assets"].values():
+            src = Path(asset["href"])
+            with rasterio.open(src) as ds:
+                band = ds.read()
+            _, h, w = band.shape
+            with rasterio.open(data / src.name, "w", driver="GTiff", width=w, height=h, count=1,
+                               dtype="float32") as ds:  # fmt: skip
+                ds.write(band)
+            asset["href"] = str(data / src.name)
+        path.write_text(json.dumps(item))
+    line = _one_error(_fetch_args(catalog, tmp_path / "out"), capsys, monkeypatch)
+    assert "is not georeferenced (no CRS)" in line and "no valid pixels" not in line
