@@ -177,3 +177,78 @@ def test_fetch_assets_without_georeferencing(
         path.write_text(json.dumps(item))
     line = _one_error(_fetch_args(catalog, tmp_path / "out"), capsys, monkeypatch)
     assert "is not georeferenced (no CRS)" in line and "no valid pixels" not in line
+
+
+# ---- map -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def map_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+    from tests.inference_helpers import make_run
+
+    torch.manual_seed(0)
+    return make_run(tmp_path_factory.mktemp("map-run") / "run", views=("pre", "post"), crop=32)
+
+
+def _map_args(catalog: Path, run: Path | None, out: Path, *extra: str) -> list[str]:
+    model = ["--model", str(run)] if run is not None else []
+    return ["map", "--bbox", BBOX_TEXT, "--date", DATE.isoformat(), *model, "--catalog", str(catalog),
+            "--out", str(out), "--no-progress", *extra]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["../../x.gpkg", "/ABS/x.gpkg", "sub/x.gpkg", "..", ".x.gpkg"])
+def test_map_polygons_must_be_a_bare_name(
+    name: str, catalog: Path, map_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    work = tmp_path / "work"
+    out = work / "a" / "b" / "map"
+    name = name.replace("/ABS", str(tmp_path / "abs"))
+    before = _files(tmp_path)
+    line = _one_error([*_map_args(catalog, map_run, out), "--polygons", name], capsys, monkeypatch)
+    assert f"--polygons {name!r}: give a bare file name" in line
+    assert _files(tmp_path) == before  # nothing fetched, nothing written anywhere
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--model", "MISSING"], "no such run directory"),
+        (["--model", "NOT_A_RUN"], "not a floodlora run directory (config.yaml is missing)"),
+        (["--polygons", "flood.txt"], "polygons are written as .gpkg, .geojson, .fgb or .shp"),
+        (["--threshold", "1.5"], "--threshold must be in (0, 1), got 1.5"),
+        (["--threshold", "nan"], "--threshold must be in (0, 1), got nan"),
+        (["--simplify", "-1"], "--simplify must be >= 0 metres, got -1.0"),
+        (["--simplify", "nan"], "--simplify must be >= 0 metres, got nan"),
+        (["--min-area", "-5"], "--min-area must be >= 0 m2, got -5.0"),
+        (["--date", "9999-12-31"], "leaves the calendar"),
+    ],
+)
+def test_map_checks_every_argument_before_the_download(
+    flags: list[str],
+    expected: str,
+    catalog: Path,
+    map_run: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch,
+) -> None:
+    (tmp_path / "NOT_A_RUN").mkdir()
+    flags = [str(tmp_path / f) if f in ("MISSING", "NOT_A_RUN") else f for f in flags]
+    out = tmp_path / "map"
+    line = _one_error([*_map_args(catalog, map_run, out), *flags], capsys, monkeypatch)
+    assert expected in line
+    assert not out.exists()  # no OUT/scenes/ left from a download that was bound to fail
+
+
+def test_map_records_the_catalog_as_an_absolute_path(
+    catalog: Path, map_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    monkeypatch.chdir(catalog.parent.parent)
+    out = tmp_path / "map"
+    args = _map_args(Path("stac") / "catalog.json", map_run, out, "--threshold", "0.3")
+    lines = _cli(args, capsys, monkeypatch, code=0)
+    assert not [line for line in lines if line.startswith("warning: ")], lines
+    summary = json.loads((out / "summary.json").read_text())
+    fetched = json.loads((out / "scenes" / "fetch.json").read_text())
+    assert summary["catalog"] == fetched["catalog"] == str(catalog.resolve())
