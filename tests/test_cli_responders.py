@@ -252,3 +252,112 @@ def test_map_records_the_catalog_as_an_absolute_path(
     summary = json.loads((out / "summary.json").read_text())
     fetched = json.loads((out / "scenes" / "fetch.json").read_text())
     assert summary["catalog"] == fetched["catalog"] == str(catalog.resolve())
+
+
+# ---- adapt ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def adapt_inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A small trained run and three labelled chips of 64 px (calibration takes seconds)."""
+    from tests.inference_helpers import make_run
+
+    from floodlora.data.synthetic import write_folder_dataset
+
+    root = tmp_path_factory.mktemp("adapt")
+    run = make_run(root / "run", crop=32)
+    chips = root / "chips"
+    write_folder_dataset(chips, 3, 64, seed=0, splits={"chips": 1.0})
+    return run, chips
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--lr", "nan"], "adapt: lr must be a finite number > 0, got nan"),
+        (["--lr", "inf"], "adapt: lr must be a finite number > 0, got inf"),
+        (["--max-minutes", "nan"], "adapt: max minutes must be a finite number > 0, got nan"),
+    ],
+)
+def test_adapt_refuses_non_finite_numbers(
+    flags: list[str],
+    expected: str,
+    adapt_inputs: tuple[Path, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch,
+) -> None:
+    run, chips = adapt_inputs
+    out = tmp_path / "new"
+    line = _one_error(
+        ["adapt", str(run), "--data", str(chips), "--out", str(out), *flags], capsys, monkeypatch
+    )
+    assert expected in line
+    assert not out.exists()
+
+
+def test_a_failed_adapt_leaves_no_folder_that_blocks_the_rerun(
+    adapt_inputs: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    from floodlora.errors import DataError
+    from floodlora.training import adapt as adapt_module
+
+    run, chips = adapt_inputs
+    out = tmp_path / "new"
+    args = ["adapt", str(run), "--data", str(chips), "--out", str(out), "--no-progress"]
+
+    def fails_midway(origin, cfg, out_dir: Path, *args, **kwargs):  # what a run writes before it fails
+        (out_dir / "logs").mkdir(parents=True)
+        (out_dir / "config.yaml").write_text("data: {}\n")
+        raise DataError("chip r3: unreadable (simulated)")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(adapt_module, "_calibrate_only", fails_midway)
+        line = _one_error(args, capsys, monkeypatch)
+    assert "unreadable (simulated)" in line and not out.exists()
+    out.mkdir()  # an empty folder made by the user stays, emptied
+    with monkeypatch.context() as patch:
+        patch.setattr(adapt_module, "_calibrate_only", fails_midway)
+        _one_error(args, capsys, monkeypatch)
+    assert out.is_dir() and not list(out.iterdir())
+    _cli(args, capsys, monkeypatch, code=0)
+    assert (out / "adapt.json").is_file()
+
+
+def test_an_interrupted_adapt_run_is_named_and_replaced_with_overwrite(
+    adapt_inputs: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    run, chips = adapt_inputs
+    out = tmp_path / "new"
+    (out / "logs").mkdir(parents=True)  # what a run killed with SIGKILL leaves
+    (out / "config.yaml").write_text("data: {}\n")
+    args = ["adapt", str(run), "--data", str(chips), "--out", str(out), "--no-progress"]
+    line = _one_error(args, capsys, monkeypatch)
+    assert "holds an interrupted adapt run (no adapt.json); pass --overwrite to replace it" in line
+    _cli([*args, "--overwrite"], capsys, monkeypatch, code=0)
+    assert (out / "adapt.json").is_file()
+    line = _one_error(args, capsys, monkeypatch)
+    assert "already holds a run; pass --overwrite" in line
+    other = tmp_path / "photos"  # --overwrite never empties a folder that is not a run
+    other.mkdir()
+    (other / "a.jpg").write_text("x")
+    line = _one_error(["adapt", str(run), "--data", str(chips), "--out", str(other), "--overwrite"],
+                      capsys, monkeypatch)  # fmt: skip
+    assert "already exists and is not empty" in line and (other / "a.jpg").is_file()
+
+
+def test_the_domain_shift_warning_during_adapt_does_not_advise_adapt(
+    adapt_inputs: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    run, chips = adapt_inputs
+    eight_bit = tmp_path / "run8"
+    shutil.copytree(run, eight_bit)
+    preset = {"name": "ombria-stats", "units": "scaled-uint8", "mean": {"vv": 90.0, "vh": 60.0},
+              "std": {"vv": 30.0, "vh": 25.0}}  # fmt: skip
+    (eight_bit / "normalization.json").write_text(json.dumps({"ombria": preset}))
+    args = ["adapt", str(eight_bit), "--data", str(chips), "--out", str(tmp_path / "new"), "--no-progress"]
+    lines = _cli(args, capsys, monkeypatch, code=0)
+    warned = [line for line in lines if line.startswith("warning: ")]
+    assert warned and all("domain shift" in w for w in warned), lines
+    assert not any("floodlora adapt" in w for w in warned)
+    assert "the operating point is now set on these labelled chips" in warned[0]

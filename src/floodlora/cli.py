@@ -299,6 +299,9 @@ def adapt(
             help="fine-tune: then set each output's operating point on every labelled chip (as calibrate)."
         ),
     ] = True,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace an earlier or interrupted run in OUT (a failed run leaves none).")
+    ] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Adapt a model to a few labelled chips of a new flood (seconds to minutes on a CPU).
@@ -317,8 +320,9 @@ def adapt(
         calibrate_tolerance=calibrate_tolerance, calibrate_after=calibrate_after,
     )  # fmt: skip
     result = run_adapt(
-        from_, data, out, format=format, options=opts, checkpoint=checkpoint, progress=progress
-    )
+        from_, data, out, format=format, options=opts, checkpoint=checkpoint, progress=progress,
+        overwrite=overwrite,
+    )  # fmt: skip
     typer.echo(format_summary(result.summary))
     typer.echo(f"run directory: {result.run_dir}")
 
