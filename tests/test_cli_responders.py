@@ -12,6 +12,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("pystac")
@@ -361,3 +362,81 @@ def test_the_domain_shift_warning_during_adapt_does_not_advise_adapt(
     assert warned and all("domain shift" in w for w in warned), lines
     assert not any("floodlora adapt" in w for w in warned)
     assert "the operating point is now set on these labelled chips" in warned[0]
+
+
+# ---- labels --------------------------------------------------------------------------------------
+
+
+def _polygon_layer(path: Path, layer: str, boxes: list[tuple[int, int, int, int]]) -> None:
+    """Add a layer of polygons (rows r0..r1, cols c0..c1 of the 64 x 64 test scene) to a vector file."""
+    import shapely
+    from rasterio.crs import CRS
+
+    x0, y0, res = 500000.0, 5000000.0, 10.0
+    geoms = [
+        shapely.box(x0 + c0 * res, y0 - r1 * res, x0 + c1 * res, y0 - r0 * res) for r0, r1, c0, c1 in boxes
+    ]
+    pyogrio.raw.write(
+        path, np.array(shapely.to_wkb(geoms), dtype=object), [np.arange(len(geoms), dtype=np.int32)], ["id"],
+        layer=layer, geometry_type="Polygon", crs=CRS.from_epsg(32633).to_wkt(), append=path.exists(),
+    )  # fmt: skip
+
+
+@pytest.fixture()
+def labelling(tmp_path: Path) -> tuple[Path, Path]:
+    """A post-event scene and the GeoPackage of the README's workflow: `suggest` wrote the
+    suggested_tiles layer, the responder then added a flood layer in QGIS."""
+    from tests.inference_helpers import db_scene, write_scene
+
+    scene = write_scene(tmp_path / "post.tif", db_scene(64, 64, seed=4))
+    tiles = tmp_path / "tiles.gpkg"
+    _polygon_layer(tiles, "suggested_tiles", [(0, 64, 0, 64)])  # the whole scene
+    _polygon_layer(tiles, "flood", [(10, 30, 20, 40)])
+    return scene, tiles
+
+
+def test_labels_refuses_a_multi_layer_file_without_a_layer(
+    labelling: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    scene, tiles = labelling
+    out = tmp_path / "chips"
+    args = ["labels", "--scene", str(scene), "--flood", str(tiles), "--aoi", f"{tiles}:suggested_tiles",
+            "--out", str(out), "--chip-size", "32"]  # fmt: skip
+    line = _one_error(args, capsys, monkeypatch)
+    assert (
+        f"--flood {tiles}: holds 2 layers (suggested_tiles, flood); name one as --flood {tiles}:LAYER" in line
+    )
+    assert not out.exists()
+    bad = [*args[:4], f"{tiles}:flod", *args[5:]]
+    line = _one_error(bad, capsys, monkeypatch)
+    assert "no layer 'flod' there (layers: suggested_tiles, flood)" in line and not out.exists()
+
+
+def test_labels_reads_the_layer_named_file_colon_layer(
+    labelling: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    import rasterio
+
+    scene, tiles = labelling
+    out = tmp_path / "chips"
+    args = ["labels", "--scene", str(scene), "--flood", f"{tiles}:flood", "--aoi", f"{tiles}:suggested_tiles",
+            "--out", str(out), "--chip-size", "32", "--date", "2024-11-01"]  # fmt: skip
+    lines = _cli(args, capsys, monkeypatch, code=0)
+    assert not [line for line in lines if line.startswith("warning: ")], lines
+    labels = json.loads((out / "labels.json").read_text())
+    assert labels["flood_pixels"] == 20 * 20 and labels["dry_pixels"] == 64 * 64 - 20 * 20
+    assert labels["flood"] == f"{tiles}:flood"
+    with rasterio.open(out / "chips" / "post-r00000-c00000" / "mask.tif") as ds:
+        assert sorted(np.unique(ds.read(1)).tolist()) == [0, 1]
+
+
+@pytest.mark.parametrize("date", ["next tuesday", "2024-13-01", "01/11/2024"])
+def test_labels_refuses_a_date_it_cannot_read(
+    date: str, labelling: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    scene, tiles = labelling
+    out = tmp_path / "chips"
+    args = ["labels", "--scene", str(scene), "--flood", f"{tiles}:flood", "--out", str(out), "--date", date]
+    line = _one_error(args, capsys, monkeypatch)
+    assert f"--date {date!r}: expected an ISO date such as 2024-10-30" in line
+    assert not out.exists()

@@ -57,17 +57,23 @@ def synth(
 @app.command()
 def labels(
     scene: Annotated[str, typer.Option(help="Post-event Sentinel-1 GeoTIFF (VV/VH) the polygons label.")],
-    flood: Annotated[str, typer.Option(help="Flood polygons (.gpkg, .geojson, .shp, .fgb).")],
+    flood: Annotated[
+        str, typer.Option(help="Flood polygons (.gpkg, .geojson, .shp, .fgb); FILE:LAYER picks a layer.")
+    ],
     out: Annotated[str, typer.Option(help="Folder of labelled chips to write (ready for adapt).")],
-    dry: Annotated[str | None, typer.Option(help="Dry (not flooded) polygons.")] = None,
-    aoi: Annotated[str | None, typer.Option(help="Area checked by the labeller: dry outside flood.")] = None,
+    dry: Annotated[str | None, typer.Option(help="Dry (not flooded) polygons (FILE or FILE:LAYER).")] = None,
+    aoi: Annotated[
+        str | None, typer.Option(help="Area checked by the labeller: dry outside flood (FILE or FILE:LAYER).")
+    ] = None,
     chip_size: Annotated[int, typer.Option(help="Chip size in pixels.")] = 256,
     min_labelled: Annotated[
         float, typer.Option(help="Keep chips with this share of labelled pixels.")
     ] = 0.01,
     units: Annotated[str, typer.Option(help="Scene units: db | linear.")] = "db",
     event: Annotated[str | None, typer.Option(help="Event name (default: the scene's file name).")] = None,
-    date: Annotated[str | None, typer.Option(help="Post-event date (ISO) for the time code.")] = None,
+    date: Annotated[
+        str | None, typer.Option(help="Post-event date (ISO, e.g. 2024-10-30) for the time code.")
+    ] = None,
 ) -> None:
     """Rasterise responders' polygons (flood 1, dry 0, else 255) onto a scene; write labelled chips."""
     from floodlora.data.labels import format_labels, make_labels

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from floodlora.data.sample import MASK_NODATA
-from floodlora.encodings import encode_latlon, encode_time, parse_date
+from floodlora.encodings import check_date, encode_latlon, encode_time
 from floodlora.errors import ConfigError, DataError
 from floodlora.inference.tiling import StripBlender, Tile, plan_tiles
 from floodlora.inference.uncertainty import (
@@ -128,13 +128,7 @@ def encode_date(date: str | None) -> np.ndarray:
 
     Unlike training chips, whose unparseable dates code as zeros, a user's bad `--date` is an error.
     """
-    if date:
-        try:
-            parse_date(date)
-        except ValueError:
-            raise ConfigError(
-                f"--date {date!r}: expected an ISO date such as 2024-10-30 or 2024-10-30T17:45"
-            ) from None
+    check_date(date)
     return encode_time(date)
 
 
