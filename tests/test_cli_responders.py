@@ -440,3 +440,66 @@ def test_labels_refuses_a_date_it_cannot_read(
     line = _one_error(args, capsys, monkeypatch)
     assert f"--date {date!r}: expected an ISO date such as 2024-10-30" in line
     assert not out.exists()
+
+
+# ---- suggest -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def suggest_inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    from tests.inference_helpers import db_scene, make_run, write_scene
+
+    root = tmp_path_factory.mktemp("suggest")
+    return make_run(root / "run", crop=32), write_scene(root / "post.tif", db_scene(64, 64, seed=2))
+
+
+def test_a_failed_suggest_leaves_no_scratch_files(
+    suggest_inputs: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    run, _ = suggest_inputs
+    bad = tmp_path / "post-not-a-raster.tif"
+    bad.write_text("not a GeoTIFF")
+    out = tmp_path / "labelling" / "tiles.gpkg"
+    before = _files(tmp_path)
+    _one_error(["suggest", str(run), "--view", f"post={bad}", "--out", str(out), "--no-progress"],
+               capsys, monkeypatch)  # fmt: skip
+    assert _files(tmp_path) == before  # no scratch beside --out; the system temp dir is checked too
+
+
+def test_suggest_sweeps_the_scratch_of_a_killed_run(
+    suggest_inputs: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    """A SIGKILLed suggest leaves its whole-scene scratch beside --out; the next run removes it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    run, post = suggest_inputs
+    out = tmp_path / "tiles.gpkg"
+    code = (
+        "import os, signal\n"
+        "from floodlora.io import scratch_dir\n"
+        f"d = scratch_dir({str(out)!r}, '.d'); (d / 'spread.tif').write_bytes(b'0' * 1000)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    assert subprocess.run([sys.executable, "-c", code], env=env, timeout=60).returncode == -signal.SIGKILL
+    (stale,) = [p for p in tmp_path.iterdir() if p.name.startswith(".tiles.gpkg.")]
+    assert (stale / "spread.tif").is_file()
+    args = ["suggest", str(run), "--view", f"post={post}", "--out", str(out), "--n", "2", "--size", "32",
+            "--no-progress"]  # fmt: skip
+    from floodlora.inference import predict
+
+    written: list[Path] = []
+    real = predict.predict_run
+
+    def spy(run_dir, views, out_path, **kwargs):  # where the whole-scene layers go
+        written.extend(Path(p) for p in (out_path, kwargs.get("uncertainty")) if p is not None)
+        return real(run_dir, views, out_path, **kwargs)
+
+    monkeypatch.setattr(predict, "predict_run", spy)
+    lines = _cli(args, capsys, monkeypatch, code=0)
+    assert any("2 of" in line for line in lines), lines
+    assert len(written) == 2 and all(p.parent.parent == tmp_path for p in written)  # beside --out
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "system-tmp") == ["tiles.gpkg"]
