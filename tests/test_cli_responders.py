@@ -38,7 +38,7 @@ def _cli(
         exit_code = exc.code or 0
     out, err = capsys.readouterr()
     assert exit_code == code, out + err
-    assert "Traceback" not in err and "warnings.warn" not in err
+    assert "Traceback" not in err and "warnings.warn" not in err and ".py:" not in err
     return [line for line in (out + err).splitlines() if line.strip()]
 
 
