@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import errno
 import sys
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, TextIO
 
 import typer
 
@@ -57,17 +57,23 @@ def synth(
 @app.command()
 def labels(
     scene: Annotated[str, typer.Option(help="Post-event Sentinel-1 GeoTIFF (VV/VH) the polygons label.")],
-    flood: Annotated[str, typer.Option(help="Flood polygons (.gpkg, .geojson, .shp, .fgb).")],
+    flood: Annotated[
+        str, typer.Option(help="Flood polygons (.gpkg, .geojson, .shp, .fgb); FILE:LAYER picks a layer.")
+    ],
     out: Annotated[str, typer.Option(help="Folder of labelled chips to write (ready for adapt).")],
-    dry: Annotated[str | None, typer.Option(help="Dry (not flooded) polygons.")] = None,
-    aoi: Annotated[str | None, typer.Option(help="Area checked by the labeller: dry outside flood.")] = None,
+    dry: Annotated[str | None, typer.Option(help="Dry (not flooded) polygons (FILE or FILE:LAYER).")] = None,
+    aoi: Annotated[
+        str | None, typer.Option(help="Area checked by the labeller: dry outside flood (FILE or FILE:LAYER).")
+    ] = None,
     chip_size: Annotated[int, typer.Option(help="Chip size in pixels.")] = 256,
     min_labelled: Annotated[
         float, typer.Option(help="Keep chips with this share of labelled pixels.")
     ] = 0.01,
     units: Annotated[str, typer.Option(help="Scene units: db | linear.")] = "db",
     event: Annotated[str | None, typer.Option(help="Event name (default: the scene's file name).")] = None,
-    date: Annotated[str | None, typer.Option(help="Post-event date (ISO) for the time code.")] = None,
+    date: Annotated[
+        str | None, typer.Option(help="Post-event date (ISO, e.g. 2024-10-30) for the time code.")
+    ] = None,
 ) -> None:
     """Rasterise responders' polygons (flood 1, dry 0, else 255) onto a scene; write labelled chips."""
     from floodlora.data.labels import format_labels, make_labels
@@ -299,6 +305,9 @@ def adapt(
             help="fine-tune: then set each output's operating point on every labelled chip (as calibrate)."
         ),
     ] = True,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace an earlier or interrupted run in OUT (a failed run leaves none).")
+    ] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Adapt a model to a few labelled chips of a new flood (seconds to minutes on a CPU).
@@ -317,8 +326,9 @@ def adapt(
         calibrate_tolerance=calibrate_tolerance, calibrate_after=calibrate_after,
     )  # fmt: skip
     result = run_adapt(
-        from_, data, out, format=format, options=opts, checkpoint=checkpoint, progress=progress
-    )
+        from_, data, out, format=format, options=opts, checkpoint=checkpoint, progress=progress,
+        overwrite=overwrite,
+    )  # fmt: skip
     typer.echo(format_summary(result.summary))
     typer.echo(f"run directory: {result.run_dir}")
 
@@ -536,10 +546,32 @@ _USER_OS_ERRORS = {
 }  # fmt: skip
 
 
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    """Print a warning as one line, like an error: no source path, no line of code.
+
+    Deprecation warnings are addressed to developers (Python hides them outside tests): not shown.
+    """
+    if issubclass(category, DeprecationWarning | PendingDeprecationWarning):
+        return
+    text = " ".join(str(message).split())
+    print(f"warning: {text}", file=file if file is not None else sys.stderr, flush=True)
+
+
 def main() -> None:
-    """Console entry point: run the app and turn user errors into one clean line."""
+    """Console entry point: run the app and turn user errors and warnings into one clean line each."""
+    import warnings
+
     from floodlora.errors import FloodLoraError
 
+    shown = warnings.showwarning
+    warnings.showwarning = _show_warning
     try:
         app()
     except FloodLoraError as err:
@@ -554,6 +586,8 @@ def main() -> None:
     except KeyboardInterrupt:
         _console().print("[yellow]interrupted[/]")
         sys.exit(130)
+    finally:
+        warnings.showwarning = shown
 
 
 if __name__ == "__main__":

@@ -12,10 +12,24 @@ import math
 
 import numpy as np
 
+from floodlora.errors import ConfigError
+
 
 def parse_date(date: str) -> dt.datetime:
     """An ISO date or date-time; raises ValueError for anything else."""
     return dt.datetime.fromisoformat(str(date))
+
+
+def check_date(date: str | None, flag: str = "--date") -> None:
+    """A user's date must parse: a training chip's bad date codes as zeros, a typed one is an error."""
+    if not date:
+        return
+    try:
+        parse_date(date)
+    except ValueError:
+        raise ConfigError(
+            f"{flag} {date!r}: expected an ISO date such as 2024-10-30 or 2024-10-30T17:45"
+        ) from None
 
 
 def encode_time(date: str | None) -> np.ndarray:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -56,8 +57,24 @@ def scratch_file(target: str | Path, suffix: str) -> Path:
     return Path(tmp)
 
 
+def scratch_dir(target: str | Path, suffix: str) -> Path:
+    """Create a hidden scratch folder beside `target`: `.NAME.PID-RANDOM<suffix>`.
+
+    For intermediate files too large for the system temp directory, where a killed process would
+    leave them for good; here the next write of `target` sweeps them (:func:`remove_stale_scratch`).
+    """
+    target = Path(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_scratch(target)
+        made = tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}-", suffix=suffix, dir=target.parent)
+        return Path(made)
+    except OSError as err:
+        raise OutputError(f"{target}: cannot write ({_reason(err)})") from None
+
+
 def remove_stale_scratch(target: str | Path) -> list[Path]:
-    """Delete `.NAME.PID-*` scratch files of `target` whose process is gone; return what was removed."""
+    """Delete `.NAME.PID-*` scratch files and folders of `target` whose process is gone; return them."""
     target = Path(target)
     prefix = f".{target.name}."
     removed = []
@@ -73,7 +90,10 @@ def remove_stale_scratch(target: str | Path) -> list[Path]:
         if not dash or not pid_text.isdigit() or _process_alive(int(pid_text)):
             continue
         try:
-            entry.unlink()
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
             removed.append(entry)
         except OSError:
             pass

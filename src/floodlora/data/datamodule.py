@@ -25,6 +25,7 @@ from floodlora.data.sar import (
     PER_SCENE,
     PER_VIEW_8BIT,
     SCENE_MODES,
+    SHIFT_ADVICE,
     NormalizationPreset,
     calibrated_run_preset,
     compute_stats,
@@ -87,8 +88,9 @@ def resolve_presets(
     base: str = "clay-v1.5",
     fixed: Mapping[str, NormalizationPreset] | None = None,
     stats_from_data: bool = False,
+    advice: str | None = SHIFT_ADVICE,
 ) -> dict[str, NormalizationPreset]:
-    """One preset per source format.
+    """One preset per source format (`advice` ends a domain-shift warning: calibrated_run_preset).
 
     * `fixed` (a trained run's presets) wins for every format it covers: a run is scored with the
       numbers it was trained with. Calibrated data of a format the run never saw takes the run's
@@ -106,7 +108,9 @@ def resolve_presets(
         rest = [r for r in refs if r.format not in scene_formats]
         if rest:
             run_calibrated = {k: v for k, v in fixed.items() if not k.startswith("event:")}
-            presets |= resolve_presets("auto", rest, train_refs, base, run_calibrated, stats_from_data)
+            presets |= resolve_presets(
+                "auto", rest, train_refs, base, run_calibrated, stats_from_data, advice
+            )
         return presets
     for fmt in sorted({r.format for r in refs}):
         units = next(r.units for r in refs if r.format == fmt)
@@ -114,7 +118,7 @@ def resolve_presets(
             presets[fmt] = fixed[fmt]
             continue
         if fixed and units in ("db", "linear"):
-            presets[fmt] = calibrated_run_preset(fixed, units, base, f"{fmt} chips")
+            presets[fmt] = calibrated_run_preset(fixed, units, base, f"{fmt} chips", advice)
             continue
         stats = None
         if normalization == "auto" and units == "scaled-uint8":
@@ -480,6 +484,9 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
 class FloodDataModule(L.LightningDataModule):
     """Discovers chips under ``config.roots``, splits them, and serves train/val/test/ood loaders."""
 
+    #: how a domain-shift warning ends (what to do about it)
+    shift_advice: str | None = SHIFT_ADVICE
+
     def __init__(
         self,
         config: DataConfig,
@@ -512,7 +519,7 @@ class FloodDataModule(L.LightningDataModule):
         labelled = [r for r in refs if r.labelled]
         self.presets = resolve_presets(
             cfg.normalization, labelled, splits["train"], self.base_normalization,
-            self.fixed_presets, cfg.stats_from_data,
+            self.fixed_presets, cfg.stats_from_data, self.shift_advice,
         )  # fmt: skip
         for name in splits:
             splits[name], self.skipped[name] = self._filter_nodata(splits[name])

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -91,6 +92,7 @@ class FetchResult:
     manifest: Path
     info: dict[str, Any]
     messages: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # e.g. catalog items that could not be used
 
 
 # --------------------------------------------------------------------------------------------------
@@ -157,15 +159,26 @@ def _item_datetime(item: Any) -> dt.datetime:
     return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
 
 
-def search_items(opts: FetchOptions, start: dt.datetime, end: dt.datetime) -> list[Any]:
-    """Items of the collection intersecting the bbox between `start` and `end` (pystac Items)."""
+def search_items(
+    opts: FetchOptions, start: dt.datetime, end: dt.datetime, skipped: list[str] | None = None
+) -> list[Any]:
+    """Items of the collection intersecting the bbox between `start` and `end` (pystac Items).
+
+    An item that cannot be used (unreadable, malformed, no datetime) is left out and described in
+    `skipped`, so one bad entry of a catalog does not stop a responder; none usable is a FetchError.
+    """
     import shapely.geometry
 
+    skipped = [] if skipped is None else skipped
     area = shapely.geometry.box(*opts.bbox)
-    items = _static_items(opts) if _is_local(opts.catalog) else _api_items(opts, start, end)
+    items = _static_items(opts, skipped) if _is_local(opts.catalog) else _api_items(opts, start, end)
     out = []
     for item in items:
-        when = _item_datetime(item)
+        try:
+            when = _item_datetime(item)
+        except FetchError:
+            skipped.append(f"{item.id} (no datetime)")
+            continue
         if not start <= when <= end or item.geometry is None:
             continue
         if shapely.geometry.shape(item.geometry).intersects(area):
@@ -173,11 +186,60 @@ def search_items(opts: FetchOptions, start: dt.datetime, end: dt.datetime) -> li
     return sorted(out, key=_item_datetime)
 
 
-def _static_items(opts: FetchOptions) -> list[Any]:
+def describe_skipped(skipped: Sequence[str], limit: int = 3) -> str:
+    """'2 unusable STAC item(s) skipped: a (file not found), b (no datetime)', at most `limit` named."""
+    more = f" and {len(skipped) - limit} more" if len(skipped) > limit else ""
+    return f"{len(skipped)} unusable STAC item(s) skipped: {', '.join(skipped[:limit])}{more}"
+
+
+def _unreadable(err: BaseException) -> str:
+    """Why a STAC file could not be read, in a few words (pystac wraps the cause)."""
+    import json
+
+    while err.__cause__ is not None:
+        err = err.__cause__
+    if isinstance(err, FileNotFoundError):
+        return "file not found"
+    if isinstance(err, json.JSONDecodeError):
+        return "not valid JSON"
+    text = str(err).strip().splitlines()[0][:120] if str(err).strip() else ""
+    if "datetime" in text.lower():
+        return "no datetime"
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def _walk_items(container: Any, skipped: list[str], seen: set[str] | None = None) -> Iterator[Any]:
+    """Every item under a static catalog or collection; what cannot be read goes to `skipped`.
+
+    pystac resolves links lazily inside ``get_items()``, where one broken file ends the whole walk
+    with a traceback; here each link is resolved on its own.
+    """
+    seen = set() if seen is None else seen
+    root = container.get_root()
+    for rel in ("child", "item"):
+        links = container.get_child_links() if rel == "child" else container.get_item_links()
+        for link in links:
+            href = link.get_absolute_href() or link.href
+            if href in seen:
+                continue
+            seen.add(href)
+            try:
+                target = link.resolve_stac_object(root=root).target
+                if rel == "item":
+                    _item_datetime(target)
+            except Exception as err:  # pystac raises many types for a missing or malformed file
+                skipped.append(f"{href} ({_unreadable(err)})")
+                continue
+            if rel == "child":
+                yield from _walk_items(target, skipped, seen)
+            else:
+                yield target
+
+
+def _static_items(opts: FetchOptions, skipped: list[str]) -> list[Any]:
     import pystac
 
-    path = opts.catalog[len("file://") :] if opts.catalog.startswith("file://") else opts.catalog
-    p = Path(path)
+    p = _catalog_path(opts.catalog)
     if p.is_dir():
         p = p / "catalog.json"
     if not p.is_file():
@@ -186,15 +248,29 @@ def _static_items(opts: FetchOptions) -> list[Any]:
         root = pystac.read_file(str(p))
     except Exception as err:  # pystac raises several types for a malformed file
         raise FetchError(f"{p}: not a readable STAC catalog ({type(err).__name__}: {err})") from None
+    if isinstance(root, pystac.Item):
+        raise FetchError(f"{p}: a STAC item, not a catalog or collection")
+    every = list(_walk_items(root, skipped))
     if isinstance(root, pystac.Collection) and root.id == opts.collection:
-        return list(root.get_items(recursive=True))
-    items = [i for i in root.get_items(recursive=True) if i.collection_id == opts.collection]
+        items = every
+    else:
+        items = [i for i in every if i.collection_id == opts.collection]
     if not items:
-        ids = sorted({c.id for c in root.get_children()})
+        ids = sorted({str(i.collection_id) for i in every if i.collection_id})
+        bad = f"; {describe_skipped(skipped)}" if skipped else ""
         raise FetchError(
-            f"{p}: no items of collection {opts.collection!r} (collections: {', '.join(ids) or 'none'})"
+            f"{p}: no items of collection {opts.collection!r} (collections: {', '.join(ids) or 'none'}){bad}"
         )
     return items
+
+
+def _catalog_path(catalog: str) -> Path:
+    return Path(catalog[len("file://") :] if catalog.startswith("file://") else catalog)
+
+
+def catalog_location(catalog: str) -> str:
+    """The catalog as fetch.json and summary.json record it: an absolute path, or the URL as given."""
+    return str(_catalog_path(catalog).resolve()) if _is_local(catalog) else catalog
 
 
 def _api_items(opts: FetchOptions, start: dt.datetime, end: dt.datetime) -> list[Any]:
@@ -326,11 +402,19 @@ def read_asset(href: str, grid: OutputGrid, linear: bool, item_id: str, asset: s
     """The bbox of one asset on `grid` (float32, NaN where the source is nodata or absent)."""
     import rasterio
     from rasterio.enums import Resampling
-    from rasterio.errors import RasterioIOError
+    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
     from rasterio.vrt import WarpedVRT
 
     try:
-        with rasterio.open(href) as src:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)  # said below, in one line
+            opened = rasterio.open(href)
+        with opened as src:
+            if src.crs is None:
+                raise FetchError(
+                    f"{item_id}/{asset}: {_strip_query(href)} is not georeferenced (no CRS); "
+                    "it cannot be placed on the bbox"
+                )
             src_nodata = src.nodata if src.nodata is not None else (0.0 if linear else None)
             with WarpedVRT(
                 src,
@@ -457,19 +541,42 @@ def _progress(enabled: bool, total: int) -> Iterator[Callable[[str], None]]:
         progress.update(task, completed=total)
 
 
-def fetch_scenes(opts: FetchOptions, out_dir: str | Path) -> FetchResult:
-    """Search, choose the pre/post pair, read the bbox of each asset, write pre.tif, post.tif, fetch.json."""
-    from floodlora.io import atomic_write_json
+def search_window(opts: FetchOptions) -> tuple[dt.datetime, dt.datetime]:
+    """(start, end) of the catalog search: `pre_days` before the date to `post_days` after it."""
+    day0 = dt.datetime.combine(opts.date, dt.time(), tzinfo=dt.UTC)
+    try:
+        return day0 - dt.timedelta(days=opts.pre_days), day0 + dt.timedelta(days=opts.post_days, hours=24)
+    except OverflowError:
+        raise ConfigError(
+            f"--date {opts.date} with --pre-days {opts.pre_days}: the search window ({opts.pre_days} days "
+            f"before to {opts.post_days} days after) leaves the calendar (years 1 to 9999)"
+        ) from None
 
+
+def check_fetch_options(opts: FetchOptions) -> tuple[dt.datetime, dt.datetime]:
+    """Every option checked before any network call or file write; returns the search window."""
     if opts.asset_units not in ("linear", "db"):
         raise ConfigError(f"asset units must be linear or db, got {opts.asset_units!r}")
     if opts.pre_days <= opts.min_gap_days:
         raise ConfigError(f"--pre-days must be more than {opts.min_gap_days}, got {opts.pre_days}")
-    day0 = dt.datetime.combine(opts.date, dt.time(), tzinfo=dt.UTC)
-    start = day0 - dt.timedelta(days=opts.pre_days)
-    end = day0 + dt.timedelta(days=opts.post_days, hours=24)
-    items = search_items(opts, start, end)
-    pre, post = choose_pair(items, opts)
+    if not (math.isfinite(opts.resolution) and opts.resolution > 0):
+        raise ConfigError(f"--resolution must be a positive number of metres, got {opts.resolution}")
+    return search_window(opts)
+
+
+def fetch_scenes(opts: FetchOptions, out_dir: str | Path) -> FetchResult:
+    """Search, choose the pre/post pair, read the bbox of each asset, write pre.tif, post.tif, fetch.json."""
+    from floodlora.io import atomic_write_json
+
+    start, end = check_fetch_options(opts)
+    skipped: list[str] = []
+    items = search_items(opts, start, end, skipped)
+    try:
+        pre, post = choose_pair(items, opts)
+    except FetchError as err:  # the unusable items may be the ones that were needed: say so
+        if not skipped:
+            raise
+        raise FetchError(f"{err}; {describe_skipped(skipped)}") from None
     grid = output_grid(opts)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -477,7 +584,7 @@ def fetch_scenes(opts: FetchOptions, out_dir: str | Path) -> FetchResult:
     info: dict[str, Any] = {
         "bbox": list(opts.bbox),
         "date": opts.date.isoformat(),
-        "catalog": opts.catalog,
+        "catalog": catalog_location(opts.catalog),
         "collection": opts.collection,
         "crs": grid.crs,
         "transform": list(grid.transform)[:6],
@@ -509,13 +616,14 @@ def fetch_scenes(opts: FetchOptions, out_dir: str | Path) -> FetchResult:
                 "items": described,
             }
     atomic_write_json(out / FETCH_JSON, info)
-    return FetchResult(out, out / "pre.tif", out / "post.tif", out / FETCH_JSON, info, messages)
+    warnings = [describe_skipped(skipped)] if skipped else []
+    return FetchResult(out, out / "pre.tif", out / "post.tif", out / FETCH_JSON, info, messages, warnings)
 
 
 def format_fetch(result: FetchResult) -> str:
     """The summary `floodlora fetch` prints."""
     info = result.info
-    lines = [f"note: {m}" for m in result.messages]
+    lines = [f"warning: {m}" for m in result.warnings] + [f"note: {m}" for m in result.messages]
     for name in ("post", "pre"):
         d = info[name]
         ids = ", ".join(i["id"] for i in d["items"])
@@ -542,6 +650,22 @@ def run_fetch(
     progress: bool = True,
 ) -> FetchResult:
     """`floodlora fetch`: parse the CLI's strings into FetchOptions and fetch."""
+    opts = fetch_options(bbox, date, pre_days, catalog, collection, assets, asset_units, resolution, progress)
+    return fetch_scenes(opts, out)
+
+
+def fetch_options(
+    bbox: str,
+    date: str,
+    pre_days: int = 60,
+    catalog: str = PLANETARY_COMPUTER,
+    collection: str = DEFAULT_COLLECTION,
+    assets: str = "vv,vh",
+    asset_units: str = "linear",
+    resolution: float = 10.0,
+    progress: bool = True,
+) -> FetchOptions:
+    """The CLI's strings as checked FetchOptions: `map` calls this before it writes or fetches anything."""
     names = [a.strip() for a in assets.split(",")]
     if len(names) != 2 or not all(names):
         raise ConfigError(f"--assets {assets!r}: expected the VV and VH asset names, e.g. vv,vh")
@@ -550,4 +674,5 @@ def run_fetch(
         collection=collection, assets={"vv": names[0], "vh": names[1]}, asset_units=asset_units,
         resolution=resolution, progress=progress,
     )  # fmt: skip
-    return fetch_scenes(opts, out)
+    check_fetch_options(opts)
+    return opts

@@ -4,6 +4,8 @@
 
 * Vector files are read with pyogrio (GeoPackage, GeoJSON, Shapefile, FlatGeobuf: whatever GDAL
   reads). Polygons in another CRS than the scene are reprojected onto it (and the result says so).
+  ``FILE:LAYER`` reads one layer of a multi-layer file; a file with several layers and none named
+  is refused with the list of its layers.
 * The polygons are rasterised onto the scene grid (rasterio, pixel centres): everything starts as
   255 (nodata), the AOI becomes 0 (dry), dry polygons become 0, flood polygons become 1 (flood wins
   where a dry and a flood polygon overlap). Pixels where the scene has no data become 255.
@@ -12,7 +14,8 @@
   + ``mask.tif`` (docs/data.md), ready for `floodlora adapt`.
 
 User errors (one line each): a vector file that is unreadable, holds no polygons, lies outside the
-scene or has no CRS where the scene has one; a scene without georeferencing; no labelled chip.
+scene, has no CRS where the scene has one, or has several layers and none named; a date that is not
+ISO; a scene without georeferencing; no labelled chip.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from floodlora.data.sample import MASK_DRY, MASK_FLOOD, MASK_NODATA
+from floodlora.encodings import check_date
 from floodlora.errors import ConfigError, DataError
 
 UNITS = ("db", "linear")
@@ -39,6 +43,12 @@ class Polygons:
     total: int  # polygons in the file
     outside: int  # of those, how many do not touch the scene
     reprojected_from: str | None = None
+    layer: str | None = None  # the layer read, when the file has several
+
+    @property
+    def name(self) -> str:
+        """``FILE`` or ``FILE:LAYER``, as the user gave it."""
+        return f"{self.path}:{self.layer}" if self.layer is not None else str(self.path)
 
 
 @dataclass
@@ -62,33 +72,65 @@ def _crs_name(crs: Any) -> str:
     return f"EPSG:{epsg}" if epsg else (crs.to_string()[:60] if crs is not None else "none")
 
 
+def split_layer(text: str | Path) -> tuple[Path, str | None]:
+    """``FILE`` or ``FILE:LAYER`` -> (file, layer or None); a file whose own name holds ':' wins."""
+    text = str(text)
+    if Path(text).exists() or ":" not in text:
+        return Path(text), None
+    file, _, layer = text.rpartition(":")
+    if file and layer and Path(file).exists():
+        return Path(file), layer
+    return Path(text), None
+
+
 def read_polygons(
-    path: str | Path, scene_crs: Any, scene_bounds: tuple[float, float, float, float]
+    path: str | Path,
+    scene_crs: Any,
+    scene_bounds: tuple[float, float, float, float],
+    flag: str = "polygons",
 ) -> Polygons:
-    """Polygons of a vector file in the scene CRS (reprojected when needed), checked against the scene."""
+    """Polygons of a vector file (``FILE`` or ``FILE:LAYER``) in the scene CRS (reprojected when
+    needed), checked against the scene.
+
+    A file with several layers (a GeoPackage from `suggest` to which a flood layer was added) needs
+    the layer named: reading the first one, as GDAL does, would label the wrong polygons.
+    """
     import pyogrio
     import shapely
     from rasterio.crs import CRS
     from rasterio.warp import transform_geom
 
-    path = Path(path)
+    path, layer = split_layer(path)
     if not path.exists():
         raise DataError(f"{path}: vector file not found")
     try:
-        meta, _, wkb, _ = pyogrio.raw.read(path, read_geometry=True)
+        layers = [str(name) for name, _ in pyogrio.list_layers(path)]
+    except Exception as err:  # pyogrio raises DataSourceError / GDAL errors
+        first = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
+        raise DataError(f"{path}: cannot read polygons ({first})") from None
+    if layer is None and len(layers) > 1:
+        raise ConfigError(
+            f"--{flag} {path}: holds {len(layers)} layers ({', '.join(layers)}); name one as "
+            f"--{flag} {path}:LAYER"
+        )
+    if layer is not None and layer not in layers:
+        raise ConfigError(f"--{flag} {path}:{layer}: no layer {layer!r} there (layers: {', '.join(layers)})")
+    try:
+        meta, _, wkb, _ = pyogrio.raw.read(path, layer=layer, read_geometry=True)
     except Exception as err:  # pyogrio raises DataSourceError / DataLayerError / GDAL errors
         first = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
         raise DataError(f"{path}: cannot read polygons ({first})") from None
+    where = f"{path}:{layer}" if layer is not None else str(path)
     geoms = [g for g in shapely.from_wkb(wkb) if g is not None and not g.is_empty] if wkb is not None else []
     polys = [g for g in geoms if g.geom_type in ("Polygon", "MultiPolygon")]
     if not polys:
         kinds = sorted({g.geom_type for g in geoms}) or ["nothing"]
-        raise DataError(f"{path}: no polygons (found {', '.join(kinds)})")
+        raise DataError(f"{where}: no polygons (found {', '.join(kinds)})")
     polys = [g if g.is_valid else shapely.make_valid(g) for g in polys]
     src_crs = CRS.from_user_input(meta["crs"]) if meta.get("crs") else None
     reprojected = None
     if src_crs is None:
-        raise DataError(f"{path}: has no CRS; save it with one (the scene is {_crs_name(scene_crs)})")
+        raise DataError(f"{where}: has no CRS; save it with one (the scene is {_crs_name(scene_crs)})")
     if src_crs != scene_crs:
         polys = [
             shapely.geometry.shape(transform_geom(src_crs, scene_crs, shapely.geometry.mapping(g)))
@@ -101,11 +143,11 @@ def read_polygons(
         xmin, ymin, xmax, ymax = shapely.GeometryCollection(polys).bounds
         sx0, sy0, sx1, sy1 = scene_bounds
         raise DataError(
-            f"{path}: none of its {len(polys)} polygons overlaps the scene (polygons span "
+            f"{where}: none of its {len(polys)} polygons overlaps the scene (polygons span "
             f"x {xmin:.0f}..{xmax:.0f}, y {ymin:.0f}..{ymax:.0f}; scene x {sx0:.0f}..{sx1:.0f}, "
             f"y {sy0:.0f}..{sy1:.0f} in {_crs_name(scene_crs)})"
         )
-    return Polygons(path, inside, len(polys), len(polys) - len(inside), reprojected)
+    return Polygons(path, inside, len(polys), len(polys) - len(inside), reprojected, layer)
 
 
 def rasterize_labels(
@@ -166,6 +208,7 @@ def make_labels(
     from floodlora.io import atomic_write_json
 
     scene, out = Path(scene), Path(out)
+    check_date(date)
     if units not in UNITS:
         raise ConfigError(f"--units must be one of {', '.join(UNITS)}, got {units!r}")
     if view not in VIEWS:
@@ -195,14 +238,14 @@ def make_labels(
         for name, path in (("flood", flood), ("dry", dry), ("aoi", aoi)):
             if path is None:
                 continue
-            layers[name] = p = read_polygons(path, ds.crs, tuple(ds.bounds))
+            layers[name] = p = read_polygons(path, ds.crs, tuple(ds.bounds), flag=name)
             if p.reprojected_from:
                 messages.append(
-                    f"{p.path}: CRS {p.reprojected_from} differs from the scene's {_crs_name(ds.crs)}; "
+                    f"{p.name}: CRS {p.reprojected_from} differs from the scene's {_crs_name(ds.crs)}; "
                     "polygons reprojected onto the scene"
                 )
             if p.outside:
-                messages.append(f"{p.path}: {p.outside} of {p.total} polygons lie outside the scene; ignored")
+                messages.append(f"{p.name}: {p.outside} of {p.total} polygons lie outside the scene; ignored")
         if "dry" not in layers and "aoi" not in layers:
             messages.append(
                 "no --dry or --aoi: only flood pixels are labelled (the model learns no dry class)"

@@ -257,24 +257,36 @@ def scene_preset(samples: Iterable[Sample], name: str, per_view: bool = False) -
     )
 
 
+#: What the domain-shift warning advises (not said where the adaptation is already running).
+SHIFT_ADVICE = (
+    "a few labelled chips of the scene set its operating point: "
+    "floodlora adapt RUN --data CHIPS --out NEW_RUN"
+)
+
+
 def calibrated_run_preset(
-    run_presets: Mapping[str, NormalizationPreset], units: str, base: str, what: str = "data"
+    run_presets: Mapping[str, NormalizationPreset],
+    units: str,
+    base: str,
+    what: str = "data",
+    advice: str | None = SHIFT_ADVICE,
 ) -> NormalizationPreset:
     """A trained run's preset for calibrated (`db` / `linear`) `what`.
 
     The run's own calibrated preset when it has one; a run trained on 8-bit rescaled sources only
-    gets the encoder's `base` preset, with a warning: the model never saw calibrated backscatter.
+    gets the encoder's `base` preset, with a warning (ending in `advice`, if any): the model never saw
+    calibrated backscatter.
     """
     import warnings
 
     calibrated = [p for p in run_presets.values() if p.units in ("db", "linear")]
     if calibrated:
         return calibrated[0]
+    then = f"; {advice}" if advice else ""
     warnings.warn(
         f"the run was trained on 8-bit rescaled sources only ({', '.join(sorted(run_presets))}); "
         f"normalising these {units} {what} with the encoder's {base} preset: expect a domain shift "
-        "(such runs under-flag water in calibrated scenes, docs/quality.md); a few labelled chips of "
-        "the scene set its operating point: floodlora adapt RUN --data CHIPS --out NEW_RUN",
+        f"(such runs under-flag water in calibrated scenes, docs/quality.md){then}",
         stacklevel=3,
     )
     return get_preset("auto", units, None, base)

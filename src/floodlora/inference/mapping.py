@@ -59,6 +59,32 @@ def model_views(run_dir: Path, orbit_state: str | None) -> dict[str, str]:
     return out
 
 
+def check_polygons_name(name: str) -> None:
+    """`--polygons` is a bare file name: the polygons are always written inside OUT, never elsewhere."""
+    from floodlora.inference.vector import vector_format
+
+    if not name or name in (".", "..") or "/" in name or "\\" in name or name.startswith("."):
+        raise ConfigError(
+            f"--polygons {name!r}: give a bare file name (no path, not starting with '.'), "
+            "e.g. flood.gpkg; the file is written as OUT/NAME"
+        )
+    vector_format(name)
+
+
+def check_model(run_dir: Path) -> None:
+    """The files a run needs (config, base, weights, a post-event view), checked without loading it."""
+    from floodlora.runs import BASE_FILE, WEIGHTS_FILE, read_base
+
+    if not run_dir.is_dir():
+        raise ConfigError(f"--model {run_dir}: no such run directory")
+    model_views(run_dir, None)
+    if not (run_dir / BASE_FILE).is_file():
+        raise ConfigError(f"--model {run_dir}: not a floodlora run directory ({BASE_FILE} is missing)")
+    read_base(run_dir)
+    if not (run_dir / WEIGHTS_FILE).is_file():
+        raise ConfigError(f"--model {run_dir}: {WEIGHTS_FILE} is missing")
+
+
 def draw_quicklook(post_tif: Path, mask_tif: Path, out_png: Path, title: str) -> None:
     """Post-event VV (2-98 % stretch), flood pixels in blue, a scale bar; written atomically."""
     import rasterio
@@ -119,25 +145,39 @@ def run_map(
     min_area: float | None = None,
     progress: bool = True,
 ) -> MapResult:
-    """fetch + predict + polygons + quicklook + summary.json under `out`."""
-    from floodlora.data.fetch import DEFAULT_COLLECTION, PLANETARY_COMPUTER, format_fetch, run_fetch
-    from floodlora.inference.predict import PredictOptions, predict_run
+    """fetch + predict + polygons + quicklook + summary.json under `out`.
+
+    Every argument is checked before anything is fetched or written: a download takes minutes, and
+    a typo found after it would leave a half-made OUT behind.
+    """
+    from floodlora.data.fetch import (
+        DEFAULT_COLLECTION,
+        PLANETARY_COMPUTER,
+        fetch_options,
+        fetch_scenes,
+        format_fetch,
+    )
+    from floodlora.inference.predict import PredictOptions, check_predict_options, predict_run
     from floodlora.io import atomic_write_json
 
+    check_polygons_name(polygons)
+    fetch_opts = fetch_options(
+        bbox, date, pre_days, catalog or PLANETARY_COMPUTER, collection or DEFAULT_COLLECTION,
+        progress=progress,
+    )  # fmt: skip
+    opts = PredictOptions(
+        threshold=threshold, units="db", progress=progress, simplify_m=simplify, min_area_m2=min_area
+    )
+    check_predict_options(opts)
     if model is None:
         raise ConfigError("--model RUN is needed: a run directory from `floodlora train` or `export --merge`")
     run_dir = Path(model)
+    check_model(run_dir)
     out_dir = Path(out)
-    fetched = run_fetch(
-        bbox, date, out_dir / "scenes", pre_days, catalog or PLANETARY_COMPUTER,
-        collection or DEFAULT_COLLECTION, progress=progress,
-    )  # fmt: skip
+    fetched = fetch_scenes(fetch_opts, out_dir / "scenes")
     views = model_views(run_dir, fetched.info["post"]["orbit_state"])
     paths = {views[k]: str(getattr(fetched, k)) for k in ("pre", "post") if k in views}
-    opts = PredictOptions(
-        threshold=threshold, units="db", date=fetched.info["post"]["datetime"][:19], progress=progress,
-        simplify_m=simplify, min_area_m2=min_area,
-    )  # fmt: skip
+    opts.date = fetched.info["post"]["datetime"][:19]
     res = predict_run(run_dir, paths, out_dir / "flood.tif", polygons=out_dir / polygons, options=opts)
     post = fetched.info["post"]
     title = (

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from floodlora.data.sample import MASK_NODATA
-from floodlora.encodings import encode_latlon, encode_time, parse_date
+from floodlora.encodings import check_date, encode_latlon, encode_time
 from floodlora.errors import ConfigError, DataError
 from floodlora.inference.tiling import StripBlender, Tile, plan_tiles
 from floodlora.inference.uncertainty import (
@@ -128,14 +128,25 @@ def encode_date(date: str | None) -> np.ndarray:
 
     Unlike training chips, whose unparseable dates code as zeros, a user's bad `--date` is an error.
     """
-    if date:
-        try:
-            parse_date(date)
-        except ValueError:
-            raise ConfigError(
-                f"--date {date!r}: expected an ISO date such as 2024-10-30 or 2024-10-30T17:45"
-            ) from None
+    check_date(date)
     return encode_time(date)
+
+
+def check_predict_options(opts: PredictOptions) -> None:
+    """The options' own checks (no run or scene needed), so that `map` can make them before it fetches.
+
+    NaN passes every comparison, so each number is checked to be finite first.
+    """
+    if opts.units not in UNITS:
+        raise ConfigError(f"--units must be one of {', '.join(UNITS)}, got {opts.units!r}")
+    if opts.threshold is not None and not (math.isfinite(opts.threshold) and 0.0 < opts.threshold < 1.0):
+        raise ConfigError(f"--threshold must be in (0, 1), got {opts.threshold}")
+    if opts.batch_size < 1 or opts.mc_samples < 0:
+        raise ConfigError("batch size must be >= 1 and mc samples >= 0")
+    polygon_options = (("--simplify", opts.simplify_m, "metres"), ("--min-area", opts.min_area_m2, "m2"))
+    for flag, value, unit in polygon_options:
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise ConfigError(f"{flag} must be >= 0 {unit}, got {value}")
 
 
 def view_date(view: str, opts: PredictOptions) -> str | None:
@@ -304,16 +315,9 @@ def predict_scene(
     from floodlora.inference.vector import vector_format
 
     opts = options or PredictOptions()
-    if opts.units not in UNITS:
-        raise ConfigError(f"--units must be one of {', '.join(UNITS)}, got {opts.units!r}")
     if opts.threshold is None:
         opts.threshold = 0.5
-    if not 0.0 < opts.threshold < 1.0:
-        raise ConfigError(f"threshold must be in (0, 1), got {opts.threshold}")
-    if opts.batch_size < 1 or opts.mc_samples < 0:
-        raise ConfigError("batch size must be >= 1 and mc samples >= 0")
-    if (opts.simplify_m or 0) < 0 or (opts.min_area_m2 or 0) < 0:
-        raise ConfigError("polygon simplification (metres) and minimum area (m2) must be >= 0")
+    check_predict_options(opts)
     out = Path(out)
     outputs = [Path(p) for p in (out, probabilities, uncertainty, polygons) if p is not None]
     inputs = {Path(p).resolve() for p in views.values()}

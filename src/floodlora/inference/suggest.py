@@ -11,7 +11,8 @@ scene CRS (GeoJSON: WGS 84), ordered by uncertainty, with ``rank`` 1 the most un
 
 from __future__ import annotations
 
-import tempfile
+import contextlib
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,6 +150,7 @@ def suggest_tiles(
 ) -> SuggestResult:
     """Predict the scene with an uncertainty layer and write the `n` most uncertain tiles' footprints."""
     from floodlora.inference.predict import PredictOptions, predict_run
+    from floodlora.io import scratch_dir
 
     out = Path(out)
     _driver(out)
@@ -162,14 +164,23 @@ def suggest_tiles(
         mc_samples=mc_dropout, tta=mc_dropout == 0, units=units, cog=False, progress=progress,
         batch_size=batch_size,
     )  # fmt: skip
-    with tempfile.TemporaryDirectory(prefix="floodlora-suggest-") as tmp:
+    # the whole-scene mask and spread raster go beside the output, not to the system temp directory:
+    # a killed run leaves them where the next run's stale-scratch sweep removes them
+    made_parent = not out.parent.exists()
+    tmp = scratch_dir(out, ".d")
+    try:
         pred = predict_run(
-            run_dir, views, Path(tmp) / "mask.tif", uncertainty=Path(tmp) / "spread.tif",
-            checkpoint=checkpoint, options=opts,
+            run_dir, views, tmp / "mask.tif", uncertainty=tmp / "spread.tif", checkpoint=checkpoint,
+            options=opts,
         )  # fmt: skip
-        scores, crs, transform = score_tiles(
-            Path(tmp) / "spread.tif", Path(tmp) / "mask.tif", size, min_valid
-        )
+        scores, crs, transform = score_tiles(tmp / "spread.tif", tmp / "mask.tif", size, min_valid)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if made_parent:
+            with contextlib.suppress(OSError):  # only if still empty
+                out.parent.rmdir()
+        raise
+    shutil.rmtree(tmp, ignore_errors=True)
     if not scores:
         raise DataError(
             f"no {size}-px tile has {100 * min_valid:g}% valid pixels; lower --min-valid or --size"

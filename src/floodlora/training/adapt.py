@@ -50,6 +50,8 @@ from __future__ import annotations
 
 import copy
 import json
+import math
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -122,8 +124,9 @@ class AdaptOptions:
             check_crop_size(self.crop_size, "adapt: crop size")
         if not 0.0 < self.holdout_fraction < 1.0:
             raise ConfigError(f"adapt: holdout fraction must be in (0, 1), got {self.holdout_fraction}")
-        if self.max_minutes <= 0 or self.lr <= 0:
-            raise ConfigError("adapt: max minutes and lr must be > 0")
+        for name, value in (("lr", self.lr), ("max minutes", self.max_minutes)):
+            if not (math.isfinite(value) and value > 0):  # NaN passes every comparison
+                raise ConfigError(f"adapt: {name} must be a finite number > 0, got {value}")
         if self.calibrate_tolerance is not None and not 0.0 <= self.calibrate_tolerance < 1.0:
             raise ConfigError(f"adapt: calibrate tolerance must be in [0, 1), got {self.calibrate_tolerance}")
 
@@ -287,6 +290,9 @@ class PseudoLabels:
 
 class FewShotDataModule(FloodDataModule):
     """Every labelled chip is the budget: a held-back part (or none), and epochs of a fixed size."""
+
+    #: a domain-shift warning here must not advise running `adapt`: it is running
+    shift_advice = "the operating point is now set on these labelled chips"
 
     def __init__(
         self,
@@ -464,28 +470,82 @@ def adapt(
     checkpoint: str | None = None,
     progress: bool = False,
     pseudo: PseudoLabels | None = None,
+    overwrite: bool = False,
 ) -> AdaptResult:
     """Adapt FROM to the labelled chips under `data` (calibrate or fine-tune, `options.method`);
     write the run `out`. With `pseudo` (self-adaptation) the chips' own labels are replaced by those.
 
     Returns the run directory and a summary (chips, held-back chips, epochs, wall time, val or
-    training-chip F1, where it started); the same summary is `out/adapt.json`.
+    training-chip F1, where it started); the same summary is `out/adapt.json`. A run that fails
+    removes what it wrote, so that the same command can be run again; `overwrite` replaces an earlier
+    run (or one that was killed) in `out`.
 
     Raises:
         ConfigError / CheckpointError: FROM is neither a run, an export nor an encoder.
         DataError: no labelled chips, or none with flood.
     """
-    from floodlora.models.registry import checkpoint_normalization
-    from floodlora.training.engine import train_run
-
-    t0 = time.perf_counter()
     opts = options or AdaptOptions()
     roots = [str(data)] if isinstance(data, str | Path) else [str(d) for d in data]
     if not roots:
         raise ConfigError("adapt: pass --data PATH (labelled chips)")
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise ConfigError(f"{out}: already exists and is not empty; choose another --out")
+    _check_out(out, overwrite)
+    existed = out.is_dir()
+    try:
+        return _adapt(from_, roots, out, format, opts, checkpoint, progress, pseudo)
+    except BaseException:
+        _remove_partial(out, existed)
+        raise
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    """`out` must be new or empty; with `overwrite`, an earlier (or interrupted) run there is removed."""
+    if not (out.exists() and (not out.is_dir() or any(out.iterdir()))):
+        return
+    is_run = out.is_dir() and any((out / name).exists() for name in (ADAPT_FILE, "config.yaml"))
+    if overwrite and is_run:
+        shutil.rmtree(out)
+        return
+    if is_run and not (out / ADAPT_FILE).exists():
+        raise ConfigError(
+            f"{out}: holds an interrupted adapt run (no {ADAPT_FILE}); pass --overwrite to replace it"
+        )
+    if is_run:
+        raise ConfigError(
+            f"{out}: already holds a run; pass --overwrite to replace it or choose another --out"
+        )
+    raise ConfigError(f"{out}: already exists and is not empty; choose another --out")
+
+
+def _remove_partial(out: Path, existed: bool) -> None:
+    """Remove what a failed run wrote: the folder if this run made it, else the folder's contents."""
+    if not out.is_dir():
+        return
+    if not existed:
+        shutil.rmtree(out, ignore_errors=True)
+        return
+    for entry in out.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+
+
+def _adapt(
+    from_: str | Path,
+    roots: list[str],
+    out: Path,
+    format: str | None,
+    opts: AdaptOptions,
+    checkpoint: str | None,
+    progress: bool,
+    pseudo: PseudoLabels | None = None,
+) -> AdaptResult:
+    """The work of :func:`adapt`, once its output folder is known to be free."""
+    from floodlora.models.registry import checkpoint_normalization
+    from floodlora.training.engine import train_run
+
+    t0 = time.perf_counter()
     origin = resolve_origin(from_, checkpoint)
     opts = replace(opts, method=resolve_method(opts.method, origin))
     cfg = adapt_config(origin, roots, format, opts, pseudo)

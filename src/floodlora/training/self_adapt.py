@@ -117,6 +117,7 @@ def self_adapt(
     options: SelfOptions | None = None,
     checkpoint: str | None = None,
     progress: bool = False,
+    overwrite: bool = False,
 ) -> AdaptResult:
     """Adapt FROM to unlabelled chips (`data`) or scenes (`scenes`: view -> GeoTIFF, dB); write `out`.
 
@@ -127,15 +128,14 @@ def self_adapt(
     from floodlora.data.labels import write_scene_chips
     from floodlora.data.sources import discover
     from floodlora.io import atomic_write_json
-    from floodlora.training.adapt import _calibrate_after, adapt
+    from floodlora.training.adapt import _calibrate_after, _check_out, adapt
 
     t0 = time.perf_counter()
     opts = options or SelfOptions()
     out = Path(out)
     if (data is None) == (scenes is None):
         raise ConfigError("adapt --method self: pass --data PATH (chips) or --view post=POST.tif (a scene)")
-    if out.exists() and any(out.iterdir()):
-        raise ConfigError(f"{out}: already exists and is not empty; choose another --out")
+    _check_out(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     # Scratch beside the run (never in the system temp dir): chips cut from scenes and pseudo-labels.
     with tempfile.TemporaryDirectory(prefix=f".{out.name}-self-", dir=out.parent) as tmp:
