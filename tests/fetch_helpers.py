@@ -48,7 +48,15 @@ ITEMS = [
 ]
 
 
-def _write_cog(path: Path, item: FakeItem, band_scale: float) -> None:
+def _water(lat: np.ndarray, lon: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A lake (dark, -22 dB VV) in the south-west of the bbox over speckled land (-8 dB): the
+    lake mask and a multiplicative speckle field, for scenes that hold water."""
+    lake = ((lat - 45.003) / 0.0025) ** 2 + ((lon - 15.004) / 0.0035) ** 2 < 1.0
+    speckle = np.random.default_rng(seed).gamma(4.0, 0.25, size=lat.shape)
+    return lake, speckle
+
+
+def _write_cog(path: Path, item: FakeItem, band_scale: float, water: bool = False) -> None:
     import rasterio
     from pyproj import Transformer
     from rasterio.transform import from_origin
@@ -61,19 +69,25 @@ def _write_cog(path: Path, item: FakeItem, band_scale: float) -> None:
     transform = from_origin(x0, y1, res, res)
     cols, rows = np.meshgrid(np.arange(w) + 0.5, np.arange(h) + 0.5)
     xs, ys = x0 + cols * res, y1 - rows * res
-    _, lat = Transformer.from_crs(UTM, "EPSG:4326", always_xy=True).transform(xs, ys)
+    lon, lat = Transformer.from_crs(UTM, "EPSG:4326", always_xy=True).transform(xs, ys)
     valid = (lat >= item.lat_range[0]) & (lat <= item.lat_range[1])
-    data = np.where(valid, item.c * band_scale, 0.0).astype(np.float32)[None]
+    value = np.full(lat.shape, item.c * band_scale)
+    if water:
+        lake, speckle = _water(lat, lon, seed=len(item.id) + int(band_scale * 10))
+        after = "post" in item.id  # the lake is new: only post-event scenes hold it
+        value = np.where(lake & after, 10**-2.2, 10**-0.8) * band_scale * speckle
+    data = np.where(valid, value, 0.0).astype(np.float32)[None]
     profile = {"driver": "COG", "width": w, "height": h, "count": 1, "dtype": "float32", "crs": UTM,
                "transform": transform, "nodata": 0.0, "blocksize": 128}  # fmt: skip
     with rasterio.open(path, "w", **profile) as ds:
         ds.write(data)
 
 
-def make_catalog(root: Path, href_base: str | None = None) -> Path:
+def make_catalog(root: Path, href_base: str | None = None, water: bool = False) -> Path:
     """Write the COGs and a self-contained STAC catalog under `root`; returns catalog.json.
 
-    `href_base` (e.g. an http URL) replaces the assets' local paths, to test remote reads.
+    `href_base` (e.g. an http URL) replaces the assets' local paths, to test remote reads. With
+    `water`, scenes are speckled land and the post-event ones hold a new lake (:func:`lake_mask`).
     """
     import pystac
 
@@ -104,7 +118,7 @@ def make_catalog(root: Path, href_base: str | None = None) -> Path:
         for band, scale in (("vv", 1.0), ("vh", 0.2)):
             path = root / "data" / f"{item.id}_{band}.tif"
             path.parent.mkdir(exist_ok=True)
-            _write_cog(path, item, scale)
+            _write_cog(path, item, scale, water)
             href = f"{href_base}/{path.name}" if href_base else str(path)
             st.add_asset(band, pystac.Asset(href=href, media_type=pystac.MediaType.COG, roles=["data"]))
         collection.add_item(st)
@@ -113,3 +127,8 @@ def make_catalog(root: Path, href_base: str | None = None) -> Path:
     catalog.normalize_hrefs(str(root / "stac"))
     catalog.save(pystac.CatalogType.SELF_CONTAINED)
     return root / "stac" / "catalog.json"
+
+
+def lake_mask(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
+    """Where the lake of ``make_catalog(water=True)`` is, at these coordinates (degrees)."""
+    return _water(lat, lon, 0)[0]

@@ -12,6 +12,12 @@ from typing import TYPE_CHECKING, Annotated, TextIO
 
 import typer
 
+from floodlora.errors import ConfigError
+from floodlora.training.options import SELF_ADAPT as _SELF
+from floodlora.training.options import AdaptOptions
+
+_ADAPT = AdaptOptions()  # the adapt command's defaults, read from one place
+
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -259,44 +265,68 @@ def sweep(
 
 @app.command()
 def adapt(
-    from_: Annotated[
-        str, typer.Argument(metavar="FROM", help="Run dir, exported model, or encoder (embedded, PATH).")
-    ],
-    data: Annotated[list[str], typer.Option(help="Labelled chips (any supported format); repeat.")],
     out: Annotated[str, typer.Option(help="Run directory to write (an ordinary run).")],
+    from_: Annotated[
+        str,
+        typer.Argument(
+            metavar="[FROM]", help="Run dir, exported model, or encoder (embedded, PATH). Default: embedded."
+        ),
+    ] = "embedded",
+    data: Annotated[
+        list[str] | None,
+        typer.Option(help="Chips (any supported format); repeat. Labelled, except with --method self."),
+    ] = None,
+    view: Annotated[
+        list[str] | None,
+        typer.Option(help="--method self on a scene: NAME=PATH dB GeoTIFF per view (post, pre); repeat."),
+    ] = None,
     format: Annotated[str | None, typer.Option(help="Force a data format instead of auto-detection.")] = None,
     checkpoint: Annotated[str | None, typer.Option(help="Where FROM's base checkpoint now lives.")] = None,
-    max_minutes: Annotated[float, typer.Option(help="Wall-clock cap on fine-tuning.")] = 3.5,
-    max_epochs: Annotated[int, typer.Option(help="At most this many epochs.")] = 20,
-    steps: Annotated[int, typer.Option(help="Batches per epoch (chips drawn with replacement).")] = 4,
+    max_minutes: Annotated[
+        float | None, typer.Option(help=f"Wall-clock cap on fine-tuning [default: {_ADAPT.max_minutes:g}].")
+    ] = None,
+    max_epochs: Annotated[
+        int | None,
+        typer.Option(
+            help=f"At most this many epochs [default: {_ADAPT.max_epochs}; self: {_SELF.max_epochs}]."
+        ),
+    ] = None,
+    steps: Annotated[
+        int | None,
+        typer.Option(
+            help="Batches per epoch (chips drawn with replacement) "
+            f"[default: {_ADAPT.steps_per_epoch}; self: {_SELF.steps_per_epoch}]."
+        ),
+    ] = None,
     crop_size: Annotated[
         int | None, typer.Option(help="Training crop in px (default: whole chips, up to 256).")
     ] = None,
     batch_size: Annotated[
         int | None, typer.Option(help="Samples per batch (default: 8 x 128 px worth, 2 of 256 px).")
     ] = None,
-    lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-3,
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = _ADAPT.lr,
     rank: Annotated[int | None, typer.Option(help="LoRA rank when FROM is a bare encoder.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the held-back choice and the crops.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the held-back choice and the crops.")] = _ADAPT.seed,
     hold_back: Annotated[
         bool,
         typer.Option(
             help="fine-tune: with 8 chips or more hold a quarter back for early stopping and the "
             "threshold (default: every chip trains, early stopping on their own loss)."
         ),
-    ] = False,
+    ] = _ADAPT.hold_back,
     method: Annotated[
         str,
         typer.Option(
             help="auto: calibrate a trained FROM, fine-tune a bare encoder | calibrate: train nothing, "
-            "set each output's threshold on every chip (seconds) | fine-tune: LoRA + decoder (minutes)."
+            "set each output's threshold on every chip (seconds) | fine-tune: LoRA + decoder (minutes) | "
+            "self: no labels, learn from split-based thresholding's confident pixels (minutes)."
         ),
-    ] = "auto",
+    ] = _ADAPT.method,
     calibrate_tolerance: Annotated[
         float | None,
         typer.Option(
             help="operating point: the threshold nearest the model's own within this F1 of the best on "
-            "the chips (0: the best). Default: 0.01 to calibrate, 0 after fine-tuning."
+            "the chips (0: the best). Default: 0.01 to calibrate and for self, 0 after fine-tuning."
         ),
     ] = None,
     calibrate_after: Annotated[
@@ -304,32 +334,53 @@ def adapt(
         typer.Option(
             help="fine-tune: then set each output's operating point on every labelled chip (as calibrate)."
         ),
-    ] = True,
+    ] = _ADAPT.calibrate_after,
     overwrite: Annotated[
         bool, typer.Option(help="Replace an earlier or interrupted run in OUT (a failed run leaves none).")
     ] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
-    """Adapt a model to a few labelled chips of a new flood (seconds to minutes on a CPU).
+    """Adapt a model to a new flood: to a few labelled chips, or with no labels at all (--method self).
 
     A trained FROM is calibrated by default: each output's operating point moves toward its best
     threshold on the labelled chips, only as far as they demand (--calibrate-tolerance). A bare
     encoder (or --method fine-tune) fine-tunes LoRA + decoder on every chip, then sets the operating
     point at the best F1 on them (--no-calibrate-after keeps the threshold fine-tuning chose).
+    --method self needs no labels: split-based thresholding maps the scene (or chips), and FROM
+    learns from its confident pixels; any labels under --data are ignored.
     """
     from floodlora.training.adapt import AdaptOptions, format_summary
     from floodlora.training.adapt import adapt as run_adapt
 
+    is_self = method == "self"
+    defaults = _SELF if is_self else _ADAPT
     opts = AdaptOptions(
-        steps_per_epoch=steps, crop_size=crop_size, batch_size=batch_size, max_epochs=max_epochs, lr=lr,
-        max_minutes=max_minutes, seed=seed, lora_rank=rank, method=method, hold_back=hold_back,
+        steps_per_epoch=steps or defaults.steps_per_epoch, crop_size=crop_size, batch_size=batch_size,
+        max_epochs=max_epochs or defaults.max_epochs, lr=lr, seed=seed, lora_rank=rank,
+        max_minutes=defaults.max_minutes if max_minutes is None else max_minutes,
+        method="fine-tune" if is_self else method, hold_back=hold_back,
         calibrate_tolerance=calibrate_tolerance, calibrate_after=calibrate_after,
     )  # fmt: skip
-    result = run_adapt(
-        from_, data, out, format=format, options=opts, checkpoint=checkpoint, progress=progress,
-        overwrite=overwrite,
-    )  # fmt: skip
-    typer.echo(format_summary(result.summary))
+    if is_self:
+        from floodlora.inference.commands import parse_views
+        from floodlora.training.self_adapt import SelfOptions, format_self_summary, self_adapt
+
+        options = SelfOptions(training=opts)
+        if calibrate_tolerance is not None:
+            options.tolerance = calibrate_tolerance
+        result = self_adapt(
+            from_, data or None, out, scenes=parse_views(view) if view else None, format=format,
+            options=options, checkpoint=checkpoint, progress=progress, overwrite=overwrite,
+        )  # fmt: skip
+        typer.echo(format_self_summary(result.summary))
+    else:
+        if view:
+            raise ConfigError("--view is for --method self (a scene without labels); pass --data CHIPS")
+        result = run_adapt(
+            from_, data or [], out, format=format, options=opts, checkpoint=checkpoint, progress=progress,
+            overwrite=overwrite,
+        )  # fmt: skip
+        typer.echo(format_summary(result.summary))
     typer.echo(f"run directory: {result.run_dir}")
 
 
@@ -404,7 +455,13 @@ def map_(
     bbox: Annotated[str, typer.Option(help="Area W,S,E,N in degrees (WGS 84).")],
     date: Annotated[str, typer.Option(help="Flood date YYYY-MM-DD.")],
     out: Annotated[str, typer.Option(help="Output folder: scenes, mask, polygons, quicklook, summary.")],
-    model: Annotated[str | None, typer.Option(help="Run directory (train or export --merge).")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="Run directory (train or export --merge). Default: none; the embedded encoder "
+            "self-adapts to the fetched scenes with no labels (adapt --method self), in OUT/model."
+        ),
+    ] = None,
     catalog: Annotated[str | None, typer.Option(help="STAC API URL or static catalog path.")] = None,
     collection: Annotated[str | None, typer.Option(help="STAC collection of Sentinel-1 scenes.")] = None,
     pre_days: Annotated[int, typer.Option(help="Look this many days back for the pre-event pass.")] = 60,
@@ -416,12 +473,18 @@ def map_(
     min_area: Annotated[float | None, typer.Option(metavar="M2", help="Leave out smaller polygons.")] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
-    """Flood map of an area on a date: fetch + predict + polygons + quicklook PNG + summary.json."""
+    """Flood map of an area on a date: fetch + predict + polygons + quicklook PNG + summary.json.
+
+    Without --model the map needs no labels: split-based thresholding maps the fetched scenes, and
+    the embedded encoder self-adapts to its confident pixels before it maps (minutes on a CPU).
+    """
     from floodlora.inference.mapping import format_map, run_map
+    from floodlora.training.self_adapt import self_adapt_scenes
 
     result = run_map(
         bbox, date, out, model, catalog=catalog, collection=collection, pre_days=pre_days,
         threshold=threshold, polygons=polygons, simplify=simplify, min_area=min_area, progress=progress,
+        adapter=self_adapt_scenes if model is None else None,
     )  # fmt: skip
     typer.echo(format_map(result))
 

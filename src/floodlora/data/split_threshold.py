@@ -42,6 +42,10 @@ MAX_WATER_DB = {"vv": -14.0, "vh": -20.0}
 MAX_POOLED_PIXELS = 4_000_000  # pooled kept-tile pixels per band (an evenly spaced subset beyond)
 
 
+class DrySceneError(DataError):
+    """No tile is bimodal: the scene maps dry, and a self-adapting model has nothing to learn from."""
+
+
 @dataclass(frozen=True)
 class SplitOptions:
     """The teacher's settings. Defaults follow the operational split-based thresholding practice."""

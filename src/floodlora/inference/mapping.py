@@ -13,6 +13,7 @@ scale bar) -> ``summary.json`` (flooded km2, the scenes used, the model and its 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,10 @@ import numpy as np
 from floodlora.errors import ConfigError
 
 SUMMARY_JSON = "summary.json"
+LABEL_FREE_RUN = "model"  # OUT/model: the self-adapted run of a map made without --model
+
+#: Makes a run from the fetched scenes (view -> GeoTIFF) into a folder, with no labels; returns it.
+SceneAdapter = Callable[[dict[str, Path], Path, bool], Path]
 QUICKLOOK = "quicklook.png"
 
 
@@ -144,8 +149,13 @@ def run_map(
     simplify: float | None = None,
     min_area: float | None = None,
     progress: bool = True,
+    adapter: SceneAdapter | None = None,
 ) -> MapResult:
     """fetch + predict + polygons + quicklook + summary.json under `out`.
+
+    Without `model`, `adapter` makes one from the fetched scenes with no labels (the command line
+    passes self-adaptation of the embedded encoder, written to ``OUT/model``). Where it finds no
+    water (:class:`~floodlora.data.split_threshold.DrySceneError`) the map is dry, and says why.
 
     Every argument is checked before anything is fetched or written: a download takes minutes, and
     a typo found after it would leave a half-made OUT behind.
@@ -169,12 +179,23 @@ def run_map(
         threshold=threshold, units="db", progress=progress, simplify_m=simplify, min_area_m2=min_area
     )
     check_predict_options(opts)
-    if model is None:
+    if model is None and adapter is None:
         raise ConfigError("--model RUN is needed: a run directory from `floodlora train` or `export --merge`")
-    run_dir = Path(model)
-    check_model(run_dir)
+    if model is not None:
+        check_model(Path(model))
     out_dir = Path(out)
     fetched = fetch_scenes(fetch_opts, out_dir / "scenes")
+    label_free: dict[str, Any] | None = None
+    if model is None:
+        from floodlora.data.split_threshold import DrySceneError
+
+        scenes = {"post": fetched.post, **({"pre": fetched.pre} if fetched.pre else {})}
+        try:
+            model = str(adapter(scenes, out_dir / LABEL_FREE_RUN, progress))  # type: ignore[misc]
+        except DrySceneError as err:
+            return _dry_map(fetched, out_dir, polygons, str(err))
+        label_free = _label_free_facts(Path(model))
+    run_dir = Path(model)
     views = model_views(run_dir, fetched.info["post"]["orbit_state"])
     paths = {views[k]: str(getattr(fetched, k)) for k in ("pre", "post") if k in views}
     opts.date = fetched.info["post"]["datetime"][:19]
@@ -183,6 +204,7 @@ def run_map(
     title = (
         f"flood {fetched.info['date']}: Sentinel-1 {post['datetime'][:16]}Z, "
         f"{res.polygon_km2:.2f} km2 (threshold {opts.threshold:.2f})"
+        + ("\nlabel-free: embedded encoder self-adapted to this scene" if label_free else "")
     )
     draw_quicklook(fetched.post, out_dir / "flood.tif", out_dir / QUICKLOOK, title)
     weights = run_dir / "weights.safetensors"
@@ -197,6 +219,8 @@ def run_map(
         "polygons": res.polygon_count,
         "valid_fraction": res.valid_pixels / max(res.height * res.width, 1),
         "threshold": opts.threshold,
+        "label_free": label_free is not None,
+        "self_adaptation": label_free,
         "model": {
             "run": str(run_dir.resolve()),
             "sha256": file_sha256(weights) if weights.is_file() else None,
@@ -230,11 +254,91 @@ def run_map(
     return MapResult(out_dir, summary, messages)
 
 
+def _label_free_facts(run_dir: Path) -> dict[str, Any]:
+    """What summary.json says of a self-adapted model: where it is, what the teacher kept."""
+    import json
+
+    adapt = json.loads((run_dir / "adapt.json").read_text())
+    events = adapt["teacher"]["events"]
+    return {
+        "run": LABEL_FREE_RUN,
+        "labels_used": False,
+        "teacher": {
+            ev: {
+                "kind": t["kind"],
+                "thresholds": {b: f["threshold"] for b, f in t["bands"].items()},
+                "tiles_kept": {b: f["tiles_kept"] for b, f in t["bands"].items()},
+                "tiles_total": t["tiles_total"],
+                "pseudo_labelled_fraction": t["pseudo_labelled_fraction"],
+            }
+            for ev, t in events.items()
+        },
+        "operating_point": adapt["operating_point"]["rule"],
+        "wall_seconds": adapt["wall_seconds"],
+    }
+
+
+def _dry_map(fetched: Any, out_dir: Path, polygons: str, reason: str) -> MapResult:
+    """The map of a scene in which the label-free teacher found no water: every valid pixel dry."""
+    import rasterio
+
+    from floodlora.io import atomic_path, atomic_write_json
+
+    with rasterio.open(fetched.post) as ds:
+        valid = np.ones((ds.height, ds.width), dtype=bool)
+        for band in range(1, ds.count + 1):
+            data = ds.read(band, masked=True)
+            valid &= ~np.ma.getmaskarray(data) & np.isfinite(np.ma.getdata(data))
+        profile = {
+            "driver": "GTiff", "height": ds.height, "width": ds.width, "count": 1, "dtype": "uint8",
+            "crs": ds.crs, "transform": ds.transform, "nodata": 255, "compress": "deflate",
+        }  # fmt: skip
+        pixel_km2 = abs(ds.transform.a * ds.transform.e) / 1e6 if ds.crs and ds.crs.is_projected else None
+    mask = np.where(valid, 0, 255).astype(np.uint8)
+    with atomic_path(out_dir / "flood.tif") as tmp, rasterio.open(tmp, "w", **profile) as dst:
+        dst.write(mask, 1)
+    title = f"flood {fetched.info['date']}: no water found (label-free)"
+    draw_quicklook(fetched.post, out_dir / "flood.tif", out_dir / QUICKLOOK, title)
+    summary = {
+        "bbox": fetched.info["bbox"],
+        "date": fetched.info["date"],
+        "flooded_km2": 0.0,
+        "flooded_km2_pixels": 0.0,
+        "polygons": 0,
+        "valid_fraction": float(valid.mean()),
+        "pixel_km2": pixel_km2,
+        "threshold": None,
+        "label_free": True,
+        "self_adaptation": {"run": None, "labels_used": False, "dry": reason},
+        "model": None,
+        "catalog": fetched.info["catalog"],
+        "collection": fetched.info["collection"],
+        "crs": fetched.info["crs"],
+        "files": {
+            "pre": "scenes/pre.tif",
+            "post": "scenes/post.tif",
+            "fetch": "scenes/fetch.json",
+            "mask": "flood.tif",
+            "quicklook": QUICKLOOK,
+        },
+    }
+    atomic_write_json(out_dir / SUMMARY_JSON, summary)
+    from floodlora.data.fetch import format_fetch
+
+    return MapResult(out_dir, summary, [*format_fetch(fetched).splitlines(), f"note: dry scene: {reason}"])
+
+
 def format_map(result: MapResult) -> str:
     s = result.summary
     lines = [m for m in result.messages if not m.startswith("wrote ")]
+    if s.get("label_free"):
+        lines.append(
+            "label-free map: the embedded encoder self-adapted to these scenes"
+            + (f" ({LABEL_FREE_RUN}/)" if s["self_adaptation"].get("run") else " (no water found)")
+        )
+    at = f"threshold {s['threshold']:.2f}, " if s["threshold"] is not None else ""
     lines.append(
-        f"flooded: {s['flooded_km2']:.3f} km2 in {s['polygons']} polygons (threshold {s['threshold']:.2f}, "
+        f"flooded: {s['flooded_km2']:.3f} km2 in {s['polygons']} polygons ({at}"
         f"{100 * s['valid_fraction']:.1f}% of the bbox valid)"
     )
     lines.append(f"wrote {result.out_dir}: " + ", ".join(s["files"].values()) + f", {SUMMARY_JSON}")

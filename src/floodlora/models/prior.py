@@ -46,22 +46,26 @@ TEXTURE_RADII: tuple[int, ...] = (2, 8)  # context-quantiles: local standard dev
 def box_means(x: Tensor, radii: Sequence[int]) -> list[Tensor]:
     """Each pixel's mean over the (2r + 1)-px square around it, clipped to the tile, for each radius.
 
-    One integral image serves every radius at a cost per pixel that does not grow with the window
-    (average pooling's grows with its area: most of the prior's time at r = 16). Summed in float64
-    so that differences of large sums stay exact on whole-scene tiles.
+    Separable running sums: one cumulative sum down the rows serves every radius, and each radius
+    adds one along the columns; windows clipped at the tile's edge come from edge-replicated sums,
+    so every step is a slice (no gather). The cost per pixel does not grow with the window
+    (average pooling's grows with its area: most of the prior's time at r = 16). The tile's mean is
+    taken out first so that float32 sums stay exact to about 1e-5 on whole-scene tiles.
     """
     h, w = x.shape[-2:]
-    integral = F.pad(x.double(), (1, 0, 1, 0)).cumsum(-1).cumsum(-2)  # [..., h + 1, w + 1]
-    rows = torch.arange(h, device=x.device)
-    cols = torch.arange(w, device=x.device)
+    xf = x.float()
+    centre = xf.mean(dim=(-2, -1), keepdim=True)
+    rows = F.pad(xf - centre, (0, 0, 1, 0)).cumsum(-2)  # [..., h + 1, w]
+    ys, xs = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
     out = []
     for r in radii:
-        y0, y1 = (rows - r).clamp(0, h), (rows + r + 1).clamp(0, h)
-        x0, x1 = (cols - r).clamp(0, w), (cols + r + 1).clamp(0, w)
-        top, bottom = integral[..., y0, :], integral[..., y1, :]
-        total = bottom[..., x1] - bottom[..., x0] - top[..., x1] + top[..., x0]
-        count = (y1 - y0).double()[:, None] * (x1 - x0).double()[None, :]
-        out.append((total / count).to(x.dtype))
+        padded = F.pad(rows, (0, 0, r, r), mode="replicate")  # row j holds the sum up to clamp(j - r)
+        band = padded[..., 2 * r + 1 : 2 * r + 1 + h, :] - padded[..., :h, :]
+        cols = F.pad(F.pad(band, (1, 0)).cumsum(-1), (r, r, 0, 0), mode="replicate")
+        total = cols[..., 2 * r + 1 : 2 * r + 1 + w] - cols[..., :w]
+        count_y = ((ys + r + 1).clamp(max=h) - (ys - r).clamp(min=0)).float()
+        count_x = ((xs + r + 1).clamp(max=w) - (xs - r).clamp(min=0)).float()
+        out.append((total / (count_y[:, None] * count_x[None, :]) + centre).to(x.dtype))
     return out
 
 

@@ -33,19 +33,12 @@ from typing import Any
 
 import numpy as np
 
-from floodlora.data.split_threshold import SplitOptions, SplitResult
-from floodlora.errors import ConfigError, DataError
-from floodlora.training.adapt import ADAPT_FILE, AdaptOptions, AdaptResult, PseudoLabels
+from floodlora.data.split_threshold import DrySceneError, SplitOptions, SplitResult
+from floodlora.errors import ConfigError
+from floodlora.training.adapt import ADAPT_FILE, AdaptResult, PseudoLabels
+from floodlora.training.options import SELF_ADAPT, AdaptOptions
 
-#: The self-adaptation budget: more steps than few-label fine-tuning (pseudo-labels are plentiful),
-#: under the same wall-clock cap.
-SELF_STEPS_PER_EPOCH = 8
-SELF_MAX_EPOCHS = 12
 OPERATING_TOLERANCE = 0.01  # the threshold nearest 0.5 within one F1 point of the best on pseudo-labels
-
-
-class DrySceneError(DataError):
-    """The teacher found no bimodal tile: the scene maps dry and there is nothing to adapt to."""
 
 
 @dataclass
@@ -53,11 +46,7 @@ class SelfOptions:
     """What self-adaptation uses: the teacher's settings and the student's budget."""
 
     teacher: SplitOptions = field(default_factory=SplitOptions)
-    training: AdaptOptions = field(
-        default_factory=lambda: AdaptOptions(
-            method="fine-tune", steps_per_epoch=SELF_STEPS_PER_EPOCH, max_epochs=SELF_MAX_EPOCHS
-        )
-    )
+    training: AdaptOptions = field(default_factory=lambda: replace(SELF_ADAPT))
     tolerance: float = OPERATING_TOLERANCE
     max_scored: int = 48  # chips scored for early stopping and the operating point
 
@@ -224,3 +213,11 @@ def format_self_summary(summary: dict[str, Any]) -> str:
         f"{summary['trainable_params']:,} trainable params, wall {summary['wall_seconds']:.0f} s"
     )
     return "\n".join(lines)
+
+
+def self_adapt_scenes(scenes: dict[str, Path], out: Path, progress: bool = True) -> Path:
+    """`floodlora map` without a model: the embedded encoder self-adapted on the fetched scenes.
+
+    Returns the run directory. Raises :class:`DrySceneError` when the teacher finds no water.
+    """
+    return self_adapt("embedded", None, out, scenes=dict(scenes), progress=progress).run_dir
