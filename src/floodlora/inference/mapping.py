@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from floodlora.errors import ConfigError
+from floodlora.inference.classes import CLASSES_TIF, CONFIDENCE_TIF, MapLayers, map_class_options
 
 SUMMARY_JSON = "summary.json"
 QUICKLOOK = "quicklook.png"
@@ -118,6 +119,7 @@ def run_map(
     simplify: float | None = None,
     min_area: float | None = None,
     progress: bool = True,
+    layers: MapLayers | None = None,
 ) -> MapResult:
     """fetch + predict + polygons + quicklook + summary.json under `out`."""
     from floodlora.data.fetch import DEFAULT_COLLECTION, PLANETARY_COMPUTER, format_fetch, run_fetch
@@ -134,9 +136,10 @@ def run_map(
     )  # fmt: skip
     views = model_views(run_dir, fetched.info["post"]["orbit_state"])
     paths = {views[k]: str(getattr(fetched, k)) for k in ("pre", "post") if k in views}
+    classes, class_notes = map_class_options(layers, fetched.info, catalog or PLANETARY_COMPUTER, out_dir)
     opts = PredictOptions(
         threshold=threshold, units="db", date=fetched.info["post"]["datetime"][:19], progress=progress,
-        simplify_m=simplify, min_area_m2=min_area,
+        simplify_m=simplify, min_area_m2=min_area, classes=classes,
     )  # fmt: skip
     res = predict_run(run_dir, paths, out_dir / "flood.tif", polygons=out_dir / polygons, options=opts)
     post = fetched.info["post"]
@@ -157,6 +160,7 @@ def run_map(
         "polygons": res.polygon_count,
         "valid_fraction": res.valid_pixels / max(res.height * res.width, 1),
         "threshold": opts.threshold,
+        **(res.classes or {}),
         "model": {
             "run": str(run_dir.resolve()),
             "sha256": file_sha256(weights) if weights.is_file() else None,
@@ -183,10 +187,12 @@ def run_map(
             "mask": "flood.tif",
             "polygons": polygons,
             "quicklook": QUICKLOOK,
+            "classes": CLASSES_TIF,
+            "confidence": CONFIDENCE_TIF,
         },
     }
     atomic_write_json(out_dir / SUMMARY_JSON, summary)
-    messages = [*format_fetch(fetched).splitlines(), *(f"note: {m}" for m in res.messages)]
+    messages = [*format_fetch(fetched).splitlines(), *(f"note: {m}" for m in class_notes + res.messages)]
     return MapResult(out_dir, summary, messages)
 
 
@@ -197,5 +203,9 @@ def format_map(result: MapResult) -> str:
         f"flooded: {s['flooded_km2']:.3f} km2 in {s['polygons']} polygons (threshold {s['threshold']:.2f}, "
         f"{100 * s['valid_fraction']:.1f}% of the bbox valid)"
     )
+    if s.get("classes_km2"):
+        lines.append(
+            "classes: " + ", ".join(f"{k.replace('_', ' ')} {v:.3f} km2" for k, v in s["classes_km2"].items())
+        )
     lines.append(f"wrote {result.out_dir}: " + ", ".join(s["files"].values()) + f", {SUMMARY_JSON}")
     return "\n".join(lines)
