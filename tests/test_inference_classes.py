@@ -121,9 +121,9 @@ def test_confidence_and_min_area() -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode", ["model", "otsu"])
+@pytest.mark.parametrize("mode", ["pair", "water", "otsu"])
 def test_pre_equal_post_gives_no_flood(tmp_path: Path, mode: str) -> None:
-    model = BothOutputs() if mode == "model" else PointwiseModel()
+    model = BothOutputs() if mode == "water" else PointwiseModel()
     scene = _scene(tmp_path, [LAKE, FLOODED], [LAKE, FLOODED])
     same = {"pre": scene["post"], "post": scene["post"]}
     opts = PredictOptions(tile=32, classes=ClassOptions(classes_path=tmp_path / "c.tif", pre_water=mode))
@@ -138,9 +138,9 @@ def test_pre_equal_post_gives_no_flood(tmp_path: Path, mode: str) -> None:
     assert (_read(tmp_path / "c0.tif") == FLOOD).mean() > 0.15
 
 
-@pytest.mark.parametrize("mode", ["model", "otsu"])
+@pytest.mark.parametrize("mode", ["pair", "water", "otsu"])
 def test_new_water_with_the_real_pre_view(tmp_path: Path, mode: str) -> None:
-    model = BothOutputs() if mode == "model" else PointwiseModel()
+    model = BothOutputs() if mode == "water" else PointwiseModel()
     scene = _scene(tmp_path, [LAKE], [LAKE, FLOODED])
     opts = PredictOptions(tile=32, classes=ClassOptions(classes_path=tmp_path / "c.tif", pre_water=mode))
     res = predict_scene(model, scene, tmp_path / "m.tif", preset=PRESET, options=opts)
@@ -156,7 +156,7 @@ def test_model_pre_water_needs_a_water_output(tmp_path: Path) -> None:
     from floodlora.errors import ConfigError
 
     scene = _scene(tmp_path, [LAKE], [LAKE])
-    opts = PredictOptions(tile=32, classes=ClassOptions(pre_water="model"))
+    opts = PredictOptions(tile=32, classes=ClassOptions(pre_water="water"))
     with pytest.raises(ConfigError, match="needs a run with a water output"):
         predict_scene(PointwiseModel(), scene, tmp_path / "m.tif", preset=PRESET, options=opts)
 

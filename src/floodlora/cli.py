@@ -373,12 +373,14 @@ def predict(
     pre_water: Annotated[
         str,
         typer.Option(
-            help="Pre-event water that is never flood: auto | model (the run's water output) | otsu | off."
+            help="Pre-event water that is never flood: auto | pair (the flood output on pre, pre) | "
+            "water (the run's water output on pre) | otsu | off."
         ),
     ] = "auto",
     pre_water_threshold: Annotated[
-        float, typer.Option(help="Water probability on the pre view that counts as pre-event water.")
-    ] = 0.5,
+        float | None,
+        typer.Option(help="Probability on the pre view that is pre-event water (default: the run's)."),
+    ] = None,
     adapter: Annotated[str | None, typer.Option(help="Adapter file or RUN_DIR/adapters/NAME.")] = None,
     checkpoint: Annotated[str | None, typer.Option(help="Where the base checkpoint lives now.")] = None,
     units: Annotated[str, typer.Option(help="Input units: db | linear.")] = "db",
@@ -457,7 +459,7 @@ def map_(
     slope_max: Annotated[float, typer.Option(help="Exclude steeper ground (degrees).")] = 15.0,
     shadow_layover: Annotated[bool, typer.Option(help="Exclude radar shadow / layover from the DEM.")] = True,
     pre_water: Annotated[
-        str, typer.Option(help="Pre-event water that is never flood: auto | model | otsu | off.")
+        str, typer.Option(help="Pre-event water that is never flood: auto | pair | water | otsu | off.")
     ] = "auto",
     confidence_tta: Annotated[
         bool, typer.Option(help="Lower the confidence by the spread over 4 flips (TTA on).")

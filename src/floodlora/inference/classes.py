@@ -8,10 +8,13 @@ flood, a confidence layer and a minimum mapping unit. `predict` and `map` write 
     confidence  uint8 0-100: how far the probability is from the threshold (less the TTA spread)
 
 Class 1 is new water: the model's flood output (with a pre-event view) or its water output
-(without), minus water that the pre-event view already shows (the run's own water output on the
-pre-event view, or an Otsu level of its VV backscatter), minus reference water and exclusions.
-A flood output alone is not enough: with the pre-event view replaced by the post-event one, a
-flood output still mapped a third of an OMBRIA scene as flood (benchmarks/new_water.py).
+(without), minus water that the pre-event view already shows, minus reference water and
+exclusions. A flood output alone is not enough: with the pre-event view replaced by the
+post-event one, the recipe's flood output still mapped 15-30 % of OMBRIA chips as flood
+(benchmarks/new_water.py). Pre-event water (`--pre-water`) is, by default (`pair`), what the same
+flood output flags on the pair (pre, pre), where nothing changed: with pre = post this removes
+every flood pixel by construction, for any model. `water` uses the run's water output on the
+pre-event view (it found no water on OMBRIA's 8-bit chips), `otsu` an Otsu level of its VV.
 
 Precedence, highest first: no data, excluded, reference water, flood, dry. `--min-area` removes
 4-connected flood regions smaller than that from the mask itself (class 1 -> 0), so the mask,
@@ -42,7 +45,7 @@ CLASS_COLORS = {
 }
 CLASSES_DESCRIPTION = "classes (0 dry, 1 flood, 2 reference water, 3 excluded, 255 nodata)"
 CONFIDENCE_DESCRIPTION = "confidence 0-100 in the flood / no-flood decision (255 nodata)"
-PRE_WATER_MODES = ("auto", "model", "otsu", "off")
+PRE_WATER_MODES = ("auto", "pair", "water", "otsu", "off")
 
 
 @dataclass
@@ -59,15 +62,15 @@ class ClassOptions:
     dem_local: bool = True
     terrain: TerrainOptions = field(default_factory=TerrainOptions)
     shadow_mask: list[str] = field(default_factory=list)  # a product's own shadow/layover mask asset
-    pre_water: str = "auto"  # auto | model | otsu | off
-    pre_water_threshold: float = 0.5  # the water output's probability that counts as pre-event water
+    pre_water: str = "auto"  # auto | pair | water | otsu | off
+    pre_water_threshold: float | None = None  # probability that counts as pre-event water; None: the run's
 
     def __post_init__(self) -> None:
         if self.pre_water not in PRE_WATER_MODES:
             raise ConfigError(
                 f"--pre-water must be one of {', '.join(PRE_WATER_MODES)}, got {self.pre_water!r}"
             )
-        if not 0 < self.pre_water_threshold < 1:
+        if self.pre_water_threshold is not None and not 0 < self.pre_water_threshold < 1:
             raise ConfigError(f"--pre-water-threshold must be in (0, 1), got {self.pre_water_threshold}")
 
     @property
@@ -161,11 +164,11 @@ def to_db(values: np.ndarray, units: str) -> np.ndarray:
 
 @dataclass
 class PreWater:
-    """How pre-event water is found: `mode` model | otsu | off, from view `pre_view`."""
+    """How pre-event water is found: `mode` pair | water | otsu | off, from view `pre_view`."""
 
     mode: str
     pre_view: str | None = None
-    post_view: str | None = None  # the model view that receives the pre-event image (mode model)
+    post_view: str | None = None  # the model view that receives the pre-event image (pair, water)
     level_db: float | None = None  # Otsu level of the pre-event VV (mode otsu)
     message: str | None = None
 
@@ -173,7 +176,8 @@ class PreWater:
 def resolve_pre_water(
     opts: ClassOptions | None, model: Any, given: Sequence[str], target: str | None
 ) -> PreWater:
-    """Pick the pre-event water rule: the run's water output when it has one, else (for classes) Otsu.
+    """Pick the pre-event water rule; `auto`: `pair` when classes are written or the run has a water
+    output (the recipe), else off (a plain flood-only mask stays what it was).
 
     Off without a pre-event view, and when the map is of all water (`--target water`).
     """
@@ -187,36 +191,48 @@ def resolve_pre_water(
     if post not in model_views:
         post = next((v for v in model_views if v.startswith("post")), "post")
     has_water = "water" in outputs and len(outputs) > 1
-    if mode == "model" and not has_water:
+    if mode == "water" and not has_water:
         raise ConfigError(
-            f"--pre-water model needs a run with a water output (this one has {', '.join(outputs)}); "
-            "use --pre-water otsu"
+            f"--pre-water water needs a run with a water output (this one has {', '.join(outputs)}); "
+            "use --pre-water pair or otsu"
         )
     if mode == "auto":
-        if has_water:
-            mode = "model"
-        elif opts is not None and opts.active:
-            mode = "otsu"
+        if has_water or (opts is not None and opts.active):
+            mode = "pair"
         else:
             return PreWater("off")
-    why = "the run's water output" if mode == "model" else "an Otsu level of its VV"
+    why = {
+        "pair": f"the flood output on ({pre}, {pre})",
+        "water": "the run's water output",
+        "otsu": "an Otsu level of its VV",
+    }[mode]
     return PreWater(mode, pre, post, message=f"new water only: water on the {pre} view ({why}) is not flood")
 
 
 def pre_water_probability(
-    model: Any, x: Mapping[str, Any], time: Mapping[str, Any], latlon: Any, pw: PreWater
+    model: Any, x: Mapping[str, Any], time: Mapping[str, Any], latlon: Any, pw: PreWater, tta: bool
 ) -> Any:
-    """The run's water probability `[B, 1, H, W]` of the pre-event tiles, given as the post view."""
-    import torch
+    """Pre-event water probability `[B, 1, H, W]` of the tiles: the flood output on (pre, pre)
+    (`pair`, with the same flips as the main pass) or the water output on the pre view (`water`)."""
+    from floodlora.inference.uncertainty import predict_probabilities
 
     assert pw.pre_view is not None and pw.post_view is not None
+    pre_x, pre_t = x[pw.pre_view], time[pw.pre_view]
+    if pw.mode == "pair":
+        views = {pw.pre_view: pre_x, pw.post_view: pre_x}
+        times = {pw.pre_view: pre_t, pw.post_view: pre_t}
+        target = "flood"
+    else:
+        views, times, target = {pw.post_view: pre_x}, {pw.post_view: pre_t}, "water"
     old = getattr(model, "target", None)
-    model.target = "water"
+    if len(getattr(model, "outputs", ())) > 1:
+        model.target = target
     try:
-        logits = model({pw.post_view: x[pw.pre_view]}, time={pw.post_view: time[pw.pre_view]}, latlon=latlon)
+        prob, _ = predict_probabilities(model, views, times, latlon, tta and pw.mode == "pair", 0)
     finally:
-        model.target = old
-    return torch.sigmoid(logits.float())
+        if hasattr(model, "target"):
+            model.target = old
+    return prob
 
 
 # --------------------------------------------------------------------------------------------------
@@ -299,7 +315,10 @@ class SceneClasses:
         """The strips that are final now (this one, or none while held for `--min-area`)."""
         h = prob.shape[0]
         flood = valid & (prob >= self.threshold)
-        pre = None if pre_water_prob is None else pre_water_prob >= self.opts.pre_water_threshold
+        pre_t = self.opts.pre_water_threshold
+        pre = (
+            None if pre_water_prob is None else pre_water_prob >= (self.threshold if pre_t is None else pre_t)
+        )
         flood = new_water(flood, pre)
         ref = None if self.reference is None else self.reference[row : row + h]
         exc = None if self.excluded is None else self.excluded[row : row + h]
@@ -381,7 +400,7 @@ class MapLayers:
     terrain: TerrainOptions = field(default_factory=TerrainOptions)
     confidence_tta: bool = False
     pre_water: str = "auto"
-    pre_water_threshold: float = 0.5
+    pre_water_threshold: float | None = None
 
 
 def _layer_sources(

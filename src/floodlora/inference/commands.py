@@ -26,7 +26,7 @@ def class_options(
     incidence_angle: float | None = None,
     orbit_state: str | None = None,
     pre_water: str = "auto",
-    pre_water_threshold: float = 0.5,
+    pre_water_threshold: float | None = None,
 ) -> ClassOptions:
     """The CLI's class flags -> ClassOptions (local files only; `map` adds STAC layers)."""
     from floodlora.data.terrain import TerrainOptions

@@ -563,8 +563,8 @@ def _run_scene(
                     tvec = {v: code.expand(len(batch), -1) for v, code in time_codes.items()}
                     t1 = time.perf_counter()
                     prob, spread = predict_probabilities(model, x, tvec, latlon, tta, opts.mc_samples)
-                    if pw.mode == "model":
-                        pre_p = pre_water_probability(model, x, tvec, latlon, pw)[:, 0].numpy()
+                    if pw.mode in ("pair", "water"):
+                        pre_p = pre_water_probability(model, x, tvec, latlon, pw, tta)[:, 0].numpy()
                         pre_water = [pre_p[i] for i in range(len(batch))]
                     t2 = time.perf_counter()
                     prob_np = prob[:, 0].numpy()
