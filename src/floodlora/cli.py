@@ -403,7 +403,44 @@ def predict(
         float | None, typer.Option(metavar="METRES", help="Simplify polygons with this tolerance.")
     ] = None,
     min_area: Annotated[
-        float | None, typer.Option(metavar="M2", help="Leave out flood polygons smaller than this.")
+        float | None,
+        typer.Option(metavar="M2", help="Remove flood areas smaller than this (mask and polygons)."),
+    ] = None,
+    classes: Annotated[
+        str | None, typer.Option(help="Also write classes: 0 dry, 1 flood, 2 reference water, 3 excluded.")
+    ] = None,
+    confidence: Annotated[str | None, typer.Option(help="Also write a uint8 0-100 confidence layer.")] = None,
+    confidence_tta: Annotated[
+        bool, typer.Option(help="Lower the confidence by the spread over 4 flips (TTA on).")
+    ] = False,
+    reference_water: Annotated[
+        str | None, typer.Option(metavar="PATH", help="Reference water GeoTIFF (JRC occurrence %, or 0/1).")
+    ] = None,
+    reference_threshold: Annotated[
+        float, typer.Option(help="Occurrence % at or above which a pixel is reference water.")
+    ] = 50.0,
+    dem: Annotated[
+        str | None, typer.Option(metavar="PATH", help="DEM GeoTIFF: exclude high, steep, shadow, layover.")
+    ] = None,
+    hand_max: Annotated[float, typer.Option(help="Exclude ground higher above drainage (m).")] = 15.0,
+    slope_max: Annotated[float, typer.Option(help="Exclude steeper ground (degrees).")] = 15.0,
+    shadow_layover: Annotated[bool, typer.Option(help="Exclude radar shadow / layover (with --dem).")] = True,
+    incidence_angle: Annotated[
+        float | None, typer.Option(help="Incidence angle (degrees) for shadow / layover (default 38).")
+    ] = None,
+    orbit_state: Annotated[
+        str | None, typer.Option(help="ascending | descending: the look direction for shadow / layover.")
+    ] = None,
+    pre_water: Annotated[
+        str,
+        typer.Option(
+            help="Pre-event water that is never flood: auto | pair (the flood output on pre, pre) | "
+            "water (the run's water output on pre) | otsu | off."
+        ),
+    ] = "auto",
+    pre_water_threshold: Annotated[
+        float | None,
+        typer.Option(help="Probability on the pre view that is pre-event water (default: the run's)."),
     ] = None,
     adapter: Annotated[str | None, typer.Option(help="Adapter file or RUN_DIR/adapters/NAME.")] = None,
     checkpoint: Annotated[str | None, typer.Option(help="Where the base checkpoint lives now.")] = None,
@@ -438,14 +475,18 @@ def predict(
     ] = None,
 ) -> None:
     """Flood map of whole georeferenced Sentinel-1 scenes (tiled, blended, CRS preserved)."""
-    from floodlora.inference.commands import run_predict
+    from floodlora.inference.commands import class_options, run_predict
 
+    cls = class_options(
+        classes, confidence, confidence_tta, reference_water, reference_threshold, dem, hand_max,
+        slope_max, shadow_layover, incidence_angle, orbit_state, pre_water, pre_water_threshold,
+    )  # fmt: skip
     summary = run_predict(
         run_dir, view, out, probabilities=probabilities, uncertainty=uncertainty, polygons=polygons,
         adapter=adapter, checkpoint=checkpoint, units=units, tile=tile, overlap=overlap,
         batch_size=batch_size, threshold=threshold, tta=tta, mc_dropout=mc_dropout, date=date,
         align=align, cog=cog, progress=progress, simplify=simplify, min_area=min_area,
-        precision=precision, target=target,
+        precision=precision, target=target, classes=cls,
     )  # fmt: skip
     typer.echo(summary)
 
@@ -470,21 +511,47 @@ def map_(
         "flood.gpkg"
     ),
     simplify: Annotated[float | None, typer.Option(metavar="METRES", help="Simplify polygons.")] = None,
-    min_area: Annotated[float | None, typer.Option(metavar="M2", help="Leave out smaller polygons.")] = None,
+    min_area: Annotated[
+        float | None, typer.Option(metavar="M2", help="Remove smaller flood areas (mask and polygons).")
+    ] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    reference_water: Annotated[
+        str, typer.Option(help="auto | stac (jrc-gsw occurrence) | none | a GeoTIFF path.")
+    ] = "auto",
+    reference_threshold: Annotated[
+        float, typer.Option(help="Occurrence % at or above which a pixel is reference water.")
+    ] = 50.0,
+    dem: Annotated[str, typer.Option(help="auto | stac (cop-dem-glo-30) | none | a GeoTIFF path.")] = "auto",
+    hand_max: Annotated[float, typer.Option(help="Exclude ground higher above drainage (m).")] = 15.0,
+    slope_max: Annotated[float, typer.Option(help="Exclude steeper ground (degrees).")] = 15.0,
+    shadow_layover: Annotated[bool, typer.Option(help="Exclude radar shadow / layover from the DEM.")] = True,
+    pre_water: Annotated[
+        str, typer.Option(help="Pre-event water that is never flood: auto | pair | water | otsu | off.")
+    ] = "auto",
+    confidence_tta: Annotated[
+        bool, typer.Option(help="Lower the confidence by the spread over 4 flips (TTA on).")
+    ] = False,
 ) -> None:
-    """Flood map of an area on a date: fetch + predict + polygons + quicklook PNG + summary.json.
+    """Flood map of an area on a date: fetch + predict + classes + polygons + quicklook + summary.json.
 
     Without --model the map needs no labels: split-based thresholding maps the fetched scenes, and
     the embedded encoder self-adapts to its confident pixels before it maps (minutes on a CPU).
     """
+    from floodlora.data.terrain import TerrainOptions
+    from floodlora.inference.classes import MapLayers
     from floodlora.inference.mapping import format_map, run_map
     from floodlora.training.self_adapt import self_adapt_scenes
 
+    layers = MapLayers(
+        reference_water=reference_water, reference_threshold=reference_threshold, dem=dem,
+        terrain=TerrainOptions(hand_max_m=hand_max, slope_max_deg=slope_max, shadow_layover=shadow_layover),
+        confidence_tta=confidence_tta, pre_water=pre_water,
+    )  # fmt: skip
     result = run_map(
         bbox, date, out, model, catalog=catalog, collection=collection, pre_days=pre_days,
         threshold=threshold, polygons=polygons, simplify=simplify, min_area=min_area, progress=progress,
         adapter=self_adapt_scenes if model is None else None,
+        layers=layers,
     )  # fmt: skip
     typer.echo(format_map(result))
 

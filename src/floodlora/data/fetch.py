@@ -44,6 +44,9 @@ _UNREACHABLE = (
     "Max retries exceeded",
 )
 COVER_FRACTION = 0.999  # footprints are polygons in lon/lat; tolerate rounding at the bbox edge
+# acquisition geometry kept per item for the terrain exclusions (floodlora.data.terrain)
+INCIDENCE_KEYS = ("view:incidence_angle", "sar:incidence_angle", "s1:incidence_angle", "incidence_angle")
+MASK_ASSETS = ("mask", "layover_shadow_mask", "ls_mask")  # a product's own shadow / layover mask
 
 
 class FetchError(DataError):
@@ -444,6 +447,20 @@ def read_asset(href: str, grid: OutputGrid, linear: bool, item_id: str, asset: s
     return data
 
 
+def item_incidence(properties: dict[str, Any]) -> float | None:
+    """The item's incidence angle in degrees (the mean of near / far range when it gives both)."""
+    value = next((properties[k] for k in INCIDENCE_KEYS if properties.get(k) is not None), None)
+    if isinstance(value, (list, tuple)):
+        value = sum(value) / len(value) if value else None
+    return float(value) if value is not None else None
+
+
+def _mask_href(item: Any) -> str | None:
+    """The href of the item's own shadow / layover mask asset, if it has one."""
+    key = next((k for k in MASK_ASSETS if k in item.assets), None)
+    return None if key is None else item.assets[key].get_absolute_href() or item.assets[key].href
+
+
 def mosaic(
     acq: Acquisition, opts: FetchOptions, grid: OutputGrid, advance: Callable[[str], None]
 ) -> tuple[np.ndarray, list[dict[str, Any]]]:
@@ -473,6 +490,8 @@ def mosaic(
                 "platform": item.properties.get("platform"),
                 "relative_orbit": item.properties.get("sat:relative_orbit"),
                 "orbit_state": item.properties.get("sat:orbit_state"),
+                "incidence_angle": item_incidence(item.properties),
+                "mask_href": _mask_href(item),
                 "hrefs": hrefs,
             }
         )

@@ -5,6 +5,50 @@ from __future__ import annotations
 from pathlib import Path
 
 from floodlora.errors import ConfigError
+from floodlora.inference.classes import ClassOptions
+
+
+def format_classes(km2: dict[str, float]) -> str:
+    """One line: km2 per class."""
+    return "classes: " + ", ".join(f"{name.replace('_', ' ')} {v:.3f} km2" for name, v in km2.items())
+
+
+def class_options(
+    classes: str | None = None,
+    confidence: str | None = None,
+    confidence_tta: bool = False,
+    reference_water: str | None = None,
+    reference_threshold: float = 50.0,
+    dem: str | None = None,
+    hand_max: float | None = 15.0,
+    slope_max: float | None = 15.0,
+    shadow_layover: bool = True,
+    incidence_angle: float | None = None,
+    orbit_state: str | None = None,
+    pre_water: str = "auto",
+    pre_water_threshold: float | None = None,
+) -> ClassOptions:
+    """The CLI's class flags -> ClassOptions (local files only; `map` adds STAC layers)."""
+    from floodlora.data.terrain import TerrainOptions
+
+    for flag, path in (("--reference-water", reference_water), ("--dem", dem)):
+        if path is not None and not Path(path).is_file():
+            raise ConfigError(f"{flag} {path}: no such file")
+    terrain = TerrainOptions(
+        hand_max_m=hand_max, slope_max_deg=slope_max, shadow_layover=shadow_layover,
+        incidence_deg=incidence_angle, orbit_state=orbit_state,
+    )  # fmt: skip
+    return ClassOptions(
+        classes_path=Path(classes) if classes else None,
+        confidence_path=Path(confidence) if confidence else None,
+        confidence_spread=confidence_tta,
+        reference_water=[reference_water] if reference_water else [],
+        reference_threshold=reference_threshold,
+        dem=[dem] if dem else [],
+        terrain=terrain,
+        pre_water=pre_water,
+        pre_water_threshold=pre_water_threshold,
+    )
 
 
 def parse_views(items: list[str]) -> dict[str, str]:
@@ -68,6 +112,7 @@ def run_predict(
     min_area: float | None = None,
     precision: str = "auto",
     target: str | None = None,
+    classes: ClassOptions | None = None,
 ) -> str:
     """Run :func:`floodlora.inference.predict.predict_run` and describe what was written."""
     from floodlora.inference.predict import PredictOptions, predict_run
@@ -77,7 +122,7 @@ def run_predict(
         tile=tile, overlap=overlap, batch_size=batch_size, threshold=threshold, tta=tta,
         mc_samples=mc_dropout, units=units, align=align, cog=cog, date=post_date, dates=dates,
         progress=progress, simplify_m=simplify, min_area_m2=min_area,
-        precision=precision, target=target,
+        precision=precision, target=target, classes=classes,
     )  # fmt: skip
     res = predict_run(
         run_dir, parse_views(view), out, probabilities=probabilities, uncertainty=uncertainty,
@@ -91,8 +136,11 @@ def run_predict(
     )
     area = f"{res.flooded_km2:.3f} km2" if res.flooded_km2 is not None else "area unknown (no CRS)"
     lines.append(f"flooded: {res.flooded_pixels} px = {area}")
+    if res.classes is not None and res.classes["classes_km2"] is not None:
+        lines.append(format_classes(res.classes["classes_km2"]))
     lines.append(f"wrote {res.out}")
-    for path in (res.probabilities, res.uncertainty):
+    extra = (classes.classes_path, classes.confidence_path) if classes is not None else ()
+    for path in (res.probabilities, res.uncertainty, *extra):
         if path is not None:
             lines.append(f"wrote {path}")
     if res.polygons is not None:

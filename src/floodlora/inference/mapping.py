@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from floodlora.errors import ConfigError
+from floodlora.inference.classes import CLASSES_TIF, CONFIDENCE_TIF, MapLayers, map_class_options
 
 SUMMARY_JSON = "summary.json"
 LABEL_FREE_RUN = "model"  # OUT/model: the self-adapted run of a map made without --model
@@ -150,6 +151,7 @@ def run_map(
     min_area: float | None = None,
     progress: bool = True,
     adapter: SceneAdapter | None = None,
+    layers: MapLayers | None = None,
 ) -> MapResult:
     """fetch + predict + polygons + quicklook + summary.json under `out`.
 
@@ -198,7 +200,9 @@ def run_map(
     run_dir = Path(model)
     views = model_views(run_dir, fetched.info["post"]["orbit_state"])
     paths = {views[k]: str(getattr(fetched, k)) for k in ("pre", "post") if k in views}
+    classes, class_notes = map_class_options(layers, fetched.info, catalog or PLANETARY_COMPUTER, out_dir)
     opts.date = fetched.info["post"]["datetime"][:19]
+    opts.classes = classes
     res = predict_run(run_dir, paths, out_dir / "flood.tif", polygons=out_dir / polygons, options=opts)
     post = fetched.info["post"]
     title = (
@@ -221,6 +225,7 @@ def run_map(
         "threshold": opts.threshold,
         "label_free": label_free is not None,
         "self_adaptation": label_free,
+        **(res.classes or {}),
         "model": {
             "run": str(run_dir.resolve()),
             "sha256": file_sha256(weights) if weights.is_file() else None,
@@ -247,10 +252,12 @@ def run_map(
             "mask": "flood.tif",
             "polygons": polygons,
             "quicklook": QUICKLOOK,
+            "classes": CLASSES_TIF,
+            "confidence": CONFIDENCE_TIF,
         },
     }
     atomic_write_json(out_dir / SUMMARY_JSON, summary)
-    messages = [*format_fetch(fetched).splitlines(), *(f"note: {m}" for m in res.messages)]
+    messages = [*format_fetch(fetched).splitlines(), *(f"note: {m}" for m in class_notes + res.messages)]
     return MapResult(out_dir, summary, messages)
 
 
@@ -341,5 +348,9 @@ def format_map(result: MapResult) -> str:
         f"flooded: {s['flooded_km2']:.3f} km2 in {s['polygons']} polygons ({at}"
         f"{100 * s['valid_fraction']:.1f}% of the bbox valid)"
     )
+    if s.get("classes_km2"):
+        lines.append(
+            "classes: " + ", ".join(f"{k.replace('_', ' ')} {v:.3f} km2" for k, v in s["classes_km2"].items())
+        )
     lines.append(f"wrote {result.out_dir}: " + ", ".join(s["files"].values()) + f", {SUMMARY_JSON}")
     return "\n".join(lines)

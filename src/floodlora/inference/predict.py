@@ -25,8 +25,21 @@ import numpy as np
 import torch
 
 from floodlora.data.sample import MASK_NODATA
+from floodlora.data.terrain import SceneGrid
 from floodlora.encodings import check_date, encode_latlon, encode_time
 from floodlora.errors import ConfigError, DataError
+from floodlora.inference.classes import (
+    CLASS_COLORS,
+    CLASSES_DESCRIPTION,
+    CONFIDENCE_DESCRIPTION,
+    ClassOptions,
+    SceneClasses,
+    Strip,
+    otsu_level,
+    pre_water_probability,
+    resolve_pre_water,
+    to_db,
+)
 from floodlora.inference.tiling import StripBlender, Tile, plan_tiles
 from floodlora.inference.uncertainty import (
     predict_probabilities,
@@ -63,6 +76,7 @@ class PredictOptions:
     min_area_m2: float | None = None  # drop flood polygons smaller than this
     precision: str = "auto"  # auto | 32 | bf16: autocast of the forward passes (floodlora.precision)
     target: str | None = None  # flood | water for a model with both outputs; None: flood with a pre view
+    classes: ClassOptions | None = None  # class raster, confidence, reference water, exclusions, pre water
 
 
 @dataclass
@@ -91,6 +105,7 @@ class PredictResult:
     warnings: list[str] = field(default_factory=list)  # the result is probably wrong: say why
     timings: dict[str, float] = field(default_factory=dict)
     precision: dict[str, str] = field(default_factory=dict)  # the choice and its reason
+    classes: dict[str, Any] | None = None  # SceneClasses.summary() when the class step ran
 
 
 # --------------------------------------------------------------------------------------------------
@@ -217,6 +232,7 @@ class _Layer:
         cog: bool,
         resampling: str,
         tags: dict[str, str],
+        colors: Mapping[int, tuple[int, int, int, int]] | None = None,  # None: the mask's; {}: none
     ) -> None:
         import rasterio
         import rasterio.errors
@@ -236,8 +252,9 @@ class _Layer:
             self.ds = rasterio.open(self.work, "w", **_profile(grid, dtype, nodata))
         self.ds.set_band_description(1, desc)
         self.ds.update_tags(**tags)
-        if dtype == "uint8":
-            self.ds.write_colormap(1, MASK_COLORS)
+        colors = MASK_COLORS if colors is None else colors
+        if dtype == "uint8" and colors:
+            self.ds.write_colormap(1, colors)
 
     def write(self, row: int, data: np.ndarray) -> None:
         from rasterio.windows import Window
@@ -319,7 +336,9 @@ def predict_scene(
         opts.threshold = 0.5
     check_predict_options(opts)
     out = Path(out)
-    outputs = [Path(p) for p in (out, probabilities, uncertainty, polygons) if p is not None]
+    cls = opts.classes
+    extra = (cls.classes_path, cls.confidence_path) if cls is not None else ()
+    outputs = [Path(p) for p in (out, probabilities, uncertainty, polygons, *extra) if p is not None]
     inputs = {Path(p).resolve() for p in views.values()}
     clash = [str(p) for p in outputs if p.resolve() in inputs]
     if clash:
@@ -337,6 +356,9 @@ def predict_scene(
     if uncertainty is not None and not tta and opts.mc_samples == 0:
         tta = True
         messages.append("uncertainty layer requested: using the spread over 4 flips (TTA)")
+    if cls is not None and cls.confidence_spread and not tta and opts.mc_samples == 0:
+        tta = True
+        messages.append("confidence from the spread over 4 flips: TTA on")
 
     t_start = time.perf_counter()
     model_views = list(getattr(model, "views", views.keys()))
@@ -409,9 +431,24 @@ def _run_scene(
         )
     time_codes = {v: torch.from_numpy(encode_date(view_date(v, opts))) for v in readers}
     want_unc = uncertainty is not None
-    channels = 3 if want_unc else 2  # probability, valid, [spread]
-    blender = StripBlender(plan, channels)
     pixel_area = _pixel_area_km2(grid)
+    cls_opts = opts.classes
+    pw = resolve_pre_water(cls_opts, model, list(readers), opts.target or getattr(model, "target", None))
+    if pw.mode == "otsu":
+        assert pw.pre_view is not None
+        pre_bands = readers[pw.pre_view].overview()
+        pw.level_db = otsu_level(to_db(pre_bands.get("vv", next(iter(pre_bands.values()))), opts.units))
+    if pw.message:
+        messages.append(pw.message + (f" (level {pw.level_db:.2f} dB)" if pw.mode == "otsu" else ""))
+    scene_cls = None
+    if pw.mode != "off" or (cls_opts is not None and cls_opts.active) or opts.min_area_m2:
+        scene_grid = SceneGrid(grid.crs, grid.transform, grid.width, grid.height)
+        scene_cls = SceneClasses(cls_opts, scene_grid, opts.threshold, opts.min_area_m2, pixel_area)
+        messages += scene_cls.messages
+    want_spread = want_unc or bool(cls_opts is not None and cls_opts.confidence_spread)
+    i_pre = 2 + int(want_spread) if pw.mode != "off" else None
+    channels = 2 + int(want_spread) + int(pw.mode != "off")  # probability, valid, [spread], [pre water]
+    blender = StripBlender(plan, channels)
     counts = {"flood": 0, "valid": 0, "km2": 0.0}
     base_tags = {"software": "floodlora", "threshold": str(opts.threshold), **(tags or {})}
 
@@ -458,7 +495,24 @@ def _run_scene(
                 base_tags,
             )
             layers.append(unc_layer)
+        cls_layer = conf_layer = None
+        if cls_opts is not None and cls_opts.classes_path is not None:
+            cls_layer = _Layer(outs, Path(cls_opts.classes_path), grid, "uint8", MASK_NODATA,
+                               CLASSES_DESCRIPTION, opts.cog, "NEAREST", base_tags, CLASS_COLORS)  # fmt: skip
+            layers.append(cls_layer)
+        if cls_opts is not None and cls_opts.confidence_path is not None:
+            conf_layer = _Layer(outs, Path(cls_opts.confidence_path), grid, "uint8", MASK_NODATA,
+                                CONFIDENCE_DESCRIPTION, opts.cog, "NEAREST", base_tags, {})  # fmt: skip
+            layers.append(conf_layer)
         outs.callback(lambda: [layer.abort() for layer in layers])
+
+        def write_strips(strips: list[Strip]) -> None:
+            for st in strips:
+                mask_layer.write(st.row, st.mask)
+                if cls_layer is not None:
+                    cls_layer.write(st.row, st.classes)
+                if conf_layer is not None and st.confidence is not None:
+                    conf_layer.write(st.row, st.confidence)
 
         def flush(released: tuple[int, np.ndarray] | None) -> None:
             if released is None:
@@ -468,8 +522,13 @@ def _run_scene(
             valid = data[1] > 0.5
             prob = data[0]
             flood = prob >= opts.threshold
-            mask = np.where(valid, flood, MASK_NODATA).astype(np.uint8)
-            mask_layer.write(row, mask)
+            if scene_cls is not None:
+                spread = data[2] if want_spread else None
+                write_strips(
+                    scene_cls.strip(row, prob, valid, None if i_pre is None else data[i_pre], spread)
+                )
+            else:
+                mask_layer.write(row, np.where(valid, flood, MASK_NODATA).astype(np.uint8))
             if prob_layer is not None:
                 prob_layer.write(row, np.where(valid, prob, np.nan).astype(np.float32))
             if unc_layer is not None:
@@ -491,26 +550,37 @@ def _run_scene(
                     t0 = time.perf_counter()
                     per_view: dict[str, list[np.ndarray]] = {v: [] for v in readers}
                     valids = []
+                    pre_water: list[np.ndarray] = []
                     for tl in batch:
                         raw = {v: r.read(tl) for v, r in readers.items()}
                         normed, valid = normalise_tile(raw, bands, opts.units, preset)
                         for v in readers:
                             per_view[v].append(normed[v])
                         valids.append(valid)
+                        if pw.mode == "otsu":
+                            assert pw.pre_view is not None and pw.level_db is not None
+                            pre_raw = raw[pw.pre_view]
+                            pre_db = to_db(pre_raw.get("vv", next(iter(pre_raw.values()))), opts.units)
+                            pre_water.append(np.nan_to_num(pre_db, nan=np.inf) < pw.level_db)
                     x = {v: torch.from_numpy(np.stack(a)) for v, a in per_view.items()}
                     latlon = torch.from_numpy(tile_latlon(grid, batch))
                     tvec = {v: code.expand(len(batch), -1) for v, code in time_codes.items()}
                     t1 = time.perf_counter()
                     prob, spread = predict_probabilities(model, x, tvec, latlon, tta, opts.mc_samples)
+                    if pw.mode in ("pair", "water"):
+                        pre_p = pre_water_probability(model, x, tvec, latlon, pw, tta)[:, 0].numpy()
+                        pre_water = [pre_p[i] for i in range(len(batch))]
                     t2 = time.perf_counter()
                     prob_np = prob[:, 0].numpy()
                     spread_np = spread[:, 0].numpy() if spread is not None else None
                     for i, tl in enumerate(batch):
                         layers_i = [prob_np[i], valids[i].astype(np.float32)]
-                        if want_unc:
+                        if want_spread:
                             layers_i.append(
                                 spread_np[i] if spread_np is not None else np.zeros_like(prob_np[i])
                             )
+                        if i_pre is not None:
+                            layers_i.append(pre_water[i].astype(np.float32))
                         blender.add(tl, np.stack(layers_i))
                     t3 = time.perf_counter()
                     timings["read"] += t1 - t0
@@ -518,6 +588,16 @@ def _run_scene(
                     timings["blend"] += t3 - t2
                     advance(len(batch))
             flush(blender.release(plan.height))
+        if scene_cls is not None:
+            write_strips(list(scene_cls.finish()))
+            cls_summary = scene_cls.summary()
+            counts["flood"] = cls_summary["classes_pixels"]["flood"]
+            counts["km2"] = (cls_summary["classes_km2"] or {}).get("flood", 0.0)
+            if scene_cls.removed_regions:
+                messages.append(
+                    f"{scene_cls.removed_regions} polygon(s) below the minimum area removed from the mask "
+                    f"({scene_cls.min_pixels} px)"
+                )
         t0 = time.perf_counter()
         for layer in layers:
             layer.finish()
@@ -559,6 +639,7 @@ def _run_scene(
         polygon_count=poly_summary.count if poly_summary else None,
         polygon_km2=poly_summary.area_km2 if poly_summary else None,
         missing_views=missing,
+        classes=scene_cls.summary() if scene_cls is not None else None,
         warnings=warns,
         aligned_views=list(opened.aligned),
         messages=messages,
