@@ -146,7 +146,10 @@ def _self_row(row: str, roots: list[str], work: Path, tiny: bool) -> dict[str, A
     }
 
 
-def dry_scene(size: int = 512, seed: int = 0) -> Any:
+DRY_SEED = 7  # seeds 0-2 of this scene set the teacher's dB water level: this one was not looked at
+
+
+def dry_scene(size: int = 512, seed: int = DRY_SEED) -> Any:
     """A calibrated dB scene with no water: fields of two kinds (-7 and -12 dB VV) with 4-look
     speckle, the bimodality that fools a per-image threshold."""
     from floodlora.data.sample import Sample, SampleMeta
@@ -297,7 +300,8 @@ def markdown(out: dict[str, Any]) -> str:
     dry = out["dry_scene"]
     lines += [
         "",
-        f"Dry calibrated scene (synthesised, 512 px, fields of two kinds, no water): the teacher flags "
+        f"Dry calibrated scene (synthesised, 512 px, fields of two kinds, no water, seed {DRY_SEED}): "
+        "the teacher flags "
         f"{100 * dry['split']:.2f} %, per-chip Otsu {100 * dry['otsu-chip']:.1f} %; self-adaptation "
         + (f"maps it dry ({dry['self_note']})." if dry["self"] == 0.0 else "learns what the teacher found."),
         "",
