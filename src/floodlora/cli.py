@@ -391,9 +391,11 @@ def predict(
 
 @app.command(name="map")
 def map_(
-    bbox: Annotated[str, typer.Option(help="Area W,S,E,N in degrees (WGS 84).")],
-    date: Annotated[str, typer.Option(help="Flood date YYYY-MM-DD.")],
     out: Annotated[str, typer.Option(help="Output folder: scenes, mask, polygons, quicklook, summary.")],
+    bbox: Annotated[str | None, typer.Option(help="Area W,S,E,N in degrees (WGS 84).")] = None,
+    date: Annotated[
+        str | None, typer.Option(help="Flood date YYYY-MM-DD (with --areas: rows without one).")
+    ] = None,
     model: Annotated[str | None, typer.Option(help="Run directory (train or export --merge).")] = None,
     catalog: Annotated[str | None, typer.Option(help="STAC API URL or static catalog path.")] = None,
     collection: Annotated[str | None, typer.Option(help="STAC collection of Sentinel-1 scenes.")] = None,
@@ -405,9 +407,32 @@ def map_(
     simplify: Annotated[float | None, typer.Option(metavar="METRES", help="Simplify polygons.")] = None,
     min_area: Annotated[float | None, typer.Option(metavar="M2", help="Leave out smaller polygons.")] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    areas: Annotated[
+        str | None, typer.Option(help="Many areas: .gpkg/.geojson/.csv, one per row (optional date column).")
+    ] = None,
+    scheduler: Annotated[
+        str | None, typer.Option(help="With --areas: Dask scheduler tcp://HOST:PORT.")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="With --areas: LocalCluster workers (default: sized).")
+    ] = None,
 ) -> None:
     """Flood map of an area on a date: fetch + predict + polygons + quicklook PNG + summary.json."""
+    from floodlora.errors import ConfigError
     from floodlora.inference.mapping import format_map, run_map
+
+    if areas is not None:
+        from floodlora.inference.areas import format_areas, run_areas
+
+        res = run_areas(
+            areas, out, date=date, scheduler=scheduler, workers=workers, echo=typer.echo, model=model,
+            catalog=catalog, collection=collection, pre_days=pre_days, threshold=threshold, polygons=polygons,
+            simplify=simplify, min_area=min_area,
+        )  # fmt: skip
+        typer.echo(format_areas(res))
+        return
+    if bbox is None or date is None:
+        raise ConfigError("map needs --bbox and --date (or --areas FILE for many areas)")
 
     result = run_map(
         bbox, date, out, model, catalog=catalog, collection=collection, pre_days=pre_days,
