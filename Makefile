@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH_PIN)"
-	$(PIP) install -q -e ".[test,export]"
+	$(PIP) install -q -e ".[test,export,distributed]"
 	touch $(STAMP)
 
 setup: $(STAMP)

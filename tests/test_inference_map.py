@@ -50,9 +50,73 @@ def test_map_end_to_end(tmp_path: Path) -> None:
     assert img.shape[0] > 100 and img.shape[1] > 100 and img.std() > 5
 
 
-def test_map_needs_a_model(tmp_path: Path) -> None:
+def test_run_map_needs_a_model_or_an_adapter(tmp_path: Path) -> None:
     from floodlora.errors import ConfigError
     from floodlora.inference.mapping import run_map
 
     with pytest.raises(ConfigError, match="--model RUN is needed"):
         run_map(",".join(map(str, BBOX)), DATE.isoformat(), tmp_path, None)
+
+
+def _lake_truth(mask_tif: Path) -> np.ndarray:
+    """Where the catalog's new lake lies on the map's grid."""
+    import rasterio
+    from pyproj import Transformer
+    from tests.fetch_helpers import lake_mask
+
+    with rasterio.open(mask_tif) as ds:
+        rows, cols = np.mgrid[0 : ds.height, 0 : ds.width]
+        xs, ys = rasterio.transform.xy(ds.transform, rows.ravel(), cols.ravel())
+        lon, lat = Transformer.from_crs(ds.crs, "EPSG:4326", always_xy=True).transform(xs, ys)
+        return lake_mask(np.asarray(lat), np.asarray(lon)).reshape(ds.height, ds.width)
+
+
+def test_map_without_a_model_self_adapts_the_embedded_encoder(tmp_path: Path) -> None:
+    """No --model: the scenes teach the embedded encoder, with no labels, and the lake is mapped."""
+    import rasterio
+    import torch
+    from typer.testing import CliRunner
+
+    from floodlora import cli
+
+    catalog = make_catalog(tmp_path / "stac", water=True)
+    torch.manual_seed(0)
+    out = tmp_path / "map"
+    args = ["map", "--bbox", ",".join(map(str, BBOX)), "--date", DATE.isoformat(), "--catalog", str(catalog),
+            "--out", str(out), "--reference-water", "none", "--dem", "none", "--no-progress"]  # fmt: skip
+    result = CliRunner().invoke(cli.app, args)
+    assert result.exit_code == 0, result.output
+    assert "label-free map: the embedded encoder self-adapted to these scenes (model/)" in result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["label_free"] is True and summary["self_adaptation"]["labels_used"] is False
+    teacher = next(iter(summary["self_adaptation"]["teacher"].values()))
+    assert teacher["kind"] == "flood" and teacher["tiles_kept"]["vv"] >= 1  # the pre view is used
+    assert (out / "model" / "adapt.json").is_file() and summary["model"]["run"] == str(
+        (out / "model").resolve()
+    )
+    with rasterio.open(out / "flood.tif") as ds:
+        flood = ds.read(1) == 1
+    truth = _lake_truth(out / "flood.tif")
+    iou = (flood & truth).sum() / max((flood | truth).sum(), 1)
+    assert iou > 0.7, iou
+
+
+def test_map_of_a_dry_scene_without_a_model_is_dry_and_says_why(tmp_path: Path) -> None:
+    import rasterio
+    from typer.testing import CliRunner
+
+    from floodlora import cli
+
+    catalog = make_catalog(tmp_path / "stac")  # constant backscatter: no tile is bimodal
+    out = tmp_path / "map"
+    args = ["map", "--bbox", ",".join(map(str, BBOX)), "--date", DATE.isoformat(), "--catalog", str(catalog),
+            "--out", str(out), "--reference-water", "none", "--dem", "none", "--no-progress"]  # fmt: skip
+    result = CliRunner().invoke(cli.app, args)
+    assert result.exit_code == 0, result.output
+    assert "no water found" in result.output and "no bimodal tile" in result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["flooded_km2"] == 0.0 and summary["label_free"] is True
+    with rasterio.open(out / "flood.tif") as ds:
+        mask = ds.read(1)
+    assert set(np.unique(mask)) <= {0, 255} and (mask == 0).any()
+    assert not (out / "model").exists()

@@ -493,9 +493,11 @@ def predict(
 
 @app.command(name="map")
 def map_(
-    bbox: Annotated[str, typer.Option(help="Area W,S,E,N in degrees (WGS 84).")],
-    date: Annotated[str, typer.Option(help="Flood date YYYY-MM-DD.")],
     out: Annotated[str, typer.Option(help="Output folder: scenes, mask, polygons, quicklook, summary.")],
+    bbox: Annotated[str | None, typer.Option(help="Area W,S,E,N in degrees (WGS 84).")] = None,
+    date: Annotated[
+        str | None, typer.Option(help="Flood date YYYY-MM-DD (with --areas: rows without one).")
+    ] = None,
     model: Annotated[
         str | None,
         typer.Option(
@@ -531,6 +533,15 @@ def map_(
     confidence_tta: Annotated[
         bool, typer.Option(help="Lower the confidence by the spread over 4 flips (TTA on).")
     ] = False,
+    areas: Annotated[
+        str | None, typer.Option(help="Many areas: .gpkg/.geojson/.csv, one per row (optional date column).")
+    ] = None,
+    scheduler: Annotated[
+        str | None, typer.Option(help="With --areas: Dask scheduler tcp://HOST:PORT.")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="With --areas: LocalCluster workers (default: sized).")
+    ] = None,
 ) -> None:
     """Flood map of an area on a date: fetch + predict + classes + polygons + quicklook + summary.json.
 
@@ -547,11 +558,23 @@ def map_(
         terrain=TerrainOptions(hand_max_m=hand_max, slope_max_deg=slope_max, shadow_layover=shadow_layover),
         confidence_tta=confidence_tta, pre_water=pre_water,
     )  # fmt: skip
+    adapter = self_adapt_scenes if model is None else None
+    if areas is not None:
+        from floodlora.inference.areas import format_areas, run_areas
+
+        res = run_areas(
+            areas, out, date=date, scheduler=scheduler, workers=workers, echo=typer.echo, model=model,
+            catalog=catalog, collection=collection, pre_days=pre_days, threshold=threshold, polygons=polygons,
+            simplify=simplify, min_area=min_area, layers=layers, adapter=adapter,
+        )  # fmt: skip
+        typer.echo(format_areas(res))
+        return
+    if bbox is None or date is None:
+        raise ConfigError("map needs --bbox and --date (or --areas FILE for many areas)")
     result = run_map(
         bbox, date, out, model, catalog=catalog, collection=collection, pre_days=pre_days,
         threshold=threshold, polygons=polygons, simplify=simplify, min_area=min_area, progress=progress,
-        adapter=self_adapt_scenes if model is None else None,
-        layers=layers,
+        adapter=adapter, layers=layers,
     )  # fmt: skip
     typer.echo(format_map(result))
 

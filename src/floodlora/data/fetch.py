@@ -486,6 +486,7 @@ def mosaic(
         described.append(
             {
                 "id": item.id,
+                "href": _strip_query(item.get_self_href() or "") or None,
                 "datetime": _item_datetime(item).isoformat(),
                 "platform": item.properties.get("platform"),
                 "relative_orbit": item.properties.get("sat:relative_orbit"),

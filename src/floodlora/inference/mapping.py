@@ -8,6 +8,8 @@ scale bar) -> ``summary.json`` (flooded km2, the scenes used, the model and its 
     OUT/flood.tif                              uint8 COG mask: 0 dry, 1 flood, 255 nodata
     OUT/flood.gpkg                             flood polygons with area_km2 (or --polygons NAME)
     OUT/quicklook.png, OUT/summary.json
+    OUT/index.html, OUT/lib/                   offline web map (inference/viewer.py)
+    OUT/item.json                              STAC Item: every output an asset (inference/stac_out.py)
 """
 
 from __future__ import annotations
@@ -257,6 +259,9 @@ def run_map(
         },
     }
     atomic_write_json(out_dir / SUMMARY_JSON, summary)
+    from floodlora.inference.publish import publish_map
+
+    summary = publish_map(out_dir, summary)  # index.html + item.json from summary['files']
     messages = [*format_fetch(fetched).splitlines(), *(f"note: {m}" for m in class_notes + res.messages)]
     return MapResult(out_dir, summary, messages)
 
@@ -331,7 +336,9 @@ def _dry_map(fetched: Any, out_dir: Path, polygons: str, reason: str) -> MapResu
     }
     atomic_write_json(out_dir / SUMMARY_JSON, summary)
     from floodlora.data.fetch import format_fetch
+    from floodlora.inference.publish import publish_map
 
+    summary = publish_map(out_dir, summary)  # index.html + item.json, as for any map
     return MapResult(out_dir, summary, [*format_fetch(fetched).splitlines(), f"note: dry scene: {reason}"])
 
 
