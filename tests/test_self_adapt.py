@@ -117,7 +117,9 @@ def _write_scenes(root: Path, n: int, looks: float = 2.0) -> list[np.ndarray]:
 
 
 FAST_SELF = SelfOptions(
-    training=AdaptOptions(method="fine-tune", steps_per_epoch=8, max_epochs=6, batch_size=4, lr=3e-3, seed=0)
+    training=AdaptOptions(
+        method="fine-tune", steps_per_epoch=8, max_epochs=6, batch_size=4, lr=3e-3, seed=0, prior=False
+    )
 )
 
 

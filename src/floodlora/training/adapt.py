@@ -365,6 +365,8 @@ def adapt_config(
         cfg.data.views = _data_views(roots, format, pseudo)
         if opts.lora_rank is not None:
             cfg.model.lora_rank = opts.lora_rank
+        if opts.prior is not None:
+            cfg.model.pixel_prior = opts.prior
     d, t = cfg.data, cfg.train
     d.roots, d.format = [str(r) for r in roots], format
     d.holdout_events, d.limit_train, d.stats_from_data = [], None, False

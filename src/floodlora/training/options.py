@@ -43,6 +43,9 @@ class AdaptOptions:
     seed: int = 0
     recipe: str = DEFAULT_RECIPE  # config a bare encoder starts from (model + data settings)
     lora_rank: int | None = None  # bare encoder only; None: the recipe's rank
+    #: bare encoder only: keep (True) or leave out (False) the recipe's hand-feature prior; None: as
+    #: the recipe has it. Self-adaptation leaves it out (SELF_ADAPT; docs/quality.md measures both).
+    prior: bool | None = None
     method: str = "auto"  # auto | calibrate (no training: thresholds set on the chips) | fine-tune
     #: the operating-point rule: of the thresholds within this F1 of the best on the chips, the one
     #: nearest the model's own (0: the best). None: CALIBRATE_TOLERANCE to calibrate, AFTER_TUNING_TOLERANCE
@@ -86,5 +89,8 @@ class AdaptOptions:
 
 
 #: Self-adaptation's budget: more steps than few-label fine-tuning (pseudo-labels are plentiful),
-#: under the same wall-clock cap.
-SELF_ADAPT = AdaptOptions(method="fine-tune", steps_per_epoch=8, max_epochs=12)
+#: a wall-clock cap that leaves a 5-minute budget room for the teacher and the operating point, and
+#: no hand-feature prior. The prior's tile statistics (Otsu level,
+#: quantiles) hardly vary over one scene's chips, so the prior fitted on them learns to threshold
+#: against them and breaks where a tile's statistics differ (a scene's edge tiles at prediction).
+SELF_ADAPT = AdaptOptions(method="fine-tune", steps_per_epoch=8, max_epochs=12, max_minutes=3.0, prior=False)

@@ -67,7 +67,8 @@ class Teaching:
 
     @property
     def found_water(self) -> bool:
-        return any(e["bands"] for e in self.events.values())
+        """Whether any chip has a confident water (or new-water) pixel to learn from."""
+        return any(e["pseudo_water_pixels"] for e in self.events.values())
 
 
 def teach(refs: Sequence[Any], options: SplitOptions, scratch: Path, max_scored: int = 48) -> Teaching:
@@ -85,7 +86,12 @@ def teach(refs: Sequence[Any], options: SplitOptions, scratch: Path, max_scored:
     for event, group in by_event.items():
         samples = [read_sample(r) for r in group]
         result: SplitResult = split_threshold(samples, options)
-        events[event] = result.describe() | {"chips": len(group)}
+        wet = sum(int((p == 1).sum()) for p in result.pseudo)
+        events[event] = result.describe() | {"chips": len(group), "pseudo_water_pixels": wet}
+        if result.bands and not wet:
+            events[event]["messages"].append(
+                f"{event}: bimodal tiles, but no pixel confidently {result.kind} (the scene looks dry)"
+            )
         for ref, pseudo in zip(group, result.pseudo, strict=True):
             if not (pseudo != 255).any():
                 continue
