@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -48,9 +49,27 @@ def _sample(units: str, vv: float, vh: float | None = None) -> Sample:
     return Sample({"post": bands}, np.zeros((8, 8), np.uint8), SampleMeta("c", "e", "test", units))
 
 
+def _clay_facts_s1() -> dict[str, dict[str, float]]:
+    """Clay v1.5's Sentinel-1 mean / std as ../shared/reference/clay-facts.md states them (bold)."""
+    from conftest import SHARED
+
+    facts = SHARED / "reference" / "clay-facts.md"
+    if not facts.is_file():
+        pytest.skip(f"{facts} not found (set FLOODLORA_SHARED)")
+    out = {}
+    for line in facts.read_text().splitlines():
+        for key in ("mean", "std"):
+            if line.startswith(f"| {key} vv / vh |"):
+                vv, vh = (float(x) for x in re.findall(r"\*\*(-?[\d.]+) / (-?[\d.]+)\*\*", line)[0])
+                out[key] = {"vv": vv, "vh": vh}
+    assert set(out) == {"mean", "std"}, "clay-facts.md changed its Sentinel-1 table"
+    return out
+
+
 def test_auto_db_uses_clay_v15_constants() -> None:
     preset = get_preset("auto", "db")
-    assert preset.mean == {"vv": -12.113, "vh": -18.673} and preset.std == {"vv": 8.314, "vh": 8.017}
+    facts = _clay_facts_s1()
+    assert preset.mean == facts["mean"] and preset.std == facts["std"]
     out = normalize_sample(_sample("db", -12.113 + 8.314, -18.673), ["vv", "vh"], preset)
     assert out["post"].shape == (2, 8, 8)
     assert out["post"][0, 1, 1] == pytest.approx(1.0) and out["post"][1, 1, 1] == pytest.approx(0.0)

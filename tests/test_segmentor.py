@@ -11,7 +11,6 @@ from floodlora.models.strategies import (
     LoraSettings,
     apply_strategy,
     count_parameters,
-    lora_parameters_per_rank,
 )
 
 FOUR_VIEWS = ("pre_asc", "pre_desc", "post_asc", "post_desc")
@@ -144,7 +143,8 @@ def test_base_preset_parameter_counts_on_meta_device() -> None:
     assert 8_400_000 < decoder < 8_900_000  # the reference decoder has 8.65M
     assert counts[("lora", 8)].trainable - decoder == 8 * 55_296
     assert counts[("lora", 256)].trainable - decoder == 256 * 55_296
-    assert lora_parameters_per_rank(768, 12, 768, ["to_qkv", "to_out"]) == 55_296
+    # per unit of rank: A (r x in) + B (out x r) for to_qkv (768 -> 3 x 768) and to_out, in 12 blocks
+    assert 55_296 == 12 * ((768 + 3 * 768) + (768 + 768))
     assert counts[("full", 0)].trainable == 92_102_144 + decoder
 
 

@@ -130,7 +130,6 @@ def test_tiny_benchmark_end_to_end(bench: ModuleType, tmp_path: Path) -> None:
         < rows["lora-8"]["flops_per_step"]
         < rows["lora-256"]["flops_per_step"]
     )
-    assert rows["lora-256-bf16"]["flops_per_step"] == rows["lora-256"]["flops_per_step"]
     assert rows["lora-256-bf16"]["matmul_dtype"] == "bf16" and rows["lora-256"]["matmul_dtype"] == "fp32"
     assert (
         rows["lora-8"]["trainable_params"]
@@ -164,5 +163,10 @@ def test_one_configuration_in_its_own_process(bench: ModuleType) -> None:
            "steps": 1, "warmup": 0, "threads": 1}  # fmt: skip
     res = bench._run_child(job, nice=0, timeout=120)
     assert "error" not in res, res.get("error")
-    assert res["own_process"] and res["peak_rss_bytes"] > res["rss_after_build_bytes"] * 0.5
+    # the child's own peak: at least what it held once the model was built (a parent's or a stale
+    # figure would break this), and below the whole machine
+    import psutil
+
+    assert res["own_process"] and res["rss_after_build_bytes"] > 0
+    assert res["rss_after_build_bytes"] <= res["peak_rss_bytes"] < psutil.virtual_memory().total
     assert len(res["step_seconds"]) == 1 and res["torch_threads"] == 1

@@ -316,17 +316,6 @@ def count_parameters(model: FloodSegmentor) -> ParameterCount:
     return ParameterCount(trainable, total, enc_trainable, decoder)
 
 
-def lora_parameters_per_rank(encoder_dim: int, depth: int, inner: int, targets: Sequence[str]) -> int:
-    """Analytic LoRA size per unit of rank: A is r x in, B is out x r for each targeted Linear."""
-    shapes = {
-        "to_qkv": (encoder_dim, 3 * inner),
-        "to_out": (inner, encoder_dim),
-        "net.1": (encoder_dim, 4 * encoder_dim),
-        "net.3": (4 * encoder_dim, encoder_dim),
-    }
-    return depth * sum(shapes[t][0] + shapes[t][1] for t in targets)
-
-
 def is_peft(module: nn.Module) -> bool:
     return hasattr(module, "merge_and_unload") and hasattr(module, "peft_config")
 

@@ -49,7 +49,6 @@ the wall time. The function :func:`adapt` is what a benchmark calls.
 from __future__ import annotations
 
 import copy
-import json
 import shutil
 import time
 from collections.abc import Sequence
@@ -724,11 +723,3 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"{100 * after['f1']:.1f}"
         )
     return "\n".join(lines)
-
-
-def read_adapt_summary(run_dir: str | Path) -> dict[str, Any]:
-    """`RUN/adapt.json` of an adapted run."""
-    path = Path(run_dir) / ADAPT_FILE
-    if not path.is_file():
-        raise DataError(f"{run_dir}: not an adapted run ({ADAPT_FILE} is missing)")
-    return json.loads(path.read_text())
