@@ -24,6 +24,8 @@ method was built; ``REPORTING`` groups were not scored with the student until th
 
     python benchmarks/zero_label.py                   # every group, writes JSON + docs section
     python benchmarks/zero_label.py --groups c2s-s1f11 --rows self,split --json /tmp/z.json --no-doc
+    python benchmarks/zero_label.py --add --rows self-prior      # add rows to the committed JSON
+    python benchmarks/zero_label.py --from-json                   # rewrite the docs section only
 """
 
 from __future__ import annotations
@@ -200,7 +202,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             entry["rows"]["recipe-loeo"] = ref
     out = {
         "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "command": "python benchmarks/zero_label.py " + " ".join(sys.argv[1:]),
+        "command": _command(sys.argv[1:]),
         "machine": machine_info(),
         "tiny": args.tiny,
         "groups": results,
@@ -210,6 +212,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     out["summary"] = summarise(out)
     return out
+
+
+def _command(argv: list[str]) -> str:
+    """The command as a reader would retype it: scratch folders and this machine's paths left out."""
+    kept: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg in ("--workdir", "--real"):
+            skip = True
+            continue
+        kept.append(rel(Path(arg)) if arg.startswith("/") else arg)
+    return " ".join(["python benchmarks/zero_label.py", *kept])
 
 
 def _mean(results: dict[str, Any], row: str, names: list[str]) -> float | None:
@@ -249,7 +266,9 @@ def markdown(out: dict[str, Any]) -> str:
     cols = [f"{res[n]['label']} ({res[n]['role'][:3]}.)" for n in names]
     lines = [
         f"Label-free maps, scored with each group's labels (F1 %, labels never used to fit), from "
-        f"`{out['command']}` ({out['created']}; {describe_machine(out['machine'])}):",
+        f"`{out['command']}` ({out['created']}; {describe_machine(out['machine'])})"
+        + (f"; the other rows from `{out['command_prior_rows']}`" if out.get("command_prior_rows") else "")
+        + ":",
         "",
         "| Method | " + " | ".join(cols) + " | Mean |",
         "|---|" + "---|" * (len(cols) + 1),
@@ -303,7 +322,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--add", action="store_true", help="keep the JSON's other rows and groups")
     p.add_argument("--tiny", action="store_true", help="1-epoch self-adaptation (a smoke run)")
     p.add_argument("--no-doc", action="store_true", help="do not rewrite the docs section")
+    p.add_argument("--from-json", action="store_true", help="only rewrite the docs section from --json")
     args = p.parse_args(argv)
+    if args.from_json:
+        out = json.loads(Path(args.json).read_text())
+        out["summary"] = summarise(out)
+        write_section(DOC, "benchmarks/zero_label.py", markdown(out), title="# Quality\n")
+        print(markdown(out))
+        return
     if not Path(args.real).is_dir():
         raise SystemExit(f"--real {args.real}: not a folder (the real chips live in ../shared/data/real)")
     out = run(args)
