@@ -50,11 +50,15 @@ def pixel_area_km2(ds: object, rows: slice | None = None) -> np.ndarray:
 
 
 def class_km2(path: str | Path, strip_rows: int = 1024) -> dict[str, float]:
-    """km2 per class of a uint8 map raster, read in strips of rows (memory bounded for a swath)."""
+    """km2 per class of a uint8 map raster, read in strips of rows (memory bounded for a swath).
+
+    Every map class (dry, flood, reference water, excluded) is listed, 0 where absent, so that the
+    tables of many areas share their columns; no data is listed where present.
+    """
     import rasterio
     from rasterio.windows import Window
 
-    totals: dict[int, float] = {}
+    totals: dict[int, float] = {v: 0.0 for v in CLASS_NAMES if v != 255}
     with rasterio.open(path) as ds:
         for r0 in range(0, ds.height, strip_rows):
             r1 = min(r0 + strip_rows, ds.height)
