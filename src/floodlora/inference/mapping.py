@@ -235,23 +235,9 @@ def run_map(
             "views": paths and sorted(paths),
             "missing_views": res.missing_views,
         },
-        "scenes": {
-            k: {
-                "datetime": fetched.info[k]["datetime"],
-                "relative_orbit": fetched.info[k]["relative_orbit"],
-                "orbit_state": fetched.info[k]["orbit_state"],
-                "items": [i["id"] for i in fetched.info[k]["items"]],
-            }
-            for k in ("pre", "post")
-        },
-        "catalog": fetched.info["catalog"],
-        "collection": fetched.info["collection"],
-        "crs": fetched.info["crs"],
+        **_scene_facts(fetched),
         "files": {
-            "pre": "scenes/pre.tif",
-            "post": "scenes/post.tif",
-            "fetch": "scenes/fetch.json",
-            "mask": "flood.tif",
+            **SCENE_FILES,
             "polygons": polygons,
             "quicklook": QUICKLOOK,
             "classes": CLASSES_TIF,
@@ -264,6 +250,33 @@ def run_map(
     summary = publish_map(out_dir, summary)  # index.html + item.json from summary['files']
     messages = [*format_fetch(fetched).splitlines(), *(f"note: {m}" for m in class_notes + res.messages)]
     return MapResult(out_dir, summary, messages)
+
+
+#: the files every map folder holds, relative to OUT
+SCENE_FILES = {
+    "pre": "scenes/pre.tif",
+    "post": "scenes/post.tif",
+    "fetch": "scenes/fetch.json",
+    "mask": "flood.tif",
+}
+
+
+def _scene_facts(fetched: Any) -> dict[str, Any]:
+    """summary.json's record of the fetched scenes: passes, catalog, collection, CRS."""
+    return {
+        "scenes": {
+            k: {
+                "datetime": fetched.info[k]["datetime"],
+                "relative_orbit": fetched.info[k]["relative_orbit"],
+                "orbit_state": fetched.info[k]["orbit_state"],
+                "items": [i["id"] for i in fetched.info[k]["items"]],
+            }
+            for k in ("pre", "post")
+        },
+        "catalog": fetched.info["catalog"],
+        "collection": fetched.info["collection"],
+        "crs": fetched.info["crs"],
+    }
 
 
 def _label_free_facts(run_dir: Path) -> dict[str, Any]:
@@ -323,16 +336,8 @@ def _dry_map(fetched: Any, out_dir: Path, polygons: str, reason: str) -> MapResu
         "label_free": True,
         "self_adaptation": {"run": None, "labels_used": False, "dry": reason},
         "model": None,
-        "catalog": fetched.info["catalog"],
-        "collection": fetched.info["collection"],
-        "crs": fetched.info["crs"],
-        "files": {
-            "pre": "scenes/pre.tif",
-            "post": "scenes/post.tif",
-            "fetch": "scenes/fetch.json",
-            "mask": "flood.tif",
-            "quicklook": QUICKLOOK,
-        },
+        **_scene_facts(fetched),
+        "files": {**SCENE_FILES, "quicklook": QUICKLOOK},
     }
     atomic_write_json(out_dir / SUMMARY_JSON, summary)
     from floodlora.data.fetch import format_fetch
