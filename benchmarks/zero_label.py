@@ -66,10 +66,11 @@ GROUPS = (
     Group("etci-northal", "ETCI North Alabama", ("etci2021/northal_20190302t234651",), False, "reporting"),
     Group("c2s-s1f11", "C2S-MS + Sen1Floods11", ("c2s_ms_floods", "sen1floods11"), False, "reporting"),
 )
-ROWS = ("self", "self-prior", "split", "otsu-chip", "otsu-event", "change-chip")
+ROWS = ("self", "self-prior", "self-confident", "split", "otsu-chip", "otsu-event", "change-chip")
 LABELS = {
     "self": "Self-adapted embedded encoder (no labels)",
-    "self-prior": "Self-adapted, with the recipe's hand-feature prior",
+    "self-prior": "Self-adapted, with the prior (operating point: see the JSON's row)",
+    "self-confident": "Self-adapted, operating point on the teacher's confident pixels",
     "split": "Teacher: split-based thresholding",
     "otsu-chip": "Otsu VV+VH per chip",
     "otsu-event": "Otsu VV+VH per event",
@@ -114,6 +115,8 @@ def _self_row(row: str, roots: list[str], work: Path, tiny: bool) -> dict[str, A
 
     out = work / row
     shutil.rmtree(out, ignore_errors=True)
+    if row == "self-confident":
+        raise SystemExit("--rows self-confident: recorded with the earlier operating-point rule; not rerun")
     training = replace(SELF_ADAPT, prior=row == "self-prior")
     if tiny:
         training = replace(training, steps_per_epoch=2, max_epochs=1)
@@ -126,6 +129,7 @@ def _self_row(row: str, roots: list[str], work: Path, tiny: bool) -> dict[str, A
         "wall_seconds": wall,
         "epochs": result.summary["epochs"],
         "operating_point": result.summary["operating_point"].get("output_calibration"),
+        "operating_point_rule": result.summary["operating_point"]["rule"],
     }
 
 

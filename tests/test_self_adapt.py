@@ -135,7 +135,7 @@ def test_self_adaptation_beats_its_teacher_on_hidden_truth(tmp_path: Path) -> No
     s = json.loads((tmp_path / "run" / "adapt.json").read_text())
     assert s == result.summary and s["method"] == "self" and s["labels_used"] is False
     assert s["teacher"]["events"]["synthetic"]["kind"] == "water" and s["pseudo_labelled_chips"] == 4
-    assert "agreement with the teacher" in s["operating_point"]["rule"]
+    assert "agreement with the teacher's whole map" in s["operating_point"]["rule"]
     assert not list(tmp_path.glob(".run-self-*")), "the scratch folder beside the run is removed"
 
     refs = discover(tmp_path / "chips")

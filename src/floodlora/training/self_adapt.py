@@ -11,9 +11,11 @@ therefore adapts itself to the scene:
    and the decoder on the pseudo-labels through :func:`floodlora.training.adapt.adapt`. The network
    sees context the teacher's per-pixel threshold cannot (texture, shape, neighbourhood), and the
    teacher's unsure pixels are left for it to decide.
-3. **Operating point without labels.** Each output's threshold is set on the pseudo-labels of at
-   most ``PseudoLabels.max_scored`` chips: of the thresholds within ``tolerance`` F1 of the best
-   agreement with the teacher's confident pixels, the one nearest 0.5. ``adapt.json`` records the
+3. **Operating point without labels.** Each output's threshold is set on the teacher's whole map
+   (every valid pixel, unsure ones included) of at most ``PseudoLabels.max_scored`` chips: of the
+   thresholds within ``tolerance`` F1 of the best agreement with it, the one nearest 0.5. Trained
+   without the unsure pixels, the student under-flags at 0.5; the teacher's map sets the extent,
+   the student where the water lies. ``adapt.json`` records the
    rule, the teacher's thresholds and kept tiles, and the pseudo-label shares.
 
 The result is an ordinary run that `predict`, `evaluate` and `map` use. A scene in which the
@@ -61,7 +63,8 @@ class SelfOptions:
 class Teaching:
     """The teacher's pseudo-labels on disk and what it found, per event."""
 
-    pseudo: PseudoLabels
+    pseudo: PseudoLabels  # confident pixels only: what the student learns
+    maps: PseudoLabels  # the teacher's whole map (every valid pixel): where the operating point is set
     events: dict[str, dict[str, Any]]
     chips: int
 
@@ -81,6 +84,7 @@ def teach(refs: Sequence[Any], options: SplitOptions, scratch: Path, max_scored:
     for ref in refs:
         by_event.setdefault(ref.event, []).append(ref)
     files: dict[str, str] = {}
+    maps: dict[str, str] = {}
     kinds: dict[str, str] = {}
     events: dict[str, dict[str, Any]] = {}
     for event, group in by_event.items():
@@ -92,14 +96,18 @@ def teach(refs: Sequence[Any], options: SplitOptions, scratch: Path, max_scored:
             events[event]["messages"].append(
                 f"{event}: bimodal tiles, but no pixel confidently {result.kind} (the scene looks dry)"
             )
-        for ref, pseudo in zip(group, result.pseudo, strict=True):
+        for ref, pseudo, water in zip(group, result.pseudo, result.water, strict=True):
             if not (pseudo != 255).any():
                 continue
             path = scratch / f"{len(files):06d}.npy"
             np.save(path, pseudo)
+            np.save(path.with_suffix(".map.npy"), water)
             files[ref.key] = str(path)
+            maps[ref.key] = str(path.with_suffix(".map.npy"))
             kinds[ref.key] = result.kind
-    return Teaching(PseudoLabels(files, kinds, max_scored), events, len(refs))
+    return Teaching(
+        PseudoLabels(files, kinds, max_scored), PseudoLabels(maps, kinds, max_scored), events, len(refs)
+    )
 
 
 def self_adapt(
@@ -151,8 +159,11 @@ def self_adapt(
             progress=progress, pseudo=teaching.pseudo,
         )  # fmt: skip
         base_norm = _base_normalization(out)
+        # On the teacher's whole map, not its confident pixels: trained without the unsure pixels
+        # (shores, shallow water), the student under-flags at 0.5, and on the confident pixels alone
+        # every threshold scores alike (docs/quality.md measures both).
         point = _calibrate_after(
-            out, training, base_norm, progress, pseudo=teaching.pseudo, tolerance=opts.tolerance
+            out, training, base_norm, progress, pseudo=teaching.maps, tolerance=opts.tolerance
         )
     summary = dict(result.summary)
     summary.update(
@@ -166,7 +177,7 @@ def self_adapt(
             "operating_point": {
                 "rule": (
                     f"each output's threshold nearest 0.5 within {opts.tolerance:g} F1 of the best "
-                    f"agreement with the teacher's confident pixels on at most {opts.max_scored} chips"
+                    f"agreement with the teacher's whole map on at most {opts.max_scored} chips"
                 ),
                 **(point["summary"] if point is not None else {"set": False}),
             },
