@@ -260,3 +260,41 @@ def test_self_options_are_checked() -> None:
     with pytest.raises(ConfigError, match="tolerance"):
         SelfOptions(tolerance=1.5)
     assert replace(SelfOptions()).training.method == "fine-tune"
+
+
+def test_adapt_self_with_a_dem_keeps_the_teacher_off_steep_ground(tmp_path: Path) -> None:
+    """Dark pixels on a 60-degree wall (radar shadow looks like water) are no pseudo-water with --dem."""
+    import rasterio
+    from rasterio.transform import from_origin
+    from tests.terrain_helpers import valley_dem, write_raster
+
+    size = 96
+    sample, truth = _scene(50, size=size)
+    vv, vh = sample.views["post"]["vv"].copy(), sample.views["post"]["vh"].copy()
+    wall = np.zeros_like(truth)
+    wall[:, int(size * 0.85) :] = True  # the DEM's wall: dark like water, but steep
+    rng = np.random.default_rng(1)
+    vv[wall] = -22.0 + rng.normal(0, 1.5, wall.sum())
+    vh[wall] = -28.0 + rng.normal(0, 1.5, wall.sum())
+    scene = tmp_path / "post.tif"
+    profile = {"driver": "GTiff", "width": size, "height": size, "count": 2, "dtype": "float32",
+               "crs": "EPSG:32633", "transform": from_origin(500000, 5000000, 10, 10)}  # fmt: skip
+    with rasterio.open(scene, "w", **profile) as ds:
+        ds.write(np.stack([vv, vh]))
+        ds.descriptions = ("VV", "VH")
+    cells = size // 3 + 4
+    dem = valley_dem(cells, cells, 30.0, wall_from=int(size * 0.8) // 3 + 2)
+    dem_tif = write_raster(tmp_path / "dem.tif", dem, "EPSG:32633",
+                           (30.0, 0.0, 500000 - 60, 0.0, -30.0, 5000000 + 60), -9999.0)  # fmt: skip
+    mapped = {}
+    for name, extra in (("plain", []), ("dem", ["--dem", str(dem_tif)])):
+        args = ["adapt", "random:test-micro", "--method", "self", "--view", f"post={scene}",
+                "--out", str(tmp_path / name), "--max-epochs", "1", "--steps", "1", "--no-progress",
+                *extra]  # fmt: skip
+        res = CliRunner().invoke(app, args)
+        assert res.exit_code == 0, res.output
+        s = json.loads((tmp_path / name / "adapt.json").read_text())
+        mapped[name] = s["teacher"]["events"]["post"]["mapped_fraction"]
+    assert s["terrain"]["dem"] == str(dem_tif) and any("slope" in n for n in s["terrain"]["notes"])
+    # without the DEM the wall counts as water; with it, only the true water remains
+    assert mapped["plain"] > truth.mean() + 0.08 and mapped["dem"] < mapped["plain"] - 0.08

@@ -338,6 +338,12 @@ def adapt(
     overwrite: Annotated[
         bool, typer.Option(help="Replace an earlier or interrupted run in OUT (a failed run leaves none).")
     ] = False,
+    dem: Annotated[
+        str | None,
+        typer.Option(
+            help="--method self on a scene: a DEM GeoTIFF; the teacher leaves out high, steep ground."
+        ),
+    ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Adapt a model to a new flood: to a few labelled chips, or with no labels at all (--method self).
@@ -370,12 +376,14 @@ def adapt(
             options.tolerance = calibrate_tolerance
         result = self_adapt(
             from_, data or None, out, scenes=parse_views(view) if view else None, format=format,
-            options=options, checkpoint=checkpoint, progress=progress, overwrite=overwrite,
+            options=options, checkpoint=checkpoint, progress=progress, overwrite=overwrite, dem=dem,
         )  # fmt: skip
         typer.echo(format_self_summary(result.summary))
     else:
-        if view:
-            raise ConfigError("--view is for --method self (a scene without labels); pass --data CHIPS")
+        if view or dem:
+            raise ConfigError(
+                "--view and --dem are for --method self (a scene without labels); pass --data CHIPS"
+            )
         result = run_adapt(
             from_, data or [], out, format=format, options=opts, checkpoint=checkpoint, progress=progress,
             overwrite=overwrite,
@@ -558,7 +566,12 @@ def map_(
         terrain=TerrainOptions(hand_max_m=hand_max, slope_max_deg=slope_max, shadow_layover=shadow_layover),
         confidence_tta=confidence_tta, pre_water=pre_water,
     )  # fmt: skip
-    adapter = self_adapt_scenes if model is None else None
+    adapter = None
+    if model is None:  # a local DEM also keeps the label-free teacher off high and steep ground
+        from functools import partial
+        from pathlib import Path
+
+        adapter = partial(self_adapt_scenes, dem=dem) if Path(dem).is_file() else self_adapt_scenes
     if areas is not None:
         from floodlora.inference.areas import format_areas, run_areas
 

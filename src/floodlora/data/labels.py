@@ -300,10 +300,12 @@ def write_scene_chips(
     units: str = "db",
     event: str | None = None,
     date: str | None = None,
+    windows: dict[str, tuple[int, int, int, int]] | None = None,
 ) -> Path:
     """Cut co-registered scenes (view -> GeoTIFF) into unlabelled chips in the folder layout under `out`.
 
-    Chips mostly nodata (< 1 % valid) are skipped. Returns `out`, a dataset root for `discover`.
+    Chips mostly nodata (< 1 % valid) are skipped. Returns `out`, a dataset root for `discover`;
+    `windows` (when given) receives each chip's id -> (row, col, height, width) in the scene.
     Why: self-adaptation learns from a scene the way it learns from chips, tile by tile.
     """
     import rasterio
@@ -356,6 +358,8 @@ def write_scene_chips(
             meta = SampleMeta(chip_id=chip_id, event=event, source="folder", units=units, crs=crs,
                               transform=transform, date=date)  # fmt: skip
             write_sample(Sample(views=arrays, mask=None, meta=meta), out / "chips" / chip_id, bands)
+            if windows is not None:
+                windows[chip_id] = (r, c, h, w)
             n += 1
     finally:
         for ds in opened.values():

@@ -74,8 +74,17 @@ class Teaching:
         return any(e["pseudo_water_pixels"] for e in self.events.values())
 
 
-def teach(refs: Sequence[Any], options: SplitOptions, scratch: Path, max_scored: int = 48) -> Teaching:
-    """Pseudo-labels for every chip of `refs` (one teacher fit per event), written under `scratch`."""
+def teach(
+    refs: Sequence[Any],
+    options: SplitOptions,
+    scratch: Path,
+    max_scored: int = 48,
+    exclude: dict[str, np.ndarray] | None = None,
+) -> Teaching:
+    """Pseudo-labels for every chip of `refs` (one teacher fit per event), written under `scratch`.
+
+    `exclude` (chip id -> bool mask) is ground that cannot hold floodwater: never water, never a label.
+    """
     from floodlora.data.sources import read_sample
     from floodlora.data.split_threshold import split_threshold
 
@@ -89,7 +98,8 @@ def teach(refs: Sequence[Any], options: SplitOptions, scratch: Path, max_scored:
     events: dict[str, dict[str, Any]] = {}
     for event, group in by_event.items():
         samples = [read_sample(r) for r in group]
-        result: SplitResult = split_threshold(samples, options)
+        masks = [exclude.get(r.chip_id) for r in group] if exclude else None
+        result: SplitResult = split_threshold(samples, options, exclude=masks)
         wet = sum(int((p == 1).sum()) for p in result.pseudo)
         events[event] = result.describe() | {"chips": len(group), "pseudo_water_pixels": wet}
         if result.bands and not wet:
@@ -121,8 +131,12 @@ def self_adapt(
     checkpoint: str | None = None,
     progress: bool = False,
     overwrite: bool = False,
+    dem: str | Path | None = None,
 ) -> AdaptResult:
     """Adapt FROM to unlabelled chips (`data`) or scenes (`scenes`: view -> GeoTIFF, dB); write `out`.
+
+    With `dem` (scenes only: a GeoTIFF, warped onto the post scene's grid) the teacher leaves out
+    ground too high above drainage or too steep to hold floodwater (data.terrain's default rules).
 
     Raises:
         DrySceneError: the teacher kept no tile (nothing to adapt to; the scene maps dry).
@@ -143,13 +157,22 @@ def self_adapt(
     # Scratch beside the run (never in the system temp dir): chips cut from scenes and pseudo-labels.
     with tempfile.TemporaryDirectory(prefix=f".{out.name}-self-", dir=out.parent) as tmp:
         scratch = Path(tmp)
+        exclude: dict[str, np.ndarray] | None = None
+        terrain_notes: list[str] = []
         if scenes is not None:
-            roots = [str(write_scene_chips(scenes, scratch / "chips"))]
+            windows: dict[str, tuple[int, int, int, int]] = {}
+            roots = [str(write_scene_chips(scenes, scratch / "chips", windows=windows))]
             format = "folder"
+            if dem is not None:
+                exclude, terrain_notes = _terrain_exclusion(scenes, dem, windows)
         else:
+            if dem is not None:
+                raise ConfigError(
+                    "--dem needs a georeferenced scene (--view post=POST.tif), not --data chips"
+                )
             roots = [str(data)] if isinstance(data, str | Path) else [str(d) for d in data]  # type: ignore[union-attr]
         refs = discover(roots, format)
-        teaching = teach(refs, opts.teacher, scratch / "pseudo", opts.max_scored)
+        teaching = teach(refs, opts.teacher, scratch / "pseudo", opts.max_scored, exclude)
         if not teaching.found_water:
             notes = "; ".join(m for e in teaching.events.values() for m in e["messages"])
             raise DrySceneError(f"{', '.join(map(str, scenes.values() if scenes else roots))}: {notes}")
@@ -173,6 +196,7 @@ def self_adapt(
             "data": {"scenes": {k: str(v) for k, v in scenes.items()}} if scenes else {"roots": roots},
             "teacher": {"options": asdict(opts.teacher), "events": teaching.events},
             "pseudo_labelled_chips": len(teaching.pseudo.files),
+            "terrain": {"dem": str(dem), "notes": terrain_notes} if dem is not None else None,
             "chips_seen": teaching.chips,
             "operating_point": {
                 "rule": (
@@ -195,6 +219,23 @@ def self_adapt(
         atomic_write_json(out / "metrics.json", metrics)
     atomic_write_json(out / ADAPT_FILE, summary)
     return AdaptResult(out, summary, result.metrics)
+
+
+def _terrain_exclusion(
+    scenes: dict[str, str | Path], dem: str | Path, windows: dict[str, tuple[int, int, int, int]]
+) -> tuple[dict[str, np.ndarray], list[str]]:
+    """HAND and slope exclusions on the post scene's grid, cut into the chips' windows."""
+    import rasterio
+
+    from floodlora.data.terrain import SceneGrid, TerrainOptions, terrain_exclusions
+
+    post = next(p for v, p in scenes.items() if v.startswith("post"))
+    with rasterio.open(post) as ds:
+        grid = SceneGrid(ds.crs, ds.transform, ds.width, ds.height)
+    found = terrain_exclusions([str(dem)], grid, TerrainOptions(shadow_layover=False))
+    masks = {cid: found.excluded[r : r + h, c : c + w] for cid, (r, c, h, w) in windows.items()}
+    notes = [*found.messages, "excluded by " + ", ".join(f"{k} {v} px" for k, v in found.counts.items())]
+    return masks, notes
 
 
 def _base_normalization(run_dir: Path) -> str:
@@ -232,9 +273,12 @@ def format_self_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def self_adapt_scenes(scenes: dict[str, Path], out: Path, progress: bool = True) -> Path:
-    """`floodlora map` without a model: the embedded encoder self-adapted on the fetched scenes.
+def self_adapt_scenes(
+    scenes: dict[str, Path], out: Path, progress: bool = True, dem: str | Path | None = None
+) -> Path:
+    """`floodlora map` without a model: the embedded encoder self-adapted on the fetched scenes
+    (with `dem`, a local DEM, the teacher leaves out high and steep ground).
 
     Returns the run directory. Raises :class:`DrySceneError` when the teacher finds no water.
     """
-    return self_adapt("embedded", None, out, scenes=dict(scenes), progress=progress).run_dir
+    return self_adapt("embedded", None, out, scenes=dict(scenes), progress=progress, dem=dem).run_dir
