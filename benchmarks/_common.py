@@ -129,6 +129,37 @@ def set_json_key(path: Path, key: str, value: Any) -> None:
     atomic_write_json(path, data)
 
 
+def command_line(script: str, argv: list[str]) -> str:
+    """The command as a reader would retype it, with no path of the machine that ran it.
+
+    `--workdir` (scratch) and `--real` at its default (../shared/data/real) are left out; paths inside
+    the repository become relative, other absolute paths `$TMP/<name>`.
+    """
+    real = (REPO.parent / "shared" / "data" / "real").resolve()
+    words: list[str] = []
+    skip = False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        value = argv[i + 1] if i + 1 < len(argv) else ""
+        if arg == "--workdir" or (arg == "--real" and Path(value).resolve() == real):
+            skip = True
+            continue
+        words.append(portable_path(arg))
+    return " ".join([f"python benchmarks/{script}", *words])
+
+
+def portable_path(text: str) -> str:
+    """An absolute path as the docs cite it: repository-relative, else `$TMP/<name>`."""
+    if not text.startswith("/"):
+        return text
+    path = Path(text)
+    if path.resolve().is_relative_to(REPO):
+        return str(path.resolve().relative_to(REPO))
+    return f"$TMP/{path.name}"
+
+
 def rel(path: Path) -> str:
     """`path` relative to the repository where it lies inside it (what the docs cite)."""
     path = Path(path)

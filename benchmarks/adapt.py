@@ -43,7 +43,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from _common import parse_overrides, rel
+from _common import command_line, parse_overrides, portable_path, rel
 from quality import (
     BUDGET,
     GROUPS,
@@ -248,7 +248,7 @@ def train_start(real: Path, group: Group, budget: dict[str, Any], out: Path) -> 
     result = train_run(cfg, out)
     acc = result.accounting
     return {
-        "run_dir": str(out),
+        "run_dir": portable_path(str(out)),  # where it lay: the workdir is scratch of one machine
         "wall_seconds": time.perf_counter() - t0,
         "threshold": result.metrics["best_threshold"],
         "epochs": acc.get("epochs"),
@@ -330,7 +330,7 @@ def run_group(
         start = {"run_dir": str(start_from), "reused": True}
     else:
         start = train_start(real, group, start_budget, work / group.name / "start")
-    start_dir = Path(start["run_dir"])
+    start_dir = Path(start_from) if start_from is not None else work / group.name / "start"
     log(f"{group.name}: starting model ready ({start.get('wall_seconds', 0):.0f} s)")
     randoms = random_choice(flooded, kmax, seed)
     random_keys = {r.key for r in randoms}
@@ -863,7 +863,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 redo_rows(result, methods, budget, Path(args.workdir))
             else:
                 add_rows(result, methods, result["adapt_budget"], Path(args.workdir))
-            command = " ".join(["python benchmarks/adapt.py", *(argv if argv is not None else sys.argv[1:])])
+            command = command_line("adapt.py", argv if argv is not None else sys.argv[1:])
             result.setdefault("added", []).append(
                 {"command": command, "methods": methods, "wall_seconds": time.perf_counter() - t0}
                 | ({"redone": True} if args.redo_methods else {})
@@ -896,7 +896,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     opts, adapt_text = budget_text(adapt_budget)
     result: dict[str, Any] = {
         "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "command": " ".join(["python benchmarks/adapt.py", *(argv if argv is not None else sys.argv[1:])]),
+        "command": command_line("adapt.py", argv if argv is not None else sys.argv[1:]),
         "machine": machine(),
         "tiny": args.tiny,
         "ks": list(ks),

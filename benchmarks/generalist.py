@@ -23,7 +23,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import describe_machine, machine_info, parse_overrides, peak_rss_kib, rel, write_section
+from _common import (
+    command_line,
+    describe_machine,
+    machine_info,
+    parse_overrides,
+    peak_rss_kib,
+    rel,
+    write_section,
+)
 from quality import TINY_BUDGET, _pct, mini_tree
 
 REPO = Path(__file__).resolve().parents[1]
@@ -138,9 +146,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         run = train_generalist(real, work, overrides)
     result = {
         "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "command": " ".join(
-            ["python benchmarks/generalist.py", *(argv if argv is not None else sys.argv[1:])]
-        ),
+        "command": command_line("generalist.py", argv if argv is not None else sys.argv[1:]),
         "machine": machine_info(),
         "tiny": args.tiny,
         "overrides": overrides,

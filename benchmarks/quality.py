@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _common import parse_overrides, peak_rss_kib
+from _common import command_line, parse_overrides, peak_rss_kib
 
 REPO = Path(__file__).resolve().parents[1]
 REAL = REPO.parent / "shared" / "data" / "real"
@@ -1228,7 +1228,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         result = rescore(json.loads(json_path.read_text()), Path(args.workdir), real)
         result["rescored"] = {
             "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "command": " ".join(["python benchmarks/quality.py", *(sys.argv[1:] if argv is None else argv)]),
+            "command": command_line("quality.py", sys.argv[1:] if argv is None else argv),
             "wall_seconds": time.perf_counter() - t0,
         }
         atomic_write_json(json_path, result)
@@ -1278,7 +1278,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     )
     result = {
         "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "command": " ".join(["python benchmarks/quality.py", *(argv if argv is not None else sys.argv[1:])]),
+        "command": command_line("quality.py", argv if argv is not None else sys.argv[1:]),
         "machine": machine(),
         "tiny": args.tiny,
         "budget": budget,
@@ -1321,7 +1321,7 @@ def run_precision_check(
     result = {
         "benchmark": "quality-precision",
         "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "command": " ".join(["python benchmarks/quality.py", *(argv if argv is not None else sys.argv[1:])]),
+        "command": command_line("quality.py", argv if argv is not None else sys.argv[1:]),
         "machine": machine(),
         "tiny": args.tiny,
         "recipe": RECIPE,
@@ -1372,7 +1372,7 @@ def run_seeds(
             f"{json_path}: holds runs with another train.threshold_tolerance than {tolerance}; "
             "pass another --json"
         )
-    command = " ".join(["python benchmarks/quality.py", *(argv if argv is not None else sys.argv[1:])])
+    command = command_line("quality.py", argv if argv is not None else sys.argv[1:])
     t0 = time.perf_counter()
     work_ctx = tempfile.TemporaryDirectory(prefix="quality-seeds-") if args.workdir is None else None
     work = Path(args.workdir) if args.workdir else Path(work_ctx.name)  # type: ignore[union-attr]

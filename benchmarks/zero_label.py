@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from _common import REPO, describe_machine, machine_info, peak_rss_kib, rel, write_section
+from _common import REPO, command_line, describe_machine, machine_info, peak_rss_kib, rel, write_section
 
 REAL = REPO.parent / "shared" / "data" / "real"
 JSON = REPO / "benchmarks" / "results" / "zero-label.json"
@@ -206,7 +206,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             entry["rows"]["recipe-loeo"] = ref
     out = {
         "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "command": _command(sys.argv[1:]),
+        "command": command_line("zero_label.py", sys.argv[1:]),
         "machine": machine_info(),
         "tiny": args.tiny,
         "groups": results,
@@ -216,21 +216,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     out["summary"] = summarise(out)
     return out
-
-
-def _command(argv: list[str]) -> str:
-    """The command as a reader would retype it: scratch folders and this machine's paths left out."""
-    kept: list[str] = []
-    skip = False
-    for arg in argv:
-        if skip:
-            skip = False
-            continue
-        if arg in ("--workdir", "--real"):
-            skip = True
-            continue
-        kept.append(rel(Path(arg)) if arg.startswith("/") else arg)
-    return " ".join(["python benchmarks/zero_label.py", *kept])
 
 
 def _mean(results: dict[str, Any], row: str, names: list[str]) -> float | None:
