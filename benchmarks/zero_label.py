@@ -160,9 +160,11 @@ def dry_scene_rows() -> dict[str, Any]:
     teacher = split_threshold([scene])
     flagged = float((teacher.water[0] == 1).mean())
     otsu = run_baseline("otsu", [scene], "both", "chip")
+    # self-adaptation stops (the map is dry) exactly when no pixel is confidently water (teach())
+    confident_water = any(bool((p == 1).any()) for p in teacher.pseudo)
     return {
         "split": flagged,
-        "self": 0.0 if not teacher.found_water else None,  # self-adaptation maps a dry scene dry
+        "self": None if confident_water else 0.0,
         "self_note": teacher.messages[0] if teacher.messages else "the teacher found water",
         "otsu-chip": 1.0 - otsu["accuracy"],  # no pixel is water: every flagged one is wrong
     }

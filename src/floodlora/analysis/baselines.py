@@ -394,7 +394,7 @@ def run_split_baseline(
     keep_predictions: bool = False,
 ) -> dict[str, Any]:
     """Score split-based thresholding (one fit per event, labels unused) like :func:`run_baseline`."""
-    from floodlora.data.split_threshold import split_by_event
+    from floodlora.data.split_threshold import split_threshold
     from floodlora.metrics import ChipConfusion, ChipRecord, probability_histogram
 
     samples = list(_iter_samples(refs_or_samples, max_nodata_fraction))
@@ -406,7 +406,8 @@ def run_split_baseline(
     conf = ChipConfusion()
     predictions: dict[str, np.ndarray] = {}
     fits: dict[str, Any] = {}
-    for (event, group), result in zip(by_event.items(), split_by_event(samples, options), strict=True):
+    for event, group in by_event.items():  # one fit per event: its chips are pieces of one scene
+        result = split_threshold(group, options)
         fits[event] = result.describe()
         for s, water in zip(group, result.water, strict=True):
             pred = (water == MASK_FLOOD).astype(np.uint8)

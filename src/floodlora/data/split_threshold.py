@@ -356,11 +356,3 @@ def _view_fits(
 
 def _n_tiles(shape: tuple[int, ...], tile: int) -> int:
     return max(shape[0] // tile, 1) * max(shape[1] // tile, 1)
-
-
-def split_by_event(samples: Sequence[Sample], options: SplitOptions | None = None) -> list[SplitResult]:
-    """One fit per event (an event's chips are pieces of one scene), in the samples' event order."""
-    events: dict[str, list[Sample]] = {}
-    for s in samples:
-        events.setdefault(s.meta.event, []).append(s)
-    return [split_threshold(group, options) for group in events.values()]
